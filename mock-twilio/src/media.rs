@@ -1,0 +1,290 @@
+//! Generated recording media: real MP3 (silent MPEG-1 Layer III frames) and real WAV
+//! (RIFF, 8 kHz mono 8-bit PCM), of any size, deterministic from (sid, format, size).
+//!
+//! Any byte can be computed on its own, so a 200 MB recording is streamed in bounded
+//! chunks ([`Media::fill`]) and tests can ask for the exact bytes of any slice
+//! ([`Media::slice`]).
+
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+
+/// The audio container a recording is served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaFormat {
+    /// `audio/mpeg`, Twilio's `.mp3`.
+    Mp3,
+    /// `audio/x-wav`, Twilio's `.wav`.
+    Wav,
+}
+
+impl MediaFormat {
+    /// The file extension Twilio uses for this format (without the dot).
+    pub fn extension(self) -> &'static str {
+        match self {
+            MediaFormat::Mp3 => "mp3",
+            MediaFormat::Wav => "wav",
+        }
+    }
+
+    /// The `Content-Type` Twilio sends for this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            MediaFormat::Mp3 => "audio/mpeg",
+            MediaFormat::Wav => "audio/x-wav",
+        }
+    }
+
+    /// Parses a file extension (`mp3`, `wav`).
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        match ext {
+            "mp3" => Some(MediaFormat::Mp3),
+            "wav" => Some(MediaFormat::Wav),
+            _ => None,
+        }
+    }
+}
+
+/// MPEG-1 Layer III, 128 kbit/s, 44.1 kHz, mono, no padding, no CRC: 417-byte frames.
+const MP3_HEADER: [u8; 4] = [0xFF, 0xFB, 0x90, 0xC4];
+const MP3_FRAME: u64 = 417;
+/// Side information of a mono MPEG-1 Layer III frame; all zero means "silence".
+const MP3_SIDE_INFO: u64 = 17;
+/// An ID3v2 tag at the start absorbs the size that is not a whole number of frames.
+const ID3_HEADER: u64 = 10;
+const WAV_HEADER: u64 = 44;
+const WAV_RATE: u64 = 8000;
+
+/// One recording's media, generated on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    format: MediaFormat,
+    size: u64,
+    seed: u64,
+    /// MP3 only: length of the leading ID3v2 tag.
+    tag_len: u64,
+}
+
+impl Media {
+    /// The media of recording `sid` in `format`, exactly `size` bytes long.
+    pub fn new(sid: &str, format: MediaFormat, size: u64) -> Self {
+        let seed = fnv1a(sid.as_bytes()) ^ fnv1a(format.extension().as_bytes()).rotate_left(17);
+        let tag_len = match format {
+            MediaFormat::Mp3 => {
+                let rem = size % MP3_FRAME;
+                if size < ID3_HEADER + MP3_FRAME {
+                    size
+                } else if rem >= ID3_HEADER {
+                    rem
+                } else {
+                    rem + MP3_FRAME
+                }
+            }
+            MediaFormat::Wav => 0,
+        };
+        Media {
+            format,
+            size,
+            seed,
+            tag_len,
+        }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    /// True for a zero-byte recording.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// The container format.
+    pub fn format(&self) -> MediaFormat {
+        self.format
+    }
+
+    /// Playing time in whole seconds, as Twilio reports `duration`.
+    pub fn duration_secs(&self) -> u64 {
+        match self.format {
+            MediaFormat::Mp3 => (self.size - self.tag_len.min(self.size)) * 8 / 128_000,
+            MediaFormat::Wav => self.size.saturating_sub(WAV_HEADER) / WAV_RATE,
+        }
+    }
+
+    /// The exact bytes of `range` (clamped to the media's length).
+    pub fn slice(&self, range: Range<u64>) -> Vec<u8> {
+        let start = range.start.min(self.size);
+        let end = range.end.min(self.size).max(start);
+        let mut buf = vec![0; (end - start) as usize];
+        self.fill(start, &mut buf);
+        buf
+    }
+
+    /// All of the media: only for small recordings.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.slice(0..self.size)
+    }
+
+    /// Writes the bytes starting at `offset` into `buf` (which must not reach past the end).
+    pub fn fill(&self, offset: u64, buf: &mut [u8]) {
+        assert!(
+            offset + buf.len() as u64 <= self.size,
+            "fill past the end of the media"
+        );
+        match self.format {
+            MediaFormat::Mp3 => self.fill_mp3(offset, buf),
+            MediaFormat::Wav => self.fill_wav(offset, buf),
+        }
+    }
+
+    fn fill_mp3(&self, offset: u64, buf: &mut [u8]) {
+        let mut pos = offset;
+        let mut out = 0usize;
+        while out < buf.len() {
+            let n;
+            if pos < self.tag_len {
+                // ID3v2.3 header with a synch-safe size, then zero padding.
+                let body = self.tag_len.saturating_sub(ID3_HEADER);
+                let header = [
+                    b'I',
+                    b'D',
+                    b'3',
+                    3,
+                    0,
+                    0,
+                    ((body >> 21) & 0x7F) as u8,
+                    ((body >> 14) & 0x7F) as u8,
+                    ((body >> 7) & 0x7F) as u8,
+                    (body & 0x7F) as u8,
+                ];
+                n = ((self.tag_len - pos) as usize).min(buf.len() - out);
+                for i in 0..n {
+                    let p = pos + i as u64;
+                    buf[out + i] = if p < ID3_HEADER {
+                        header[p as usize]
+                    } else {
+                        0
+                    };
+                }
+            } else {
+                let frame = (pos - self.tag_len) / MP3_FRAME;
+                let within = (pos - self.tag_len) % MP3_FRAME;
+                n = ((MP3_FRAME - within) as usize).min(buf.len() - out);
+                for i in 0..n {
+                    let w = within + i as u64;
+                    buf[out + i] = if w < 4 {
+                        MP3_HEADER[w as usize]
+                    } else if w < 4 + MP3_SIDE_INFO {
+                        0
+                    } else {
+                        // Ancillary data: ignored by decoders, but unique per recording, and
+                        // never 0xFF so it cannot look like a frame sync.
+                        self.noise(frame * MP3_FRAME + w) & 0x7F
+                    };
+                }
+            }
+            pos += n as u64;
+            out += n;
+        }
+    }
+
+    fn fill_wav(&self, offset: u64, buf: &mut [u8]) {
+        let data_len = self.size.saturating_sub(WAV_HEADER) as u32;
+        let mut header = [0u8; WAV_HEADER as usize];
+        header[0..4].copy_from_slice(b"RIFF");
+        header[4..8].copy_from_slice(&(data_len.wrapping_add(36)).to_le_bytes());
+        header[8..16].copy_from_slice(b"WAVEfmt ");
+        header[16..20].copy_from_slice(&16u32.to_le_bytes());
+        header[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
+        header[22..24].copy_from_slice(&1u16.to_le_bytes()); // mono
+        header[24..28].copy_from_slice(&(WAV_RATE as u32).to_le_bytes());
+        header[28..32].copy_from_slice(&(WAV_RATE as u32).to_le_bytes()); // byte rate
+        header[32..34].copy_from_slice(&1u16.to_le_bytes()); // block align
+        header[34..36].copy_from_slice(&8u16.to_le_bytes()); // bits per sample
+        header[36..40].copy_from_slice(b"data");
+        header[40..44].copy_from_slice(&data_len.to_le_bytes());
+        for (i, b) in buf.iter_mut().enumerate() {
+            let p = offset + i as u64;
+            *b = if p < WAV_HEADER {
+                header[p as usize]
+            } else {
+                // Quiet noise around the 8-bit midpoint.
+                120 + (self.noise(p) & 0x0F)
+            };
+        }
+    }
+
+    #[inline]
+    fn noise(&self, pos: u64) -> u8 {
+        let block = splitmix64(self.seed ^ (pos >> 3));
+        (block >> ((pos & 7) * 8)) as u8
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_slice_equals_the_slice_of_the_whole() {
+        for format in [MediaFormat::Mp3, MediaFormat::Wav] {
+            for size in [0, 1, 9, 43, 44, 45, 426, 427, 1000, 4170, 10_000] {
+                let m = Media::new("RE0123", format, size);
+                let whole = m.to_vec();
+                assert_eq!(whole.len() as u64, size);
+                for (a, b) in [(0, size), (size / 3, size / 2), (size / 2, size)] {
+                    assert_eq!(
+                        m.slice(a..b),
+                        whole[a as usize..b as usize],
+                        "{format:?} {size}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mp3_is_an_id3_tag_then_whole_frames() {
+        let m = Media::new("REabc", MediaFormat::Mp3, 10_000);
+        let bytes = m.to_vec();
+        assert_eq!(&bytes[..3], b"ID3");
+        let tag = m.tag_len as usize;
+        assert_eq!((bytes.len() - tag) % MP3_FRAME as usize, 0);
+        for frame in bytes[tag..].chunks(MP3_FRAME as usize) {
+            assert_eq!(frame[..4], MP3_HEADER);
+        }
+    }
+
+    #[test]
+    fn wav_header_announces_the_data_length() {
+        let bytes = Media::new("REabc", MediaFormat::Wav, 8044).to_vec();
+        assert_eq!(&bytes[..4], b"RIFF");
+        assert_eq!(u32::from_le_bytes(bytes[40..44].try_into().unwrap()), 8000);
+        assert_eq!(
+            Media::new("REabc", MediaFormat::Wav, 8044).duration_secs(),
+            1
+        );
+    }
+
+    #[test]
+    fn different_recordings_differ() {
+        let a = Media::new("REa", MediaFormat::Mp3, 5000).to_vec();
+        let b = Media::new("REb", MediaFormat::Mp3, 5000).to_vec();
+        assert_ne!(a, b);
+    }
+}

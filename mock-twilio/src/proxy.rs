@@ -1,0 +1,683 @@
+//! The connection-level fault layer: a small HTTP/1.1 proxy that reads each request,
+//! asks its [`FaultSet`] for a [`Plan`], and then forwards, delays, throttles, cuts,
+//! resets or hangs at the byte level, which an HTTP server library cannot do.
+//!
+//! Each client connection gets exactly one upstream connection, opened when the client
+//! connects and closed when the upstream closes it, so the upstream's own keep-alive
+//! behaviour (an idle timeout, `Connection: close`) reaches the client unchanged. The same
+//! proxy stands in front of wiremock (mock-twilio) and between nginx and a backend (the
+//! harness's hop fault point).
+
+use crate::fault::{Fault, FaultSet, Plan};
+use crate::journal::{Journal, JournalEntry};
+use crate::media::Media;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Internal header by which mock-twilio's wiremock routes ask the proxy to stream
+/// generated media (`{format};{size};{sid}`): wiremock bodies live in memory, media need not.
+pub(crate) const MEDIA_HEADER: &str = "x-mock-twilio-media";
+
+/// Builds the body of a `status` fault: `(content type, body)`.
+pub type ErrorBody = fn(u16) -> (&'static str, Vec<u8>);
+
+/// Classifies a request's `Authorization` header (`valid`, `invalid`, `missing`) for the journal.
+pub type AuthClassifier = Arc<dyn Fn(Option<&str>) -> String + Send + Sync>;
+
+/// How a [`FaultProxy`] behaves.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// Where requests are forwarded.
+    pub upstream: SocketAddr,
+    /// Paths starting with this prefix are forwarded untouched and not journaled.
+    pub internal_prefix: Option<String>,
+    /// Classifies a request's `Authorization` header for the journal.
+    pub auth: Option<AuthClassifier>,
+    /// Body of `status` faults.
+    pub error_body: ErrorBody,
+    /// Stream generated media where the upstream asks for it (mock-twilio only).
+    pub expand_media: bool,
+}
+
+impl ProxyConfig {
+    /// A transparent proxy to `upstream` with plain JSON error bodies.
+    pub fn new(upstream: SocketAddr) -> Self {
+        ProxyConfig {
+            upstream,
+            internal_prefix: None,
+            auth: None,
+            error_body: plain_error_body,
+            expand_media: false,
+        }
+    }
+}
+
+fn plain_error_body(status: u16) -> (&'static str, Vec<u8>) {
+    let body = serde_json::json!({ "error": "injected fault", "status": status });
+    ("application/json", body.to_string().into_bytes())
+}
+
+/// A running fault proxy; it stops (and drops every connection) when dropped.
+#[must_use = "the proxy stops when dropped"]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    faults: Arc<FaultSet>,
+    journal: Arc<Journal>,
+    cancel: CancellationToken,
+}
+
+impl FaultProxy {
+    /// Binds `bind` (use port 0 to let the OS choose) and starts serving.
+    pub async fn start(bind: SocketAddr, config: ProxyConfig) -> std::io::Result<Self> {
+        Self::start_with(bind, config, Arc::default(), Arc::default()).await
+    }
+
+    /// Like [`FaultProxy::start`], sharing a fault set and journal owned elsewhere.
+    pub async fn start_with(
+        bind: SocketAddr,
+        config: ProxyConfig,
+        faults: Arc<FaultSet>,
+        journal: Arc<Journal>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            config,
+            faults: faults.clone(),
+            journal: journal.clone(),
+        });
+        let token = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let shared = shared.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = serve_connection(stream, shared) => {}
+                    }
+                });
+            }
+        });
+        Ok(FaultProxy {
+            addr,
+            faults,
+            journal,
+            cancel,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The fault rules of this point.
+    pub fn faults(&self) -> &Arc<FaultSet> {
+        &self.faults
+    }
+
+    /// Every request seen.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+struct Shared {
+    config: ProxyConfig,
+    faults: Arc<FaultSet>,
+    journal: Arc<Journal>,
+}
+
+struct Head {
+    method: String,
+    path: String,
+    http10: bool,
+    headers: Vec<(String, Vec<u8>)>,
+    content_length: usize,
+    chunked: bool,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    fn wants_close(&self) -> bool {
+        let conn = self.header("connection").unwrap_or("");
+        self.http10 && !conn.eq_ignore_ascii_case("keep-alive")
+            || conn
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    }
+}
+
+const MAX_HEAD: usize = 64 * 1024;
+
+async fn read_head(r: &mut BufReader<TcpStream>, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return if buf.is_empty() {
+                Ok(false)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        let old = buf.len();
+        buf.extend_from_slice(avail);
+        let from = old.saturating_sub(3);
+        if let Some(pos) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = from + pos + 4;
+            r.consume(end - old);
+            buf.truncate(end);
+            return Ok(true);
+        }
+        let n = buf.len() - old;
+        r.consume(n);
+        if buf.len() > MAX_HEAD {
+            return Err(std::io::Error::other("request head too large"));
+        }
+    }
+}
+
+fn parse_head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 96];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect();
+    let mut head = Head {
+        method: req.method?.to_string(),
+        path: req.path?.to_string(),
+        http10: req.version == Some(0),
+        headers,
+        content_length: 0,
+        chunked: false,
+    };
+    head.content_length = head
+        .header("content-length")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    head.chunked = head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    Some(head)
+}
+
+/// Hop-by-hop headers that the proxy re-creates itself.
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "proxy-connection",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+async fn connect_upstream(addr: SocketAddr) -> Option<(SendRequest<Full<Bytes>>, Arc<Notify>)> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    let closed = Arc::new(Notify::new());
+    let signal = closed.clone();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        signal.notify_one();
+    });
+    Some((sender, closed))
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    stream.set_nodelay(true).ok();
+    let Some((mut upstream, upstream_closed)) = connect_upstream(shared.config.upstream).await
+    else {
+        // Nothing to forward to: refuse the way a dead server's port would.
+        reset(stream);
+        return;
+    };
+    let mut conn = BufReader::with_capacity(16 * 1024, stream);
+    let mut buf = Vec::with_capacity(4096);
+    let mut served = 0u64;
+    loop {
+        let got = tokio::select! {
+            r = read_head(&mut conn, &mut buf) => r,
+            // The upstream closed its idle connection: close ours too, as it would have.
+            _ = upstream_closed.notified() => Ok(false),
+        };
+        let Ok(true) = got else { break };
+        let Some(head) = parse_head(&buf) else {
+            let _ = write_simple(conn.get_mut(), 400, "text/plain", b"bad request\n", true).await;
+            break;
+        };
+        if head.chunked {
+            let _ = write_simple(
+                conn.get_mut(),
+                411,
+                "text/plain",
+                b"chunked request bodies are not supported by the fault proxy\n",
+                true,
+            )
+            .await;
+            break;
+        }
+        let mut body = vec![0; head.content_length];
+        if conn.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        let internal = shared
+            .config
+            .internal_prefix
+            .as_deref()
+            .is_some_and(|p| head.path.starts_with(p));
+        let plan = if internal {
+            Plan::default()
+        } else {
+            shared.faults.plan(&head.method, &head.path, served > 0)
+        };
+        served += 1;
+        let mut entry = (!internal).then(|| JournalEntry {
+            seq: 0,
+            method: head.method.clone(),
+            path: head.path.clone(),
+            range: head.header("range").map(str::to_string),
+            auth: shared
+                .config
+                .auth
+                .as_ref()
+                .map(|classify| classify(head.header("authorization"))),
+            faults: plan.fired.iter().map(|s| s.to_string()).collect(),
+            status: None,
+            body_bytes: 0,
+        });
+        let result = handle(&mut conn, &mut upstream, &shared, &head, body, &plan).await;
+        if let Some(mut e) = entry.take() {
+            if let Some((status, sent)) = result.sent {
+                e.status = Some(status);
+                e.body_bytes = sent;
+            }
+            shared.journal.push(e);
+        }
+        match result.next {
+            Next::KeepAlive if !head.wants_close() => continue,
+            Next::Reset => {
+                reset(conn.into_inner());
+                return;
+            }
+            Next::Hang => {
+                hang(conn).await;
+                return;
+            }
+            _ => break,
+        }
+    }
+    let mut stream = conn.into_inner();
+    let _ = stream.shutdown().await;
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    Reset,
+    Hang,
+}
+
+struct Handled {
+    /// Status and body bytes sent, when a response was sent.
+    sent: Option<(u16, u64)>,
+    next: Next,
+}
+
+impl Handled {
+    fn no_response(next: Next) -> Self {
+        Handled { sent: None, next }
+    }
+}
+
+fn reset(stream: TcpStream) {
+    // SO_LINGER 0: close() sends RST instead of FIN.
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn hang(mut conn: BufReader<TcpStream>) {
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+async fn handle(
+    conn: &mut BufReader<TcpStream>,
+    upstream: &mut SendRequest<Full<Bytes>>,
+    shared: &Shared,
+    head: &Head,
+    body: Vec<u8>,
+    plan: &Plan,
+) -> Handled {
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    match &plan.terminal {
+        Some(Fault::Reset) => return Handled::no_response(Next::Reset),
+        Some(Fault::Hang) => return Handled::no_response(Next::Hang),
+        Some(Fault::KeepaliveRace) => return Handled::no_response(Next::Close),
+        Some(Fault::Garbage) => {
+            let _ = conn
+                .get_mut()
+                .write_all(b"\x16\x03\x01garbage: this is not HTTP \xff\xfe\x00\r\n\r\n")
+                .await;
+            return Handled::no_response(Next::Close);
+        }
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
+            let (ctype, body) = (shared.config.error_body)(*status);
+            let retry = retry_after.or(matches!(status, 429 | 503).then_some(1));
+            let mut extra = String::new();
+            if let Some(secs) = retry {
+                extra = format!("retry-after: {secs}\r\n");
+            }
+            let head_bytes = format!(
+                "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{extra}\r\n",
+                reason(*status),
+                body.len()
+            );
+            let w = conn.get_mut();
+            let ok = w.write_all(head_bytes.as_bytes()).await.is_ok()
+                && (head.method == "HEAD" || w.write_all(&body).await.is_ok());
+            let next = if ok { Next::KeepAlive } else { Next::Close };
+            let sent = if head.method == "HEAD" {
+                0
+            } else {
+                body.len() as u64
+            };
+            return Handled {
+                sent: Some((*status, sent)),
+                next,
+            };
+        }
+        _ => {}
+    }
+
+    // Forward to the upstream on this connection's own upstream connection.
+    let mut builder = hyper::Request::builder()
+        .method(head.method.as_str())
+        .uri(head.path.as_str());
+    for (name, value) in &head.headers {
+        if !is_hop_by_hop(name) || name.eq_ignore_ascii_case("connection") {
+            builder = builder.header(name.as_str(), value.as_slice());
+        }
+    }
+    let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
+        let _ = write_simple(conn.get_mut(), 400, "text/plain", b"bad request\n", true).await;
+        return Handled::no_response(Next::Close);
+    };
+    if upstream.ready().await.is_err() {
+        // The upstream closed just as this request came: close without answering,
+        // exactly what the client would have met talking to the upstream directly.
+        return Handled::no_response(Next::Close);
+    }
+    let response = match upstream.send_request(request).await {
+        Ok(r) => r,
+        Err(_) => return Handled::no_response(Next::Close),
+    };
+    let (parts, mut incoming) = response.into_parts();
+    let status = parts.status.as_u16();
+    let upstream_close = parts
+        .headers
+        .get(hyper::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+
+    let media = if shared.config.expand_media {
+        parts
+            .headers
+            .get(MEDIA_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_media_header)
+    } else {
+        None
+    };
+    let bodiless =
+        head.method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status,
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    let mut content_length = None;
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if is_hop_by_hop(n) || n == MEDIA_HEADER {
+            continue;
+        }
+        if n == "content-length" {
+            if media.is_some() {
+                continue;
+            }
+            content_length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+        }
+        out.push_str(n);
+        out.push_str(": ");
+        out.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        out.push_str("\r\n");
+    }
+    if let Some(m) = &media {
+        content_length = Some(m.len());
+        out.push_str(&format!("content-length: {}\r\n", m.len()));
+    }
+    let chunked = !bodiless && content_length.is_none();
+    if chunked {
+        out.push_str("transfer-encoding: chunked\r\n");
+    }
+    let closing = upstream_close || head.wants_close();
+    if closing {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    let w = conn.get_mut();
+    if w.write_all(out.as_bytes()).await.is_err() {
+        return Handled::no_response(Next::Close);
+    }
+    if bodiless {
+        return Handled {
+            sent: Some((status, 0)),
+            next: if closing {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            },
+        };
+    }
+
+    let mut shaper = Shaper::new(plan);
+    let outcome = match media {
+        Some(m) => {
+            // Drain the (empty) placeholder body so the upstream connection stays usable.
+            while let Some(Ok(_)) = incoming.frame().await {}
+            let mut pos = 0u64;
+            let mut chunk = vec![0u8; 64 * 1024];
+            let mut res = Ok(());
+            while pos < m.len() {
+                let n = (m.len() - pos).min(chunk.len() as u64) as usize;
+                m.fill(pos, &mut chunk[..n]);
+                pos += n as u64;
+                res = shaper.send(w, &chunk[..n], false).await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            res
+        }
+        None => {
+            let mut res = Ok(());
+            while let Some(frame) = incoming.frame().await {
+                let Ok(frame) = frame else {
+                    // The upstream broke off: break off too, so the client can tell.
+                    res = Err(Cut);
+                    break;
+                };
+                if let Ok(data) = frame.into_data() {
+                    res = shaper.send(w, &data, chunked).await;
+                    if res.is_err() {
+                        break;
+                    }
+                }
+            }
+            if res.is_ok() && chunked {
+                res = w.write_all(b"0\r\n\r\n").await.map_err(|_| Cut);
+            }
+            res
+        }
+    };
+    let sent = Some((status, shaper.sent));
+    match outcome {
+        Ok(()) if !closing => Handled {
+            sent,
+            next: Next::KeepAlive,
+        },
+        _ => Handled {
+            sent,
+            next: Next::Close,
+        },
+    }
+}
+
+fn parse_media_header(v: &str) -> Option<Media> {
+    let mut it = v.splitn(3, ';');
+    let format = crate::media::MediaFormat::from_extension(it.next()?)?;
+    let size = it.next()?.parse().ok()?;
+    let sid = it.next()?;
+    Some(Media::new(sid, format, size))
+}
+
+/// The body was cut on purpose (close_after) or by a broken peer.
+struct Cut;
+
+/// Applies throttle, dribble and close_after to a body as it is written.
+struct Shaper {
+    sent: u64,
+    start: Instant,
+    throttle: Option<u64>,
+    dribble: Option<(u64, Duration)>,
+    close_after: Option<u64>,
+}
+
+impl Shaper {
+    fn new(plan: &Plan) -> Self {
+        Shaper {
+            sent: 0,
+            start: Instant::now(),
+            throttle: plan.throttle,
+            dribble: plan.dribble,
+            close_after: plan.close_after,
+        }
+    }
+
+    async fn send(&mut self, w: &mut TcpStream, mut data: &[u8], chunked: bool) -> Result<(), Cut> {
+        let mut cut = false;
+        if let Some(limit) = self.close_after {
+            let room = limit.saturating_sub(self.sent) as usize;
+            if data.len() >= room {
+                data = &data[..room];
+                cut = true;
+            }
+        }
+        if chunked && !data.is_empty() {
+            w.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await
+                .map_err(|_| Cut)?;
+        }
+        let piece = match (self.throttle, self.dribble) {
+            (_, Some((chunk, _))) => chunk as usize,
+            (Some(rate), None) => ((rate / 50) as usize).clamp(1, 64 * 1024),
+            (None, None) => usize::MAX,
+        };
+        for part in data.chunks(piece.max(1)) {
+            if let Some((_, pause)) = self.dribble {
+                if self.sent > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            if let Some(rate) = self.throttle {
+                let due = self.start + Duration::from_secs_f64(self.sent as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            w.write_all(part).await.map_err(|_| Cut)?;
+            self.sent += part.len() as u64;
+        }
+        if chunked && !data.is_empty() && !cut {
+            w.write_all(b"\r\n").await.map_err(|_| Cut)?;
+        }
+        if cut {
+            let _ = w.flush().await;
+            return Err(Cut);
+        }
+        Ok(())
+    }
+}
+
+async fn write_simple(
+    w: &mut TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    close: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{}\r\n",
+        reason(status),
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+    w.write_all(head.as_bytes()).await?;
+    w.write_all(body).await
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
+}

@@ -1,0 +1,357 @@
+//! Every fault kind, observed by a plain client exactly as described.
+
+use crate::support::{basic, client, raw_get, Raw};
+use mock_twilio::{sid, Fault, FaultRule, MediaFormat, MockTwilio, Recording};
+use std::io::ErrorKind;
+use std::time::Duration;
+
+struct Fixture {
+    twilio: MockTwilio,
+    rec: Recording,
+    path: String,
+}
+
+async fn fixture(size: u64) -> Fixture {
+    let twilio = MockTwilio::start().await.unwrap();
+    let rec = twilio.add_recording(Recording::new(
+        sid("RE", 1),
+        sid("CA", 1),
+        MediaFormat::Mp3,
+        size,
+    ));
+    let path = format!(
+        "/2010-04-01/Accounts/{}/Recordings/{}.mp3",
+        twilio.account_sid(),
+        rec.sid
+    );
+    Fixture { twilio, rec, path }
+}
+
+impl Fixture {
+    async fn get(&self, deadline: Duration) -> Raw {
+        raw_get(
+            self.twilio.addr(),
+            &self.path,
+            Some(&basic(&self.twilio)),
+            deadline,
+        )
+        .await
+    }
+
+    fn arm(&self, fault: Fault) {
+        self.twilio.arm(FaultRule::new(fault)).unwrap();
+    }
+}
+
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn delay_holds_back_the_headers() {
+    let f = fixture(1000).await;
+    f.arm(Fault::Delay {
+        ms: 400,
+        max_ms: None,
+        seed: None,
+    });
+    let raw = f.get(LONG).await;
+    assert!(
+        raw.first_byte.unwrap() >= Duration::from_millis(400),
+        "{:?}",
+        raw.first_byte
+    );
+    assert!(raw.head().starts_with("HTTP/1.1 200"));
+    assert_eq!(raw.body().len(), 1000);
+    assert_eq!(f.twilio.journal()[0].faults, ["delay"]);
+}
+
+#[tokio::test]
+async fn random_delay_stays_in_its_range() {
+    let f = fixture(10).await;
+    f.arm(Fault::Delay {
+        ms: 100,
+        max_ms: Some(300),
+        seed: Some(42),
+    });
+    for _ in 0..3 {
+        let raw = f.get(LONG).await;
+        let t = raw.first_byte.unwrap();
+        assert!(
+            t >= Duration::from_millis(100) && t < Duration::from_millis(1300),
+            "{t:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn throttle_limits_the_body_rate() {
+    let f = fixture(60_000).await;
+    f.arm(Fault::Throttle {
+        bytes_per_sec: 100_000,
+    });
+    let raw = f.get(LONG).await;
+    assert_eq!(raw.body(), f.rec.media(MediaFormat::Mp3).to_vec());
+    // 60 kB at 100 kB/s: 0.6 s, give or take scheduling.
+    assert!(
+        raw.elapsed >= Duration::from_millis(550),
+        "{:?}",
+        raw.elapsed
+    );
+    assert!(
+        raw.elapsed < Duration::from_millis(3000),
+        "{:?}",
+        raw.elapsed
+    );
+    // Headers come at once: the slowness is in the body.
+    assert!(raw.first_byte.unwrap() < Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn dribble_sends_chunks_with_pauses() {
+    let f = fixture(1000).await;
+    f.arm(Fault::Dribble {
+        chunk_bytes: 250,
+        pause_ms: 150,
+    });
+    let raw = f.get(LONG).await;
+    assert_eq!(raw.body(), f.rec.media(MediaFormat::Mp3).to_vec());
+    assert!(
+        raw.elapsed >= Duration::from_millis(450),
+        "{:?}",
+        raw.elapsed
+    );
+}
+
+#[tokio::test]
+async fn status_faults_answer_with_twilios_error_json() {
+    for (status, retry_after) in [(404, None), (429, Some("1")), (500, None), (503, Some("1"))] {
+        let f = fixture(1000).await;
+        f.arm(Fault::Status {
+            status,
+            retry_after: None,
+        });
+        let resp = client()
+            .get(f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3))
+            .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            retry_after,
+            "{status}"
+        );
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["status"], status);
+        assert_eq!(json["code"], 20000 + u32::from(status));
+    }
+}
+
+#[tokio::test]
+async fn status_fault_takes_an_explicit_retry_after() {
+    let f = fixture(10).await;
+    f.arm(Fault::Status {
+        status: 429,
+        retry_after: Some(7),
+    });
+    let raw = f.get(LONG).await;
+    assert_eq!(raw.header("retry-after").as_deref(), Some("7"));
+}
+
+#[tokio::test]
+async fn reset_sends_rst_before_any_response() {
+    let f = fixture(1000).await;
+    f.arm(Fault::Reset);
+    let raw = f.get(LONG).await;
+    assert!(raw.bytes.is_empty());
+    assert_eq!(raw.error, Some(ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
+async fn close_after_cuts_the_body_below_its_content_length() {
+    let f = fixture(100_000).await;
+    f.arm(Fault::CloseAfter { bytes: 1234 });
+    let raw = f.get(LONG).await;
+    assert_eq!(raw.header("content-length").as_deref(), Some("100000"));
+    assert_eq!(
+        raw.body(),
+        &f.rec.media(MediaFormat::Mp3).slice(0..1234)[..]
+    );
+    assert_eq!(raw.error, None, "a clean close (FIN), not a reset");
+    assert!(!raw.timed_out);
+    // reqwest calls it an error.
+    let f = fixture(100_000).await;
+    f.arm(Fault::CloseAfter { bytes: 10 });
+    let body = client()
+        .get(f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3))
+        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await;
+    assert!(body.is_err());
+}
+
+#[tokio::test]
+async fn hang_never_answers() {
+    let f = fixture(1000).await;
+    f.arm(Fault::Hang);
+    let raw = f.get(Duration::from_millis(700)).await;
+    assert!(raw.timed_out);
+    assert!(raw.bytes.is_empty());
+    assert_eq!(f.twilio.journal()[0].status, None);
+}
+
+#[tokio::test]
+async fn garbage_is_not_http() {
+    let f = fixture(1000).await;
+    f.arm(Fault::Garbage);
+    let raw = f.get(LONG).await;
+    assert!(!raw.bytes.is_empty());
+    assert!(!raw.bytes.starts_with(b"HTTP/"));
+    assert_eq!(raw.error, None);
+    let err = client()
+        .get(f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3))
+        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+        .send()
+        .await;
+    assert!(err.is_err());
+}
+
+#[tokio::test]
+async fn times_lets_a_retry_succeed() {
+    let f = fixture(1000).await;
+    f.twilio
+        .arm(
+            FaultRule::new(Fault::Status {
+                status: 429,
+                retry_after: None,
+            })
+            .times(2),
+        )
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let raw = f.get(LONG).await;
+        seen.push(raw.head().lines().next().unwrap().to_string());
+    }
+    assert_eq!(
+        seen,
+        [
+            "HTTP/1.1 429 Too Many Requests",
+            "HTTP/1.1 429 Too Many Requests",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn faults_are_scoped_by_recording_and_method() {
+    let f = fixture(1000).await;
+    let other = f.twilio.add_recording(Recording::new(
+        sid("RE", 2),
+        sid("CA", 2),
+        MediaFormat::Mp3,
+        500,
+    ));
+    f.twilio
+        .arm(
+            FaultRule::new(Fault::Status {
+                status: 500,
+                retry_after: None,
+            })
+            .recording(&f.rec.sid)
+            .method("GET"),
+        )
+        .unwrap();
+    let get = |url: String| {
+        client()
+            .get(url)
+            .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+            .send()
+    };
+    let head = |url: String| {
+        client()
+            .head(url)
+            .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+            .send()
+    };
+    assert_eq!(
+        get(f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3))
+            .await
+            .unwrap()
+            .status(),
+        500
+    );
+    assert_eq!(
+        head(f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(f.twilio.media_url(&other.sid, MediaFormat::Mp3))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn keepalive_race_closes_only_a_reused_connection() {
+    let f = fixture(100).await;
+    f.arm(Fault::KeepaliveRace);
+    let c = client();
+    let url = f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3);
+    let first = c
+        .get(&url)
+        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.bytes().await.unwrap().len(), 100);
+    // The pooled connection is reused and closed under the request.
+    let second = c
+        .get(&url)
+        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+        .send()
+        .await;
+    let j = f.twilio.journal();
+    assert_eq!(j.len(), 2, "{j:?}");
+    assert_eq!(j[1].faults, ["keepalive_race"]);
+    assert_eq!(j[1].status, None);
+    // reqwest retries a request that failed on a reused idle connection, as nginx does for GET.
+    if let Ok(resp) = second {
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn large_media_streams_at_once() {
+    // 50 MB: the first byte comes long before the last, and the whole is byte-exact.
+    let f = fixture(50_000_000).await;
+    let resp = client()
+        .get(f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3))
+        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.content_length(), Some(50_000_000));
+    let media = f.rec.media(MediaFormat::Mp3);
+    let mut pos = 0u64;
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        assert!(
+            chunk[..] == media.slice(pos..pos + chunk.len() as u64)[..],
+            "differs at {pos}"
+        );
+        pos += chunk.len() as u64;
+    }
+    assert_eq!(pos, 50_000_000);
+}
