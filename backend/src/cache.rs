@@ -1,0 +1,412 @@
+//! The on-disk cache of recordings, and single-flight downloads that stream to clients while
+//! they are written.
+//!
+//! A download writes to a hidden temp file in the cache directory; readers follow it as it
+//! grows, so the time to first byte does not depend on the recording's size. Only a complete
+//! file (length checked against Twilio's `Content-Length`, fsynced) is renamed to its final
+//! name, so a later request never serves a partial download. One download per recording at a
+//! time, however many requests want it.
+
+use crate::error::AppError;
+use crate::twilio::{error_chain, FetchError, Format, Twilio};
+use bytes::Bytes;
+use futures::Stream;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// Bytes read from disk per chunk of a response body.
+const CHUNK: u64 = 256 * 1024;
+
+/// How far a download has come (shared with every reader through a watch channel).
+#[derive(Debug, Clone)]
+pub enum Phase {
+    /// Waiting for Twilio's response headers.
+    Connecting,
+    /// Writing the body: `written` of `size` bytes are on disk in `file`.
+    Writing {
+        /// The temp file.
+        file: Arc<File>,
+        /// Twilio's Content-Length.
+        size: u64,
+        /// When the download started.
+        started: SystemTime,
+        /// Bytes on disk so far.
+        written: u64,
+    },
+    /// Complete and renamed to its final name.
+    Complete,
+    /// Failed; nothing was left in the cache.
+    Failed(FetchError),
+}
+
+/// Where a response's bytes come from.
+pub enum Source {
+    /// A complete cached file.
+    Cached {
+        /// The open file.
+        file: Arc<File>,
+        /// Its length.
+        size: u64,
+        /// When it was downloaded (its mtime).
+        modified: SystemTime,
+    },
+    /// A download in progress, followed as it grows.
+    Live {
+        /// The temp file being written.
+        file: Arc<File>,
+        /// The final length.
+        size: u64,
+        /// When the download started (the file's future mtime).
+        modified: SystemTime,
+        /// Progress of the download.
+        progress: watch::Receiver<Phase>,
+    },
+}
+
+impl Source {
+    /// Length in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Source::Cached { size, .. } | Source::Live { size, .. } => *size,
+        }
+    }
+
+    /// Last-Modified.
+    pub fn modified(&self) -> SystemTime {
+        match self {
+            Source::Cached { modified, .. } | Source::Live { modified, .. } => *modified,
+        }
+    }
+
+    /// True when the bytes come from a finished cache file.
+    pub fn is_cached(&self) -> bool {
+        matches!(self, Source::Cached { .. })
+    }
+
+    /// The bytes `start..=end` as a stream; ends with an error if the download breaks off.
+    pub fn stream(self, start: u64, end: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+        let (file, progress) = match self {
+            Source::Cached { file, .. } => (file, None),
+            Source::Live { file, progress, .. } => (file, Some(progress)),
+        };
+        futures::stream::unfold((start, progress), move |(pos, mut progress)| {
+            let file = file.clone();
+            async move {
+                if pos > end {
+                    return None;
+                }
+                // How much is on disk: everything for a cached file, else wait for the writer.
+                let available = match progress.as_mut() {
+                    None => end + 1,
+                    Some(rx) => loop {
+                        let phase = rx.borrow_and_update().clone();
+                        match phase {
+                            Phase::Writing { written, .. } if written > pos => {
+                                break written.min(end + 1)
+                            }
+                            Phase::Complete => break end + 1,
+                            Phase::Failed(e) => {
+                                return Some((
+                                    Err(std::io::Error::other(e.to_string())),
+                                    (end + 1, None),
+                                ))
+                            }
+                            _ => {}
+                        }
+                        if rx.changed().await.is_err() {
+                            let err = std::io::Error::other("download stopped");
+                            return Some((Err(err), (end + 1, None)));
+                        }
+                    },
+                };
+                let len = (available - pos).min(CHUNK) as usize;
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, pos).map(|_| buf)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                match read {
+                    Ok(buf) => Some((Ok(Bytes::from(buf)), (pos + len as u64, progress))),
+                    Err(e) => Some((Err(e), (end + 1, None))),
+                }
+            }
+        })
+    }
+}
+
+/// The recordings cache.
+pub struct Cache {
+    dir: PathBuf,
+    twilio: Arc<Twilio>,
+    slow: Duration,
+    inflight: Mutex<HashMap<String, watch::Receiver<Phase>>>,
+}
+
+impl Cache {
+    /// A cache in `dir` (created if missing; stale temp files of a crashed run are removed).
+    pub fn new(dir: &Path, twilio: Arc<Twilio>, slow: Duration) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(".part") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            twilio,
+            slow,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, recording_sid: &str, format: Format) -> PathBuf {
+        self.dir.join(format!("{recording_sid}.{}", format.ext()))
+    }
+
+    fn open_cached(&self, path: &Path) -> Option<Source> {
+        let file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        Some(Source::Cached {
+            size: meta.len(),
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            file: Arc::new(file),
+        })
+    }
+
+    /// The recording's bytes: from the cache, from a download in progress, or from a new one.
+    pub async fn open(
+        self: &Arc<Self>,
+        call_sid: &str,
+        recording_sid: &str,
+        format: Format,
+    ) -> Result<Source, AppError> {
+        let path = self.path(recording_sid, format);
+        if let Some(source) = self.open_cached(&path) {
+            return Ok(source);
+        }
+        let mut rx = self.join_or_start(call_sid, recording_sid, format);
+        loop {
+            let phase = rx.borrow_and_update().clone();
+            match phase {
+                Phase::Connecting => {}
+                Phase::Writing {
+                    file,
+                    size,
+                    started,
+                    ..
+                } => {
+                    return Ok(Source::Live {
+                        file,
+                        size,
+                        modified: started,
+                        progress: rx,
+                    })
+                }
+                Phase::Complete => {
+                    return self.open_cached(&path).ok_or_else(|| AppError::Internal {
+                        cause: format!("cached file {} vanished", path.display()),
+                    })
+                }
+                Phase::Failed(FetchError::NotFound) => return Err(AppError::FileNotFound),
+                Phase::Failed(FetchError::Failed(cause)) => {
+                    return Err(AppError::Upstream { cause })
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(AppError::Internal {
+                    cause: "download task ended without a result".into(),
+                });
+            }
+        }
+    }
+
+    /// Downloads a recording into the cache unless it is there; for webhook pre-downloads.
+    pub async fn prefetch(self: &Arc<Self>, call_sid: &str, recording_sid: &str, format: Format) {
+        if self.path(recording_sid, format).exists() {
+            return;
+        }
+        let mut rx = self.join_or_start(call_sid, recording_sid, format);
+        while !matches!(*rx.borrow_and_update(), Phase::Complete | Phase::Failed(_)) {
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+
+    fn join_or_start(
+        self: &Arc<Self>,
+        call_sid: &str,
+        recording_sid: &str,
+        format: Format,
+    ) -> watch::Receiver<Phase> {
+        let key = format!("{recording_sid}.{}", format.ext());
+        let mut inflight = self.inflight.lock().unwrap();
+        if let Some(rx) = inflight.get(&key) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(Phase::Connecting);
+        inflight.insert(key.clone(), rx.clone());
+        let cache = self.clone();
+        let (call_sid, recording_sid) = (call_sid.to_string(), recording_sid.to_string());
+        tokio::spawn(async move {
+            cache.download(&tx, &call_sid, &recording_sid, format).await;
+            cache.inflight.lock().unwrap().remove(&key);
+        });
+        rx
+    }
+
+    async fn download(
+        &self,
+        tx: &watch::Sender<Phase>,
+        call_sid: &str,
+        recording_sid: &str,
+        format: Format,
+    ) {
+        tracing::info!(
+            call_sid,
+            recording_sid,
+            "Cache miss - downloading from Twilio for {call_sid}"
+        );
+        let began = Instant::now();
+        let started = SystemTime::now();
+        let final_path = self.path(recording_sid, format);
+        let tmp = self.dir.join(format!(
+            ".{recording_sid}.{}.{:016x}.part",
+            format.ext(),
+            rand::random::<u64>()
+        ));
+        let result = self
+            .fetch_into(tx, recording_sid, format, &tmp, &final_path, started)
+            .await;
+        match result {
+            Ok(size) => {
+                let took = began.elapsed().as_secs_f64();
+                tracing::info!(
+                    call_sid,
+                    recording_sid,
+                    bytes = size,
+                    seconds = took,
+                    "Recording saved - took {took:.2}s"
+                );
+                if began.elapsed() > self.slow {
+                    tracing::warn!(
+                        call_sid,
+                        recording_sid,
+                        seconds = took,
+                        "Slow download detected ({took:.2}s) - consider pre-downloading"
+                    );
+                }
+                tx.send_replace(Phase::Complete);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                match &e {
+                    FetchError::NotFound => tracing::warn!(
+                        call_sid,
+                        recording_sid,
+                        "Recording file not found at Twilio"
+                    ),
+                    FetchError::Failed(cause) => {
+                        tracing::error!(call_sid, recording_sid, cause = %cause, "Failed to fetch recording")
+                    }
+                }
+                tx.send_replace(Phase::Failed(e));
+            }
+        }
+    }
+
+    async fn fetch_into(
+        &self,
+        tx: &watch::Sender<Phase>,
+        recording_sid: &str,
+        format: Format,
+        tmp: &Path,
+        final_path: &Path,
+        started: SystemTime,
+    ) -> Result<u64, FetchError> {
+        let io = |what: &str, e: std::io::Error| FetchError::Failed(format!("{what}: {e}"));
+        let mut resp = self.twilio.open_media(recording_sid, format).await?;
+        let size = resp
+            .content_length()
+            .ok_or_else(|| FetchError::Failed("Twilio sent no Content-Length".into()))?;
+        let file = Arc::new(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(tmp)
+                .map_err(|e| io("cannot create temp file", e))?,
+        );
+        tx.send_replace(Phase::Writing {
+            file: file.clone(),
+            size,
+            started,
+            written: 0,
+        });
+        let mut written = 0u64;
+        let stall = self.twilio.budget();
+        loop {
+            let chunk = match tokio::time::timeout(stall, resp.chunk()).await {
+                Err(_) => {
+                    return Err(FetchError::Failed(format!(
+                        "Twilio stalled for {:.1}s after {written} of {size} bytes",
+                        stall.as_secs_f64()
+                    )))
+                }
+                Ok(Err(e)) => {
+                    return Err(FetchError::Failed(format!(
+                        "Twilio broke off after {written} of {size} bytes: {}",
+                        error_chain(&e)
+                    )))
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            if written + chunk.len() as u64 > size {
+                return Err(FetchError::Failed(format!(
+                    "Twilio sent more than its Content-Length {size}"
+                )));
+            }
+            let f = file.clone();
+            let at = written;
+            tokio::task::spawn_blocking(move || f.write_all_at(&chunk, at).map(|_| chunk.len()))
+                .await
+                .map_err(|e| FetchError::Failed(e.to_string()))?
+                .map(|n| written += n as u64)
+                .map_err(|e| io("cannot write temp file", e))?;
+            tx.send_modify(|p| {
+                if let Phase::Writing { written: w, .. } = p {
+                    *w = written;
+                }
+            });
+        }
+        if written != size {
+            return Err(FetchError::Failed(format!(
+                "Twilio sent {written} of {size} bytes"
+            )));
+        }
+        let f = file.clone();
+        let (tmp, final_path) = (tmp.to_path_buf(), final_path.to_path_buf());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            f.sync_all()?;
+            f.set_modified(started)?;
+            std::fs::rename(&tmp, &final_path)?;
+            if let Some(dir) = final_path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| FetchError::Failed(e.to_string()))?
+        .map_err(|e| io("cannot store the download", e))?;
+        Ok(size)
+    }
+}
