@@ -54,9 +54,11 @@ pub enum Fault {
     Hang,
     /// Send bytes that are not HTTP, then close.
     Garbage,
-    /// The keep-alive race: on a connection that already served a request, read the next
-    /// request and close without answering, as a server does whose idle timeout fired just
-    /// as the client reused the connection. Never fires on a fresh connection.
+    /// The keep-alive race, made certain: when the upstream closes an idle keep-alive
+    /// connection, the client is not told until it sends its next request on it, which is then
+    /// closed unanswered, exactly as when the upstream's close crosses the client's request on
+    /// the wire. It only fires where the upstream's idle timeout is the shorter one: an upstream
+    /// that keeps idle connections longer than the client never triggers it.
     KeepaliveRace,
 }
 
@@ -268,16 +270,25 @@ impl FaultSet {
             .collect()
     }
 
+    /// True when a rule of this kind is armed and has uses left.
+    pub fn has_armed(&self, kind: &str) -> bool {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .1
+            .iter()
+            .any(|a| a.rule.fault.kind() == kind && a.remaining != Some(0))
+    }
+
     /// Combines every rule matching this request into a plan, consuming one use of each.
-    /// `reused` says whether the connection already served a request (for the keep-alive race).
-    pub fn plan(&self, method: &str, path: &str, reused: bool) -> Plan {
+    /// `stale` says the upstream has closed this idle connection (for the keep-alive race).
+    pub fn plan(&self, method: &str, path: &str, stale: bool) -> Plan {
         let mut plan = Plan::default();
         let mut inner = self.inner.lock().unwrap();
         for armed in inner.1.iter_mut() {
             if armed.remaining == Some(0) || !armed.matches(method, path) {
                 continue;
             }
-            if matches!(armed.rule.fault, Fault::KeepaliveRace) && !reused {
+            if matches!(armed.rule.fault, Fault::KeepaliveRace) && !stale {
                 continue;
             }
             let fault = armed.rule.fault.clone();
@@ -384,7 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_race_waits_for_a_reused_connection() {
+    fn keepalive_race_waits_for_a_stale_connection() {
         let set = FaultSet::default();
         set.arm(FaultRule::new(Fault::KeepaliveRace).times(1))
             .unwrap();

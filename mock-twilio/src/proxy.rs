@@ -267,7 +267,7 @@ async fn connect_upstream(addr: SocketAddr) -> Option<(SendRequest<Full<Bytes>>,
 
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     stream.set_nodelay(true).ok();
-    let Some((mut upstream, upstream_closed)) = connect_upstream(shared.config.upstream).await
+    let Some((mut upstream, mut upstream_closed)) = connect_upstream(shared.config.upstream).await
     else {
         // Nothing to forward to: refuse the way a dead server's port would.
         reset(stream);
@@ -275,12 +275,22 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     };
     let mut conn = BufReader::with_capacity(16 * 1024, stream);
     let mut buf = Vec::with_capacity(4096);
-    let mut served = 0u64;
+    // The upstream closed this connection while it was idle, and the client was not told
+    // (only while a keep-alive race is armed).
+    let mut stale = false;
     loop {
-        let got = tokio::select! {
-            r = read_head(&mut conn, &mut buf) => r,
-            // The upstream closed its idle connection: close ours too, as it would have.
-            _ = upstream_closed.notified() => Ok(false),
+        let got = loop {
+            tokio::select! {
+                r = read_head(&mut conn, &mut buf) => break r,
+                _ = upstream_closed.notified(), if !stale => {
+                    if shared.faults.has_armed("keepalive_race") {
+                        stale = true;
+                    } else {
+                        // Pass the upstream's idle close on at once, as a network would.
+                        break Ok(false);
+                    }
+                }
+            }
         };
         let Ok(true) = got else { break };
         let Some(head) = parse_head(&buf) else {
@@ -310,9 +320,19 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         let plan = if internal {
             Plan::default()
         } else {
-            shared.faults.plan(&head.method, &head.path, served > 0)
+            shared.faults.plan(&head.method, &head.path, stale)
         };
-        served += 1;
+        if stale && !matches!(plan.terminal, Some(Fault::KeepaliveRace)) {
+            // The race did not fire for this request: carry on over a fresh upstream connection.
+            match connect_upstream(shared.config.upstream).await {
+                Some((sender, closed)) => {
+                    upstream = sender;
+                    upstream_closed = closed;
+                    stale = false;
+                }
+                None => break,
+            }
+        }
         let mut entry = (!internal).then(|| JournalEntry {
             seq: 0,
             method: head.method.clone(),

@@ -303,33 +303,138 @@ async fn faults_are_scoped_by_recording_and_method() {
     );
 }
 
-#[tokio::test]
-async fn keepalive_race_closes_only_a_reused_connection() {
-    let f = fixture(100).await;
-    f.arm(Fault::KeepaliveRace);
-    let c = client();
-    let url = f.twilio.media_url(&f.rec.sid, MediaFormat::Mp3);
-    let first = c
-        .get(&url)
-        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.bytes().await.unwrap().len(), 100);
-    // The pooled connection is reused and closed under the request.
-    let second = c
-        .get(&url)
-        .basic_auth(f.twilio.account_sid(), Some(f.twilio.auth_token()))
-        .send()
-        .await;
-    let j = f.twilio.journal();
-    assert_eq!(j.len(), 2, "{j:?}");
-    assert_eq!(j[1].faults, ["keepalive_race"]);
-    assert_eq!(j[1].status, None);
-    // reqwest retries a request that failed on a reused idle connection, as nginx does for GET.
-    if let Ok(resp) = second {
-        assert_eq!(resp.status(), 200);
+/// An HTTP server that closes idle keep-alive connections after `idle`.
+async fn idle_closing_upstream(idle: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(idle)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// Sends one request on a kept-alive connection; the status line, or None if it was closed unanswered.
+async fn exchange(stream: &mut tokio::net::TcpStream, method: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("{method} /x HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        // The test upstream's body is "ok".
+        if got.ends_with(b"\r\n\r\nok") {
+            return Some(
+                String::from_utf8_lossy(&got)
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn keepalive_race_fires_only_when_the_upstream_closed_the_idle_connection_first() {
+    let upstream = idle_closing_upstream(Duration::from_millis(150)).await;
+    let proxy = mock_twilio::FaultProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        mock_twilio::ProxyConfig::new(upstream),
+    )
+    .await
+    .unwrap();
+    proxy
+        .faults()
+        .arm(FaultRule::new(Fault::KeepaliveRace).method("POST"))
+        .unwrap();
+    let connect = || tokio::net::TcpStream::connect(proxy.addr());
+
+    // Reused at once, while the upstream still holds the connection: no race.
+    let mut c = connect().await.unwrap();
+    assert_eq!(
+        exchange(&mut c, "GET").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        exchange(&mut c, "POST").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+
+    // Reused after the upstream's idle timeout (the gap is the scenario): the POST meets the race.
+    let mut c = connect().await.unwrap();
+    assert_eq!(
+        exchange(&mut c, "GET").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(exchange(&mut c, "POST").await, None, "closed unanswered");
+
+    // A request the rule does not match goes on over a fresh upstream connection.
+    let mut c = connect().await.unwrap();
+    assert_eq!(
+        exchange(&mut c, "GET").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        exchange(&mut c, "GET").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+
+    let faults: Vec<Vec<String>> = proxy
+        .journal()
+        .entries()
+        .into_iter()
+        .map(|e| e.faults)
+        .collect();
+    assert_eq!(
+        faults
+            .iter()
+            .filter(|f| f.contains(&"keepalive_race".to_string()))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn without_a_race_armed_an_idle_close_reaches_the_client_at_once() {
+    use tokio::io::AsyncReadExt;
+    let upstream = idle_closing_upstream(Duration::from_millis(100)).await;
+    let proxy = mock_twilio::FaultProxy::start(
+        "127.0.0.1:0".parse().unwrap(),
+        mock_twilio::ProxyConfig::new(upstream),
+    )
+    .await
+    .unwrap();
+    let mut c = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(
+        exchange(&mut c, "GET").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .expect("the close arrives")
+        .unwrap();
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]
