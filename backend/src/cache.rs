@@ -40,8 +40,14 @@ pub enum Phase {
     },
     /// Complete and renamed to its final name.
     Complete,
-    /// Failed; nothing was left in the cache.
-    Failed(FetchError),
+    /// Failed after `written` bytes (readers still get those, then an error); nothing was
+    /// left in the cache.
+    Failed {
+        /// Why.
+        error: FetchError,
+        /// Bytes that reached the temp file before the failure.
+        written: u64,
+    },
 }
 
 /// Where a response's bytes come from.
@@ -88,6 +94,32 @@ impl Source {
         matches!(self, Source::Cached { .. })
     }
 
+    /// Waits until byte `pos` is on disk, so that a response can promise a status: if the
+    /// download fails before reaching it, the client gets a clean error instead of a 200 whose
+    /// body breaks off before its first byte.
+    pub async fn ready_at(&mut self, pos: u64) -> Result<(), AppError> {
+        let Source::Live { progress, .. } = self else {
+            return Ok(());
+        };
+        loop {
+            match &*progress.borrow_and_update() {
+                Phase::Writing { written, .. } | Phase::Failed { written, .. }
+                    if *written > pos =>
+                {
+                    return Ok(())
+                }
+                Phase::Complete => return Ok(()),
+                Phase::Failed { error, .. } => return Err(fetch_error(error.clone())),
+                _ => {}
+            }
+            if progress.changed().await.is_err() {
+                return Err(AppError::Internal {
+                    cause: "download task ended without a result".into(),
+                });
+            }
+        }
+    }
+
     /// The bytes `start..=end` as a stream; ends with an error if the download breaks off.
     pub fn stream(self, start: u64, end: u64) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
         let (file, progress) = match self {
@@ -110,11 +142,18 @@ impl Source {
                                 break written.min(end + 1)
                             }
                             Phase::Complete => break end + 1,
-                            Phase::Failed(e) => {
+                            // What arrived before a failure is still served; then the cut.
+                            Phase::Failed { written, .. } if written > pos => {
+                                break written.min(end + 1)
+                            }
+                            Phase::Failed { error, .. } => {
+                                // Pending once before the error, so hyper flushes the bytes
+                                // already handed to it before it aborts the connection.
+                                tokio::task::yield_now().await;
                                 return Some((
-                                    Err(std::io::Error::other(e.to_string())),
+                                    Err(std::io::Error::other(error.to_string())),
                                     (end + 1, None),
-                                ))
+                                ));
                             }
                             _ => {}
                         }
@@ -137,6 +176,13 @@ impl Source {
                 }
             }
         })
+    }
+}
+
+fn fetch_error(e: FetchError) -> AppError {
+    match e {
+        FetchError::NotFound => AppError::FileNotFound,
+        FetchError::Failed(cause) => AppError::Upstream { cause },
     }
 }
 
@@ -215,10 +261,7 @@ impl Cache {
                         cause: format!("cached file {} vanished", path.display()),
                     })
                 }
-                Phase::Failed(FetchError::NotFound) => return Err(AppError::FileNotFound),
-                Phase::Failed(FetchError::Failed(cause)) => {
-                    return Err(AppError::Upstream { cause })
-                }
+                Phase::Failed { error, .. } => return Err(fetch_error(error)),
             }
             if rx.changed().await.is_err() {
                 return Err(AppError::Internal {
@@ -234,7 +277,10 @@ impl Cache {
             return;
         }
         let mut rx = self.join_or_start(call_sid, recording_sid, format);
-        while !matches!(*rx.borrow_and_update(), Phase::Complete | Phase::Failed(_)) {
+        while !matches!(
+            *rx.borrow_and_update(),
+            Phase::Complete | Phase::Failed { .. }
+        ) {
             if rx.changed().await.is_err() {
                 break;
             }
@@ -289,13 +335,7 @@ impl Cache {
         match result {
             Ok(size) => {
                 let took = began.elapsed().as_secs_f64();
-                tracing::info!(
-                    call_sid,
-                    recording_sid,
-                    bytes = size,
-                    seconds = took,
-                    "Recording saved - took {took:.2}s"
-                );
+                // The warning first: "saved" is the line that says the download is over.
                 if began.elapsed() > self.slow {
                     tracing::warn!(
                         call_sid,
@@ -304,6 +344,13 @@ impl Cache {
                         "Slow download detected ({took:.2}s) - consider pre-downloading"
                     );
                 }
+                tracing::info!(
+                    call_sid,
+                    recording_sid,
+                    bytes = size,
+                    seconds = took,
+                    "Recording saved - took {took:.2}s"
+                );
                 tx.send_replace(Phase::Complete);
             }
             Err(e) => {
@@ -318,7 +365,11 @@ impl Cache {
                         tracing::error!(call_sid, recording_sid, cause = %cause, "Failed to fetch recording")
                     }
                 }
-                tx.send_replace(Phase::Failed(e));
+                let written = match &*tx.borrow() {
+                    Phase::Writing { written, .. } => *written,
+                    _ => 0,
+                };
+                tx.send_replace(Phase::Failed { error: e, written });
             }
         }
     }

@@ -61,9 +61,11 @@ impl IntoResponse for AppError {
         let status = self.status();
         match &self {
             AppError::Upstream { cause } => {
-                tracing::error!(cause = %cause, "Failed to fetch recording")
+                tracing::warn!(status = status.as_u16(), cause = %cause, "error response: {self}")
             }
-            AppError::Internal { cause } => tracing::error!(cause = %cause, "internal error"),
+            AppError::Internal { cause } => {
+                tracing::error!(status = status.as_u16(), cause = %cause, "error response: {self}")
+            }
             _ => tracing::info!(status = status.as_u16(), error = %self, "request refused"),
         }
         let mut response =

@@ -157,6 +157,10 @@ async fn download(
         }
     };
     let length = range.map(|(s, e)| e - s + 1).unwrap_or(0);
+    let mut source = source;
+    if let Some((start, _)) = range {
+        source.ready_at(start).await?;
+    }
     let body = match range {
         Some((start, end)) if method != Method::HEAD => {
             Body::from_stream(source.stream(start, end))

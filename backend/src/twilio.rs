@@ -141,6 +141,10 @@ impl Twilio {
             .await
     }
 
+    /// At most this many attempts per download, however large the budget: a Twilio that
+    /// failed three times in a row is down, and the client should hear so quickly.
+    pub const MAX_ATTEMPTS: u32 = 3;
+
     async fn get_with_retry(&self, url: &str) -> Result<reqwest::Response, FetchError> {
         let deadline = Instant::now() + self.budget;
         let mut attempt = 0u32;
@@ -191,7 +195,7 @@ impl Twilio {
                 Duration::from_millis(100 * 2u64.pow(attempt.min(5))).min(Duration::from_secs(2));
             let wait = retry_after.unwrap_or(backoff);
             let left = deadline.saturating_duration_since(Instant::now());
-            if wait >= left {
+            if attempt >= Self::MAX_ATTEMPTS || wait >= left {
                 return Err(FetchError::Failed(format!(
                     "{cause} (gave up after {attempt} attempts)"
                 )));

@@ -35,11 +35,20 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Appends an entry, numbering it.
-    pub fn push(&self, mut entry: JournalEntry) {
+    /// Appends an entry, numbering it; returns its number.
+    pub fn push(&self, mut entry: JournalEntry) -> u64 {
         let mut entries = self.entries.lock().unwrap();
         entry.seq = entries.len() as u64 + 1;
         entries.push(entry);
+        entries.len() as u64
+    }
+
+    /// Changes entry number `seq`, if it is still there.
+    pub fn update(&self, seq: u64, change: impl FnOnce(&mut JournalEntry)) {
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(e) = entries.iter_mut().find(|e| e.seq == seq) {
+            change(e);
+        }
     }
 
     /// A copy of every entry so far.

@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Internal header by which mock-twilio's wiremock routes ask the proxy to stream
 /// generated media (`{format};{size};{sid}`): wiremock bodies live in memory, media need not.
@@ -72,7 +73,9 @@ pub struct FaultProxy {
     addr: SocketAddr,
     faults: Arc<FaultSet>,
     journal: Arc<Journal>,
+    connections: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl FaultProxy {
@@ -97,16 +100,21 @@ impl FaultProxy {
             journal: journal.clone(),
         });
         let token = cancel.clone();
-        tokio::spawn(async move {
+        let connections: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let counter = connections.clone();
+        let tasks = TaskTracker::new();
+        let tracker = tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     _ = token.cancelled() => break,
                     a = listener.accept() => a,
                 };
                 let Ok((stream, _)) = accepted else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let shared = shared.clone();
                 let token = token.clone();
-                tokio::spawn(async move {
+                tracker.spawn(async move {
                     tokio::select! {
                         _ = token.cancelled() => {}
                         _ = serve_connection(stream, shared) => {}
@@ -118,7 +126,9 @@ impl FaultProxy {
             addr,
             faults,
             journal,
+            connections,
             cancel,
+            tasks,
         })
     }
 
@@ -135,6 +145,20 @@ impl FaultProxy {
     /// Every request seen.
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
+    }
+
+    /// How many client connections it has accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl FaultProxy {
+    /// Stops: closes the listener and every connection, and returns once they are closed.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -333,7 +357,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 None => break,
             }
         }
-        let mut entry = (!internal).then(|| JournalEntry {
+        // Journaled before it is answered, and its status as soon as the head is sent, so an
+        // observer that has seen the response also sees the entry.
+        let entry = (!internal).then(|| JournalEntry {
             seq: 0,
             method: head.method.clone(),
             path: head.path.clone(),
@@ -347,13 +373,27 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             status: None,
             body_bytes: 0,
         });
-        let result = handle(&mut conn, &mut upstream, &shared, &head, body, &plan).await;
-        if let Some(mut e) = entry.take() {
-            if let Some((status, sent)) = result.sent {
+        let seq = entry.map(|e| shared.journal.push(e));
+        let on_head = |status: u16| {
+            if let Some(seq) = seq {
+                shared.journal.update(seq, |e| e.status = Some(status));
+            }
+        };
+        let result = handle(
+            &mut conn,
+            &mut upstream,
+            &shared,
+            &head,
+            body,
+            &plan,
+            &on_head,
+        )
+        .await;
+        if let (Some(seq), Some((status, sent))) = (seq, result.sent) {
+            shared.journal.update(seq, |e| {
                 e.status = Some(status);
                 e.body_bytes = sent;
-            }
-            shared.journal.push(e);
+            });
         }
         match result.next {
             Next::KeepAlive if !head.wants_close() => continue,
@@ -413,6 +453,7 @@ async fn handle(
     head: &Head,
     body: Vec<u8>,
     plan: &Plan,
+    on_head: &(dyn Fn(u16) + Sync),
 ) -> Handled {
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
@@ -443,6 +484,7 @@ async fn handle(
                 reason(*status),
                 body.len()
             );
+            on_head(*status);
             let w = conn.get_mut();
             let ok = w.write_all(head_bytes.as_bytes()).await.is_ok()
                 && (head.method == "HEAD" || w.write_all(&body).await.is_ok());
@@ -536,6 +578,7 @@ async fn handle(
         out.push_str("connection: close\r\n");
     }
     out.push_str("\r\n");
+    on_head(status);
     let w = conn.get_mut();
     if w.write_all(out.as_bytes()).await.is_err() {
         return Handled::no_response(Next::Close);

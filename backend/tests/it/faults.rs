@@ -232,6 +232,8 @@ async fn concurrent_misses_cause_one_download() {
         .await
         .unwrap();
     assert_eq!(head.status(), 200);
+    // The HEAD started a download; once it is stored, remove it so the next ones miss.
+    backend.wait_log("Recording saved - took").await;
     for f in backend.cached_files() {
         std::fs::remove_file(backend.dir.join(f)).unwrap();
     }

@@ -1,0 +1,83 @@
+//! The harness library's errors: each names what failed and carries what explains it.
+
+use std::time::Duration;
+
+/// Everything that can go wrong bringing up or driving a stack.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A program the harness needs is not installed.
+    #[error("{tool} not found: {hint}")]
+    ToolMissing {
+        /// `nginx`, `docker`, `chromium`, ...
+        tool: &'static str,
+        /// How to install it.
+        hint: String,
+    },
+    /// A config file the harness renders lacks something it needs.
+    #[error("{file}{}: {message}", if *line > 0 { format!(":{line}") } else { String::new() })]
+    Config {
+        /// The file.
+        file: String,
+        /// 1-based line, 0 when the whole file is at fault.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A component did not become ready in time.
+    #[error("{component} not ready at {url} after {waited:?}\n{logs}")]
+    NotReady {
+        /// `nginx`, `backend`, ...
+        component: String,
+        /// What was probed.
+        url: String,
+        /// How long the harness waited.
+        waited: Duration,
+        /// The tail of every component's log.
+        logs: String,
+    },
+    /// A component exited while it should have been running.
+    #[error("{component} exited ({status}) during start-up\n{logs}")]
+    Exited {
+        /// The component.
+        component: String,
+        /// Its exit status.
+        status: String,
+        /// The tail of every component's log.
+        logs: String,
+    },
+    /// A scenario file is invalid.
+    #[error("{file}:{line}:{column}: {field}: {message}{}", hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+    Scenario {
+        /// The file.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The field at fault (`steps[2].fault.kind`).
+        field: String,
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        hint: Option<String>,
+    },
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the file or address.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl HarnessError {
+    /// Maps an I/O error, naming what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+        let what = what.into();
+        move |source| HarnessError::Io { what, source }
+    }
+}

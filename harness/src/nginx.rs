@@ -1,0 +1,405 @@
+//! nginx: find the binary, render a deployable config (`docker/*.conf`) for one stack, and
+//! start it on a listening socket the OS chose.
+//!
+//! The harness keeps no copy of any nginx config: it rewrites only the directives that must
+//! differ per stack (listen, the upstream server, log/pid/temp paths, the static root) and
+//! scales timeouts on request, keeping their ratios.
+
+use crate::error::HarnessError;
+use crate::process::{ChildGuard, LogFile};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The install hint printed when nginx is missing.
+pub const INSTALL_HINT: &str = "install it with `apt-get install nginx-light` (Debian/Ubuntu), or set HARNESS_NGINX to its path";
+
+/// Finds the nginx binary: `$HARNESS_NGINX`, then `nginx` on PATH, then `/usr/sbin/nginx`.
+pub fn find_nginx() -> Result<PathBuf, HarnessError> {
+    if let Some(p) = std::env::var_os("HARNESS_NGINX") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(HarnessError::ToolMissing {
+                tool: "nginx",
+                hint: format!(
+                    "HARNESS_NGINX={} is not a file; {INSTALL_HINT}",
+                    p.display()
+                ),
+            })
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .ok_or(HarnessError::ToolMissing {
+            tool: "nginx",
+            hint: INSTALL_HINT.to_string(),
+        })
+}
+
+/// nginx's version line, e.g. `nginx/1.22.1`.
+pub fn version(nginx: &Path) -> Option<String> {
+    let out = Command::new(nginx).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.split("version: ").nth(1).map(|v| v.trim().to_string())
+}
+
+/// What differs between one rendered config and another.
+#[derive(Debug, Clone)]
+pub struct Render {
+    /// The address nginx listens on (already bound by the harness).
+    pub listen: SocketAddr,
+    /// Where `upstream` servers point (the hop fault point, or the backend).
+    pub upstream: SocketAddr,
+    /// The stack's sandbox: logs, pid and temp files go there.
+    pub sandbox: PathBuf,
+    /// The static root (`root` directive).
+    pub static_root: PathBuf,
+    /// Factor for request timeouts (proxy_read/send/connect_timeout).
+    pub timeout_scale: f64,
+    /// Factor for keep-alive timeouts.
+    pub keepalive_scale: f64,
+}
+
+/// nginx's built-in defaults for the proxy timeouts, made explicit so they scale too.
+const DEFAULT_PROXY_TIMEOUT_SECS: f64 = 60.0;
+const DEFAULT_UPSTREAM_KEEPALIVE_SECS: f64 = 60.0;
+
+/// Parses an nginx time (`300s`, `60`, `500ms`, `1m`) into seconds.
+pub fn parse_time(v: &str) -> Option<f64> {
+    let v = v.trim();
+    let (num, unit) = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| v.split_at(i))
+        .unwrap_or((v, "s"));
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    })
+}
+
+fn ms(secs: f64) -> String {
+    format!("{}ms", (secs * 1000.0).round().max(1.0) as u64)
+}
+
+/// The timeouts a config sets (after rendering), for reports and for sizing backend timeouts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NginxTimeouts {
+    /// Largest `proxy_read_timeout` in the file (or nginx's default 60 s), in seconds.
+    pub proxy_read: f64,
+    /// The upstream block's `keepalive_timeout` (default 60 s), in seconds.
+    pub upstream_keepalive: f64,
+}
+
+/// Reads the timeouts a deployable config sets for `/api/`, before scaling.
+pub fn timeouts(config: &str) -> NginxTimeouts {
+    let mut t = NginxTimeouts {
+        proxy_read: DEFAULT_PROXY_TIMEOUT_SECS,
+        upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE_SECS,
+    };
+    // (block kind, depth it opened at)
+    let mut depth = 0usize;
+    let mut block: Option<(&str, usize)> = None;
+    let mut http_level_read = None;
+    let mut api_read = None;
+    for line in config.lines() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        let mut words = l.trim_end_matches(';').split_whitespace();
+        let directive = words.next().unwrap_or("");
+        let value = words.next();
+        if block.is_none() && l.ends_with('{') {
+            if directive == "upstream" {
+                block = Some(("upstream", depth));
+            } else if directive == "location" && l.contains("/api/") {
+                block = Some(("api", depth));
+            }
+        }
+        match (directive, value.and_then(parse_time), block.map(|b| b.0)) {
+            ("proxy_read_timeout", Some(v), Some("api")) => api_read = Some(v),
+            ("proxy_read_timeout", Some(v), None) if depth == 1 => http_level_read = Some(v),
+            ("keepalive_timeout", Some(v), Some("upstream")) => t.upstream_keepalive = v,
+            _ => {}
+        }
+        depth = (depth + l.matches('{').count()).saturating_sub(l.matches('}').count());
+        if block.is_some_and(|(_, d)| depth <= d) {
+            block = None;
+        }
+    }
+    t.proxy_read = api_read
+        .or(http_level_read)
+        .unwrap_or(DEFAULT_PROXY_TIMEOUT_SECS);
+    t
+}
+
+/// Renders a deployable config for one stack. Fails, naming the file's problem, when a
+/// directive the harness must rewrite is missing.
+pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, HarnessError> {
+    let sb = r.sandbox.display();
+    let mut out = String::new();
+    writeln!(out, "# rendered by the harness from {source_name}").unwrap();
+    writeln!(out, "daemon off;\nmaster_process on;").unwrap();
+    let (mut saw_listen, mut saw_upstream_server, mut saw_http) = (false, false, false);
+    // Brace depth, and the depth at which an upstream block opened.
+    let mut depth = 0usize;
+    let mut upstream_depth: Option<usize> = None;
+    let mut upstream_has_keepalive_timeout = false;
+    for (n, line) in config.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let trimmed = code.trim();
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let words: Vec<&str> = trimmed.trim_end_matches(';').split_whitespace().collect();
+        let directive = words.first().copied().unwrap_or("");
+        let scaled =
+            |scale: f64| -> Result<String, HarnessError> {
+                let v = words.get(1).and_then(|v| parse_time(v)).ok_or_else(|| {
+                    HarnessError::Config {
+                        file: source_name.to_string(),
+                        line: n + 1,
+                        message: format!("cannot read the time in `{trimmed}`"),
+                    }
+                })?;
+                Ok(format!("{indent}{directive} {};", ms(v * scale)))
+            };
+        let rendered = match directive {
+            "user" if depth == 0 => None,
+            // One worker: with several, which worker (and so which cached upstream connection)
+            // takes a request is the kernel's choice, and a run could not be replayed.
+            "worker_processes" if depth == 0 => Some("worker_processes 1;".to_string()),
+            "pid" if depth == 0 => Some(format!("pid {sb}/nginx.pid;")),
+            "error_log" => {
+                let level = words.get(2).map(|l| format!(" {l}")).unwrap_or_default();
+                Some(format!("{indent}error_log {sb}/error.log{level};"))
+            }
+            "access_log" if words.get(1) != Some(&"off") => {
+                let format = words.get(2).map(|f| format!(" {f}")).unwrap_or_default();
+                Some(format!("{indent}access_log {sb}/access.log{format};"))
+            }
+            "listen" => {
+                saw_listen = true;
+                Some(format!("{indent}listen {};", r.listen))
+            }
+            "server" if upstream_depth.is_some() && !trimmed.ends_with('{') => {
+                if saw_upstream_server {
+                    // One upstream server: the stack's. Extra servers are dropped.
+                    None
+                } else {
+                    saw_upstream_server = true;
+                    Some(format!("{indent}server {};", r.upstream))
+                }
+            }
+            "root" => Some(format!("{indent}root {};", r.static_root.display())),
+            "include" if words.get(1).is_some_and(|p| !Path::new(p).exists()) => None,
+            "proxy_read_timeout" | "proxy_send_timeout" | "proxy_connect_timeout" => {
+                Some(scaled(r.timeout_scale)?)
+            }
+            "keepalive_timeout" => {
+                if upstream_depth.is_some() {
+                    upstream_has_keepalive_timeout = true;
+                }
+                Some(scaled(r.keepalive_scale)?)
+            }
+            _ => Some(line.to_string()),
+        };
+        // Close of an upstream block: make its keep-alive timeout explicit so it scales.
+        if trimmed == "}" && upstream_depth == Some(depth) {
+            if !upstream_has_keepalive_timeout {
+                writeln!(
+                    out,
+                    "{indent}    keepalive_timeout {};",
+                    ms(DEFAULT_UPSTREAM_KEEPALIVE_SECS * r.keepalive_scale)
+                )
+                .unwrap();
+            }
+            upstream_depth = None;
+        }
+        if let Some(l) = rendered {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        let opens = code.matches('{').count();
+        let closes = code.matches('}').count();
+        if directive == "upstream" {
+            upstream_depth = Some(depth + 1);
+            upstream_has_keepalive_timeout = false;
+        }
+        if directive == "http" && trimmed.ends_with('{') {
+            saw_http = true;
+            // nginx's defaults made explicit (so they scale), and temp files in the sandbox.
+            let t = ms(DEFAULT_PROXY_TIMEOUT_SECS * r.timeout_scale);
+            writeln!(
+                out,
+                "    proxy_read_timeout {t};\n    proxy_send_timeout {t};\n    proxy_connect_timeout {t};"
+            )
+            .unwrap();
+            for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+                writeln!(out, "    {kind}_temp_path {sb}/tmp/{kind};").unwrap();
+            }
+        }
+        depth = (depth + opens).saturating_sub(closes);
+    }
+    for (ok, what) in [
+        (saw_http, "an `http {` block"),
+        (saw_listen, "a `listen` directive"),
+        (saw_upstream_server, "an `upstream` block with a `server`"),
+    ] {
+        if !ok {
+            return Err(HarnessError::Config {
+                file: source_name.to_string(),
+                line: 0,
+                message: format!("the harness needs {what} to rewrite"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A running nginx, owned by its guard.
+pub struct Nginx {
+    /// The master process (its process group holds the workers).
+    pub process: ChildGuard,
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// Its error log.
+    pub error_log: LogFile,
+    /// Its access log.
+    pub access_log: LogFile,
+}
+
+/// Starts nginx with `config_path`, handing it `listener` (bound by us on an OS-chosen port)
+/// through nginx's `NGINX` inherited-sockets variable, so no port is ever guessed.
+pub fn start(
+    nginx: &Path,
+    config_path: &Path,
+    sandbox: &Path,
+    listener: TcpListener,
+) -> Result<Nginx, HarnessError> {
+    let addr = listener
+        .local_addr()
+        .map_err(HarnessError::io("listener address"))?;
+    std::fs::create_dir_all(sandbox.join("tmp"))
+        .map_err(HarnessError::io("create nginx temp dir"))?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(sandbox)
+        .arg("-c")
+        .arg(config_path)
+        .arg("-e")
+        .arg(sandbox.join("error.log"))
+        .env("NGINX", format!("{fd};"));
+    // The child must inherit the listening socket: clear close-on-exec for it, in the child
+    // only (after fork), so no other process started meanwhile inherits it.
+    use std::os::unix::process::CommandExt;
+    // SAFETY: fcntl is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+            let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
+            flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+            Ok(())
+        });
+    }
+    let stdout = sandbox.join("nginx.stdout.log");
+    let process = ChildGuard::spawn("nginx", cmd, &stdout);
+    // Our copy of the socket is no longer needed; nginx holds its own.
+    drop(listener);
+    let process = process?;
+    Ok(Nginx {
+        process,
+        addr,
+        error_log: LogFile::new(sandbox.join("error.log")),
+        access_log: LogFile::new(sandbox.join("access.log")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Render {
+        Render {
+            listen: "127.0.0.1:4000".parse().unwrap(),
+            upstream: "127.0.0.1:5000".parse().unwrap(),
+            sandbox: "/sb".into(),
+            static_root: "/sb/www".into(),
+            timeout_scale: 0.01,
+            keepalive_scale: 0.5,
+        }
+    }
+
+    fn file(name: &str) -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../docker")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn renders_the_fixed_config_rewriting_only_what_differs() {
+        let out = render("nginx.conf", &file("nginx.conf"), &params()).unwrap();
+        assert!(out.contains("listen 127.0.0.1:4000;"));
+        assert!(out.contains("server 127.0.0.1:5000;"));
+        assert!(!out.contains("backend:8000"));
+        assert!(
+            out.contains("proxy_read_timeout 3000ms;"),
+            "300 s scaled by 0.01"
+        );
+        assert!(
+            out.contains("keepalive_timeout 30000ms;"),
+            "upstream 60 s scaled by 0.5"
+        );
+        assert!(out.contains("access_log /sb/access.log timing;"));
+        assert!(out.contains("error_log /sb/error.log info;"));
+        assert!(
+            out.contains("proxy_buffering off;"),
+            "everything else is kept"
+        );
+    }
+
+    #[test]
+    fn legacy_defaults_are_made_explicit_and_scaled() {
+        let out = render("nginx.legacy.conf", &file("nginx.legacy.conf"), &params()).unwrap();
+        assert!(
+            out.contains("proxy_read_timeout 600ms;"),
+            "nginx's 60 s default, scaled"
+        );
+        assert!(out.contains("proxy_set_header Connection $connection_upgrade;"));
+    }
+
+    #[test]
+    fn a_config_without_an_upstream_is_refused_by_name() {
+        let err = render(
+            "x.conf",
+            "http {\n  server {\n    listen 80;\n  }\n}\n",
+            &params(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("x.conf") && err.to_string().contains("upstream"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reads_timeouts() {
+        let t = timeouts(&file("nginx.conf"));
+        assert_eq!(t.proxy_read, 300.0);
+        assert_eq!(t.upstream_keepalive, 60.0);
+        assert_eq!(timeouts(&file("nginx.legacy.conf")).proxy_read, 60.0);
+        assert_eq!(parse_time("500ms"), Some(0.5));
+        assert_eq!(parse_time("2m"), Some(120.0));
+    }
+}

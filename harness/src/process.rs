@@ -1,0 +1,160 @@
+//! Processes owned by guards (killed with their whole process group when dropped, also on
+//! panic), and log files read incrementally.
+
+use crate::error::HarnessError;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process in a process group of its own; the group is killed when the guard drops.
+#[must_use = "the process is killed when the guard drops"]
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+    log: LogFile,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self, HarnessError> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(HarnessError::io(format!("open {}", log.display())))?;
+        let err = out.try_clone().map_err(HarnessError::io("dup log file"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd.spawn().map_err(HarnessError::io(format!(
+            "start {name} ({:?})",
+            cmd.get_program()
+        )))?;
+        Ok(ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+            log: LogFile::new(log.to_path_buf()),
+        })
+    }
+
+    /// The process id (also its process group id).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its output log.
+    pub fn log(&self) -> &LogFile {
+        &self.log
+    }
+
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `signal` to the whole process group.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = killpg(Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    /// The exit status, if it has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            if start.elapsed() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Kills the process group and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A log file that a component appends to.
+#[derive(Debug, Clone)]
+pub struct LogFile {
+    path: PathBuf,
+}
+
+impl LogFile {
+    /// The log at `path` (it need not exist yet).
+    pub fn new(path: PathBuf) -> Self {
+        LogFile { path }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Current length in bytes (0 if missing).
+    pub fn len(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when missing or empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The complete lines written since byte `offset`, and the offset after them.
+    pub fn lines_since(&self, offset: u64) -> (Vec<String>, u64) {
+        let Ok(mut f) = File::open(&self.path) else {
+            return (Vec::new(), offset);
+        };
+        if f.seek(SeekFrom::Start(offset)).is_err() {
+            return (Vec::new(), offset);
+        }
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        // Only whole lines: a line being written is read next time.
+        let end = buf
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..end]);
+        (
+            text.lines().map(str::to_string).collect(),
+            offset + end as u64,
+        )
+    }
+
+    /// The last `n` lines, for error reports.
+    pub fn tail(&self, n: usize) -> String {
+        let (lines, _) = self.lines_since(0);
+        let start = lines.len().saturating_sub(n);
+        lines[start..].join("\n")
+    }
+}

@@ -1,0 +1,473 @@
+//! [`Scenario`]: the one model of a test scenario. rstest rows build it in Rust; scenario
+//! files (`scenarios/**/*.toml`) are its serialised form.
+
+use crate::error::HarnessError;
+use crate::stack::{Profile, Timeouts};
+use mock_twilio::{sid, FaultRule, MediaFormat, Signing};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A recording the scenario creates at mock-twilio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSpec {
+    /// Recording SID (default `RE` + the recording's number, zero-padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Call SID (default `CA` + the recording's number, zero-padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_sid: Option<String>,
+    /// Media format (default mp3).
+    #[serde(default = "mp3")]
+    pub format: MediaFormat,
+    /// Size in bytes.
+    pub size: u64,
+    /// Pre-downloaded (through a signed status webhook) before the steps run.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+fn mp3() -> MediaFormat {
+    MediaFormat::Mp3
+}
+
+impl RecordingSpec {
+    /// A recording of `size` bytes in `format`.
+    pub fn new(format: MediaFormat, size: u64) -> Self {
+        RecordingSpec {
+            sid: None,
+            call_sid: None,
+            format,
+            size,
+            cached: false,
+        }
+    }
+
+    /// Pre-downloaded before the steps.
+    #[must_use]
+    pub fn cached(mut self, cached: bool) -> Self {
+        self.cached = cached;
+        self
+    }
+
+    /// The recording SID of the `index`-th recording.
+    pub fn sid_at(&self, index: usize) -> String {
+        self.sid
+            .clone()
+            .unwrap_or_else(|| sid("RE", index as u64 + 1))
+    }
+
+    /// The call SID of the `index`-th recording.
+    pub fn call_sid_at(&self, index: usize) -> String {
+        self.call_sid
+            .clone()
+            .unwrap_or_else(|| sid("CA", index as u64 + 1))
+    }
+}
+
+/// Where a fault is armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultPoint {
+    /// In front of mock-twilio (what the backend downloads from).
+    Twilio,
+    /// Between nginx and the backend.
+    Hop,
+}
+
+/// Checks a step makes on top of its snapshot; checked even while snapshots are updated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// The status the client must get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// No gateway error may appear in nginx's error log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_gateway_errors: Option<bool>,
+    /// The body: `whole`, `slice`, `empty`, `truncated`, `json`, `nginx_error_page`, or the exact text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// An HTTP request through nginx.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestStep {
+    /// A name for reports (default: the request line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `GET` (default), `HEAD`, `POST`, ...
+    #[serde(default = "get")]
+    pub method: String,
+    /// Which recording's download URL (index into `recordings`, default 0).
+    #[serde(default)]
+    pub recording: usize,
+    /// Another path instead (`{call_sid}` is replaced by the recording's call SID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `?format=` of the download (default: the recording's format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MediaFormat>,
+    /// The `Range` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+    /// The `If-Range` header; `{etag}` and `{last_modified}` are those of the last response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_range: Option<String>,
+    /// Other headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Idle time before the request (part of the scenario, e.g. to let a keep-alive expire).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pause_ms: u64,
+    /// Explicit checks.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub expect: Expect,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_default(e: &Expect) -> bool {
+    *e == Expect::default()
+}
+
+impl RequestStep {
+    /// `GET` of recording 0's download.
+    pub fn get() -> Self {
+        RequestStep {
+            name: None,
+            method: "GET".into(),
+            recording: 0,
+            path: None,
+            format: None,
+            range: None,
+            if_range: None,
+            headers: BTreeMap::new(),
+            body: None,
+            pause_ms: 0,
+            expect: Expect::default(),
+        }
+    }
+
+    /// With this method.
+    #[must_use]
+    pub fn method(mut self, m: &str) -> Self {
+        self.method = m.into();
+        self
+    }
+
+    /// With this Range header.
+    #[must_use]
+    pub fn range(mut self, r: Option<&str>) -> Self {
+        self.range = r.map(str::to_string);
+        self
+    }
+
+    /// With this If-Range header.
+    #[must_use]
+    pub fn if_range(mut self, v: &str) -> Self {
+        self.if_range = Some(v.into());
+        self
+    }
+
+    /// For this recording.
+    #[must_use]
+    pub fn recording(mut self, index: usize) -> Self {
+        self.recording = index;
+        self
+    }
+
+    /// For another path (`{call_sid}` is replaced).
+    #[must_use]
+    pub fn with_path(mut self, path: &str) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Named.
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// After an idle pause.
+    #[must_use]
+    pub fn pause_ms(mut self, ms: u64) -> Self {
+        self.pause_ms = ms;
+        self
+    }
+
+    /// Expecting this status.
+    #[must_use]
+    pub fn expect_status(mut self, status: u16) -> Self {
+        self.expect.status = Some(status);
+        self
+    }
+}
+
+/// One thing a scenario does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum Step {
+    /// An HTTP request through nginx.
+    Request(RequestStep),
+    /// Twilio's recording-status callback, posted through nginx.
+    Webhook {
+        /// Which recording (index into `recordings`).
+        #[serde(default)]
+        recording: usize,
+        /// Signed (default), unsigned or forged.
+        #[serde(default = "valid")]
+        signing: Signing,
+        /// Idle time before it.
+        #[serde(default)]
+        pause_ms: u64,
+        /// Explicit checks.
+        #[serde(default)]
+        expect: Expect,
+    },
+    /// Arms a fault.
+    Arm {
+        /// Where.
+        at: FaultPoint,
+        /// What.
+        rule: FaultRule,
+    },
+    /// Disarms every fault at a point (both when omitted).
+    ClearFaults {
+        /// Where.
+        #[serde(default)]
+        at: Option<FaultPoint>,
+    },
+    /// Kills the backend: nginx's connects are refused.
+    StopBackend,
+    /// Starts it again.
+    StartBackend,
+    /// SIGTERM (it drains), then start again.
+    RestartBackend,
+    /// Waits for a backend log line containing `text`.
+    WaitLog {
+        /// The text.
+        text: String,
+        /// Deadline (default 10 s).
+        #[serde(default = "ten_secs")]
+        timeout_ms: u64,
+    },
+}
+
+fn valid() -> Signing {
+    Signing::Valid
+}
+
+fn ten_secs() -> u64 {
+    10_000
+}
+
+/// A scenario: a stack, its recordings and faults, and the steps to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Unique name (the snapshot's name).
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Profiles to run under (default both).
+    #[serde(default = "both")]
+    pub profiles: Vec<Profile>,
+    /// Recordings at mock-twilio.
+    #[serde(default)]
+    pub recordings: Vec<RecordingSpec>,
+    /// Faults armed at Twilio before the steps.
+    #[serde(default)]
+    pub twilio_faults: Vec<FaultRule>,
+    /// Faults armed at the nginx→backend hop before the steps.
+    #[serde(default)]
+    pub hop_faults: Vec<FaultRule>,
+    /// Timeout scaling.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+fn both() -> Vec<Profile> {
+    Profile::ALL.to_vec()
+}
+
+impl Scenario {
+    /// A scenario with one recording and no steps yet.
+    pub fn new(name: &str, recording: RecordingSpec) -> Self {
+        Scenario {
+            name: name.into(),
+            description: String::new(),
+            profiles: both(),
+            recordings: vec![recording],
+            twilio_faults: Vec::new(),
+            hop_faults: Vec::new(),
+            timeouts: Timeouts::default(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// With a description.
+    #[must_use]
+    pub fn describe(mut self, d: &str) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// Adds a step.
+    #[must_use]
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// Adds a request step.
+    #[must_use]
+    pub fn request(self, r: RequestStep) -> Self {
+        self.step(Step::Request(r))
+    }
+
+    /// Arms a fault at Twilio before the steps.
+    #[must_use]
+    pub fn twilio_fault(mut self, rule: FaultRule) -> Self {
+        self.twilio_faults.push(rule);
+        self
+    }
+
+    /// Arms a fault at the hop before the steps.
+    #[must_use]
+    pub fn hop_fault(mut self, rule: FaultRule) -> Self {
+        self.hop_faults.push(rule);
+        self
+    }
+
+    /// With these timeouts.
+    #[must_use]
+    pub fn timeouts(mut self, t: Timeouts) -> Self {
+        self.timeouts = t;
+        self
+    }
+
+    /// Checks what serde cannot: indexes, fault values, SIDs. Names the field at fault.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (i, r) in self.recordings.iter().enumerate() {
+            if let Some(s) = &r.sid {
+                if !mock_twilio::is_sid(s, "RE") {
+                    return Err((
+                        format!("recordings[{i}].sid"),
+                        "must be RE followed by 32 hex digits".into(),
+                    ));
+                }
+            }
+            if let Some(s) = &r.call_sid {
+                if !mock_twilio::is_sid(s, "CA") {
+                    return Err((
+                        format!("recordings[{i}].call_sid"),
+                        "must be CA followed by 32 hex digits".into(),
+                    ));
+                }
+            }
+        }
+        for (list, rules) in [
+            ("twilio_faults", &self.twilio_faults),
+            ("hop_faults", &self.hop_faults),
+        ] {
+            for (i, rule) in rules.iter().enumerate() {
+                rule.validate().map_err(|m| (format!("{list}[{i}]"), m))?;
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let recording = match step {
+                Step::Request(r) if r.path.is_none() => Some(r.recording),
+                Step::Webhook { recording, .. } => Some(*recording),
+                Step::Arm { rule, .. } => {
+                    rule.validate()
+                        .map_err(|m| (format!("steps[{i}].rule"), m))?;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(n) = recording {
+                if n >= self.recordings.len() {
+                    return Err((
+                        format!("steps[{i}].recording"),
+                        format!(
+                            "there are {} recordings; indexes start at 0",
+                            self.recordings.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.profiles.is_empty() {
+            return Err((
+                "profiles".into(),
+                "name at least one profile (fixed, legacy)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parses a scenario file, reporting file, line, column and field on error.
+    pub fn from_toml(file: &str, text: &str) -> Result<Self, HarnessError> {
+        let de = toml::Deserializer::new(text);
+        let scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let message = inner.message().to_string();
+            let hint = if message.contains("unknown variant") && field.ends_with("kind") {
+                Some(format!("fault kinds: {}", mock_twilio::Fault::KINDS.join(", ")))
+            } else if message.contains("unknown variant") && field.ends_with(".do") {
+                Some("steps: request, webhook, arm, clear_faults, stop_backend, start_backend, restart_backend, wait_log".into())
+            } else {
+                None
+            };
+            HarnessError::Scenario { file: file.into(), line, column, field, message, hint }
+        })?;
+        scenario.validate().map_err(|(field, message)| {
+            let (line, column) = locate(text, &field);
+            HarnessError::Scenario {
+                file: file.into(),
+                line,
+                column,
+                field,
+                message,
+                hint: None,
+            }
+        })?;
+        Ok(scenario)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Best-effort position of a field named by path (its last key) in the text.
+fn locate(text: &str, field: &str) -> (usize, usize) {
+    let key = field.rsplit('.').next().unwrap_or(field);
+    let key = key.split('[').next().unwrap_or(key);
+    text.lines()
+        .enumerate()
+        .find(|(_, l)| l.trim_start().starts_with(key))
+        .map(|(i, l)| (i + 1, l.len() - l.trim_start().len() + 1))
+        .unwrap_or((1, 1))
+}

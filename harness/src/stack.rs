@@ -1,0 +1,687 @@
+//! [`Stack`]: real nginx + a backend + mock-twilio, each on an OS-chosen loopback port, in a
+//! sandbox of its own. [`StackSpec`] says *what* runs; [`Runtime`] says *how*.
+
+use crate::error::HarnessError;
+use crate::nginx::{self, Nginx, Render};
+use crate::process::{ChildGuard, LogFile};
+use mock_twilio::{FaultProxy, FaultSet, Journal, MockTwilio, ProxyConfig};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which nginx config and backend keep-alive a stack runs with.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// `docker/nginx.conf`; backend keep-alive 75 s, above nginx's upstream 60 s.
+    Fixed,
+    /// `docker/nginx.legacy.conf`; backend keep-alive 5 s (uvicorn's default), below nginx's 60 s.
+    Legacy,
+}
+
+impl Profile {
+    /// Both profiles, fixed first.
+    pub const ALL: [Profile; 2] = [Profile::Fixed, Profile::Legacy];
+
+    /// The config file under `docker/`.
+    pub fn config_file(self) -> &'static str {
+        match self {
+            Profile::Fixed => "nginx.conf",
+            Profile::Legacy => "nginx.legacy.conf",
+        }
+    }
+
+    /// The backend's `KEEP_ALIVE_TIMEOUT` before scaling, in seconds.
+    pub fn backend_keep_alive_secs(self) -> f64 {
+        match self {
+            Profile::Fixed => 75.0,
+            Profile::Legacy => 5.0,
+        }
+    }
+
+    /// `fixed` or `legacy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Fixed => "fixed",
+            Profile::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fixed" => Ok(Profile::Fixed),
+            "legacy" => Ok(Profile::Legacy),
+            _ => Err(format!("unknown profile {s:?} (profiles: fixed, legacy)")),
+        }
+    }
+}
+
+/// How the stack's nginx and backend run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Local processes (the default).
+    #[default]
+    Processes,
+    /// Docker containers (not available yet: see the containers issue).
+    Containers,
+}
+
+impl Runtime {
+    /// From `HARNESS_RUNTIME` (`processes` by default).
+    pub fn from_env() -> Result<Self, HarnessError> {
+        match std::env::var("HARNESS_RUNTIME").as_deref() {
+            Err(_) | Ok("") | Ok("processes") => Ok(Runtime::Processes),
+            Ok("containers") => Ok(Runtime::Containers),
+            Ok(other) => Err(HarnessError::Other(format!(
+                "HARNESS_RUNTIME={other:?} is not a runtime (runtimes: processes, containers)"
+            ))),
+        }
+    }
+}
+
+/// Scaling of the stack's timeouts (nginx's and the backend's together, ratios kept).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Factor for request timeouts: nginx's proxy_read/send/connect_timeout, the backend's
+    /// Twilio budget (30 s), slow-download threshold (10 s) and drain time (30 s).
+    pub scale: f64,
+    /// Factor for keep-alive timeouts: nginx's upstream/client keepalive_timeout and the
+    /// backend's KEEP_ALIVE_TIMEOUT.
+    pub keepalive_scale: f64,
+    /// The backend's Twilio budget in seconds, unscaled, when it must differ from the profile's
+    /// (to show what happens when it exceeds nginx's read timeout, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub twilio_timeout_secs: Option<f64>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // 300 s → 15 s, 60 s → 3 s, Twilio 30 s → 1.5 s: fast, and every ratio kept.
+        Timeouts {
+            scale: 0.05,
+            keepalive_scale: 1.0,
+            twilio_timeout_secs: None,
+        }
+    }
+}
+
+/// Which backend the stack runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum BackendSpec {
+    /// `recordings-backend` from this workspace.
+    #[default]
+    Reference,
+}
+
+/// What a stack is made of.
+#[derive(Debug, Clone)]
+pub struct StackSpec {
+    /// nginx config and backend keep-alive.
+    pub profile: Profile,
+    /// Processes or containers.
+    pub runtime: Runtime,
+    /// Which backend.
+    pub backend: BackendSpec,
+    /// Timeout scaling.
+    pub timeouts: Timeouts,
+    /// Folder holding `nginx.conf` and `nginx.legacy.conf`.
+    pub docker_dir: PathBuf,
+    /// Extra environment for the backend (overrides the harness's).
+    pub backend_env: Vec<(String, String)>,
+}
+
+impl StackSpec {
+    /// A stack of `profile` with the workspace's configs and default timeouts.
+    pub fn new(profile: Profile) -> Self {
+        StackSpec {
+            profile,
+            runtime: Runtime::Processes,
+            backend: BackendSpec::Reference,
+            timeouts: Timeouts::default(),
+            docker_dir: workspace_dir().join("docker"),
+            backend_env: Vec::new(),
+        }
+    }
+
+    /// With these timeouts.
+    #[must_use]
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+}
+
+/// The workspace root (where `docker/`, `scenarios/` and `snapshots/` are).
+pub fn workspace_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("HARNESS_WORKSPACE") {
+        return PathBuf::from(dir);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Finds `recordings-backend`: `$HARNESS_BACKEND_BIN`, or beside the running executable
+/// (cargo puts workspace binaries in `target/<profile>/`, tests in `target/<profile>/deps/`).
+pub fn find_backend() -> Result<PathBuf, HarnessError> {
+    if let Some(p) = std::env::var_os("HARNESS_BACKEND_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(HarnessError::io("current_exe"))?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("recordings-backend"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| HarnessError::ToolMissing {
+            tool: "recordings-backend",
+            hint: "build it with `cargo build -p recordings-backend` (`cargo test --workspace` does), or set HARNESS_BACKEND_BIN".into(),
+        })
+}
+
+/// When run from the workspace: a message if `recordings-backend` is older than its sources
+/// (`cargo test -p harness` does not rebuild it; `cargo test --workspace` does).
+pub fn stale_backend(binary: &Path) -> Option<String> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let src = workspace_dir().join("backend/src");
+    let newest = std::fs::read_dir(&src)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max()?;
+    (newest > built).then(|| {
+        format!(
+            "{} is older than {}: run `cargo build -p recordings-backend` (or `cargo test --workspace`)",
+            binary.display(),
+            src.display()
+        )
+    })
+}
+
+/// How long a component may take to become ready.
+pub const READY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running backend process and what is needed to start it again.
+struct Backend {
+    process: ChildGuard,
+    addr: SocketAddr,
+    command: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// The sandbox directory: removed on drop unless `HARNESS_KEEP=1`.
+struct Sandbox {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let keep = std::env::var("HARNESS_KEEP").is_ok_and(|v| v == "1");
+        if let Some(dir) = self.dir.take() {
+            if keep {
+                eprintln!("HARNESS_KEEP=1: sandbox kept at {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// A running stack. Dropping it stops every process and removes the sandbox, also on panic.
+/// Field order is teardown order: nginx first, sandbox last.
+#[must_use = "the stack stops when dropped"]
+pub struct Stack {
+    nginx: Nginx,
+    hop: Option<FaultProxy>,
+    backend: Option<Backend>,
+    stopped_backend: Option<(PathBuf, Vec<(String, String)>)>,
+    twilio: MockTwilio,
+    hop_addr: SocketAddr,
+    /// Connections accepted by earlier incarnations of the hop (before backend restarts).
+    hop_connections_before: u64,
+    hop_faults: Arc<FaultSet>,
+    hop_journal: Arc<Journal>,
+    spec: StackSpec,
+    nginx_version: String,
+    client: reqwest::Client,
+    sandbox: Sandbox,
+}
+
+fn logs_of(parts: &[(&str, &LogFile)]) -> String {
+    parts
+        .iter()
+        .map(|(name, log)| {
+            format!(
+                "--- {name} ({}) ---\n{}",
+                log.path().display(),
+                log.tail(25)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Stack {
+    /// Starts mock-twilio, the backend, the hop fault point and nginx, and waits until each is ready.
+    pub async fn start(spec: StackSpec) -> Result<Stack, HarnessError> {
+        if spec.runtime == Runtime::Containers {
+            return Err(HarnessError::Other(
+                "the containers runtime is not implemented yet; use HARNESS_RUNTIME=processes"
+                    .into(),
+            ));
+        }
+        let nginx_bin = nginx::find_nginx()?;
+        let backend_bin = match &spec.backend {
+            BackendSpec::Reference => find_backend()?,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("harness-stack-")
+            .tempdir()
+            .map_err(HarnessError::io("create sandbox"))?;
+        let path = dir.path().to_path_buf();
+        // nginx's workers (not root) must reach their temp dirs and the static root.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(HarnessError::io("chmod sandbox"))?;
+        let sandbox = Sandbox {
+            dir: Some(dir),
+            path: path.clone(),
+        };
+        let www = path.join("www");
+        std::fs::create_dir_all(&www).map_err(HarnessError::io("create static root"))?;
+        std::fs::write(
+            www.join("index.html"),
+            "<!doctype html><title>recordings</title>\n",
+        )
+        .map_err(HarnessError::io("write index.html"))?;
+
+        let twilio = MockTwilio::start()
+            .await
+            .map_err(HarnessError::io("start mock-twilio"))?;
+        // nginx's socket first: the backend must know its public URL (webhook signatures).
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("bind nginx listener"))?;
+        let nginx_addr = listener
+            .local_addr()
+            .map_err(HarnessError::io("nginx listener address"))?;
+
+        let t = spec.timeouts;
+        let twilio_budget = t.twilio_timeout_secs.unwrap_or(30.0 * t.scale);
+        let mut env: Vec<(String, String)> = vec![
+            ("BIND".into(), "127.0.0.1:0".into()),
+            ("TWILIO_ACCOUNT_SID".into(), twilio.account_sid().into()),
+            ("TWILIO_AUTH_TOKEN".into(), twilio.auth_token().into()),
+            ("TWILIO_API_BASE".into(), twilio.uri()),
+            (
+                "RECORDINGS_DIR".into(),
+                path.join("recordings").display().to_string(),
+            ),
+            ("PUBLIC_URL".into(), format!("http://{nginx_addr}")),
+            (
+                "KEEP_ALIVE_TIMEOUT".into(),
+                (spec.profile.backend_keep_alive_secs() * t.keepalive_scale).to_string(),
+            ),
+            (
+                "GRACEFUL_SHUTDOWN_TIMEOUT".into(),
+                (30.0 * t.scale).to_string(),
+            ),
+            ("SLOW_DOWNLOAD_SECS".into(), (10.0 * t.scale).to_string()),
+            ("TWILIO_TIMEOUT_SECS".into(), twilio_budget.to_string()),
+        ];
+        for (k, v) in &spec.backend_env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let backend_log = LogFile::new(path.join("backend.log"));
+        let backend = start_backend(&backend_bin, &env, &backend_log).await?;
+
+        let hop_faults: Arc<FaultSet> = Arc::default();
+        let hop_journal: Arc<Journal> = Arc::default();
+        let hop = FaultProxy::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            ProxyConfig::new(backend.addr),
+            hop_faults.clone(),
+            hop_journal.clone(),
+        )
+        .await
+        .map_err(HarnessError::io("start the hop fault point"))?;
+        let hop_addr = hop.addr();
+
+        let source = spec.docker_dir.join(spec.profile.config_file());
+        let text = std::fs::read_to_string(&source)
+            .map_err(HarnessError::io(format!("read {}", source.display())))?;
+        let rendered = nginx::render(
+            &source.display().to_string(),
+            &text,
+            &Render {
+                listen: nginx_addr,
+                upstream: hop_addr,
+                sandbox: path.clone(),
+                static_root: www,
+                timeout_scale: t.scale,
+                keepalive_scale: t.keepalive_scale,
+            },
+        )?;
+        let conf = path.join("nginx.conf");
+        std::fs::write(&conf, rendered)
+            .map_err(HarnessError::io(format!("write {}", conf.display())))?;
+        let nginx = nginx::start(&nginx_bin, &conf, &path, listener)?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("reqwest client");
+        let mut stack = Stack {
+            nginx,
+            hop: Some(hop),
+            backend: Some(backend),
+            stopped_backend: None,
+            twilio,
+            hop_addr,
+            hop_connections_before: 0,
+            hop_faults,
+            hop_journal,
+            nginx_version: nginx::version(&nginx_bin).unwrap_or_default(),
+            spec,
+            client,
+            sandbox,
+        };
+        stack.wait_nginx_ready().await?;
+        stack.hop_journal.clear();
+        stack.hop_connections_before = 0;
+        Ok(stack)
+    }
+
+    async fn wait_nginx_ready(&mut self) -> Result<(), HarnessError> {
+        let url = self.url("/healthz");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.nginx.process.try_exit() {
+                return Err(HarnessError::Exited {
+                    component: "nginx".into(),
+                    status: status.to_string(),
+                    logs: self.logs(),
+                });
+            }
+            if let Ok(r) = self
+                .client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() > READY_DEADLINE {
+                return Err(HarnessError::NotReady {
+                    component: "nginx".into(),
+                    url,
+                    waited: start.elapsed(),
+                    logs: self.logs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The URL of `path` through nginx.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.nginx.addr)
+    }
+
+    /// nginx's address.
+    pub fn nginx_addr(&self) -> SocketAddr {
+        self.nginx.addr
+    }
+
+    /// The backend's own address (bypassing nginx), while it runs.
+    pub fn backend_addr(&self) -> Option<SocketAddr> {
+        self.backend.as_ref().map(|b| b.addr)
+    }
+
+    /// The fake Twilio.
+    pub fn twilio(&self) -> &MockTwilio {
+        &self.twilio
+    }
+
+    /// Fault rules of the nginx→backend hop.
+    pub fn hop_faults(&self) -> &Arc<FaultSet> {
+        &self.hop_faults
+    }
+
+    /// Connections nginx has opened to the backend (through the hop) since the stack started.
+    pub fn hop_connections(&self) -> u64 {
+        self.hop_connections_before + self.hop.as_ref().map(|h| h.connections()).unwrap_or(0)
+    }
+
+    /// Requests that crossed the nginx→backend hop.
+    pub fn hop_journal(&self) -> &Arc<Journal> {
+        &self.hop_journal
+    }
+
+    /// What this stack was started from.
+    pub fn spec(&self) -> &StackSpec {
+        &self.spec
+    }
+
+    /// nginx's version, e.g. `nginx/1.22.1`.
+    pub fn nginx_version(&self) -> &str {
+        &self.nginx_version
+    }
+
+    /// The sandbox folder (configs, logs, cache).
+    pub fn sandbox(&self) -> &Path {
+        &self.sandbox.path
+    }
+
+    /// A client for requests through the stack.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// nginx's error log.
+    pub fn error_log(&self) -> &LogFile {
+        &self.nginx.error_log
+    }
+
+    /// nginx's access log.
+    pub fn access_log(&self) -> &LogFile {
+        &self.nginx.access_log
+    }
+
+    /// The backend's output (one event per line).
+    pub fn backend_log(&self) -> LogFile {
+        LogFile::new(self.sandbox.path.join("backend.log"))
+    }
+
+    /// The process groups it owns (nginx's, the backend's): every process it started is in one.
+    pub fn process_groups(&self) -> Vec<u32> {
+        let mut groups: Vec<u32> = self.nginx.process.pid().into_iter().collect();
+        groups.extend(self.backend.as_ref().and_then(|b| b.process.pid()));
+        groups
+    }
+
+    /// The tail of every component's log.
+    pub fn logs(&self) -> String {
+        let backend = self.backend_log();
+        let stdout = LogFile::new(self.sandbox.path.join("nginx.stdout.log"));
+        logs_of(&[
+            ("nginx error.log", &self.nginx.error_log),
+            ("nginx output", &stdout),
+            ("backend", &backend),
+        ])
+    }
+
+    /// Kills the backend (SIGKILL) and closes the hop, so nginx's connects are refused; returns
+    /// once nginx has let go of every connection it had cached, so the next request meets a
+    /// refused connect, not a race with a closing one.
+    pub async fn stop_backend(&mut self) {
+        if let Some(mut b) = self.backend.take() {
+            b.process.kill();
+            self.stopped_backend = Some((b.command, b.env));
+        }
+        self.drop_hop().await;
+    }
+
+    async fn drop_hop(&mut self) {
+        if let Some(hop) = self.hop.take() {
+            self.hop_connections_before += hop.connections();
+            hop.shutdown().await;
+        }
+        let start = Instant::now();
+        while open_connections_to(self.hop_addr.port()) > 0 && start.elapsed() < READY_DEADLINE {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Starts the backend again after [`Stack::stop_backend`], on the same ports.
+    pub async fn start_backend(&mut self) -> Result<(), HarnessError> {
+        let Some((command, env)) = self.stopped_backend.take() else {
+            return Ok(());
+        };
+        let backend = start_backend(&command, &env, &self.backend_log()).await?;
+        self.hop = Some(
+            FaultProxy::start_with(
+                self.hop_addr,
+                ProxyConfig::new(backend.addr),
+                self.hop_faults.clone(),
+                self.hop_journal.clone(),
+            )
+            .await
+            .map_err(HarnessError::io(format!(
+                "rebind the hop fault point on {}",
+                self.hop_addr
+            )))?,
+        );
+        self.backend = Some(backend);
+        Ok(())
+    }
+
+    /// Stops the backend with SIGTERM (it drains), waits for it, and starts it again.
+    pub async fn restart_backend(&mut self) -> Result<(), HarnessError> {
+        if let Some(mut b) = self.backend.take() {
+            b.process.signal(Signal::SIGTERM);
+            let grace = Duration::from_secs_f64(30.0 * self.spec.timeouts.scale) + READY_DEADLINE;
+            if b.process.wait_exit(grace).await.is_none() {
+                b.process.kill();
+            }
+            self.drop_hop().await;
+            self.stopped_backend = Some((b.command, b.env));
+        }
+        self.start_backend().await
+    }
+}
+
+/// Connections to 127.0.0.1:`port` still open on their client's side (ESTABLISHED or
+/// CLOSE_WAIT in /proc/net/tcp): nginx has not yet let go of them.
+fn open_connections_to(port: u16) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return 0;
+    };
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == remote && (f[3] == "01" || f[3] == "08")
+        })
+        .count()
+}
+
+async fn start_backend(
+    command: &Path,
+    env: &[(String, String)],
+    log: &LogFile,
+) -> Result<Backend, HarnessError> {
+    let mut cmd = Command::new(command);
+    cmd.env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    let offset = log.len();
+    let mut process = ChildGuard::spawn("backend", cmd, log.path())?;
+    let start = Instant::now();
+    // The backend logs `listening on http://ADDR` once bound; then /healthz must answer.
+    let addr = loop {
+        let (lines, _) = log.lines_since(offset);
+        if let Some(addr) = lines.iter().find_map(|l| {
+            let rest = l.split("listening on http://").nth(1)?;
+            rest.split(|c: char| c == '"' || c.is_whitespace())
+                .next()?
+                .parse::<SocketAddr>()
+                .ok()
+        }) {
+            break addr;
+        }
+        if let Some(status) = process.try_exit() {
+            return Err(HarnessError::Exited {
+                component: "backend".into(),
+                status: status.to_string(),
+                logs: logs_of(&[("backend", log)]),
+            });
+        }
+        if start.elapsed() > READY_DEADLINE {
+            return Err(HarnessError::NotReady {
+                component: "backend".into(),
+                url: "(its `listening on` log line)".into(),
+                waited: start.elapsed(),
+                logs: logs_of(&[("backend", log)]),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if start.elapsed() > READY_DEADLINE {
+            return Err(HarnessError::NotReady {
+                component: "backend".into(),
+                url,
+                waited: start.elapsed(),
+                logs: logs_of(&[("backend", log)]),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Restarts reuse the port, so nginx's upstream address stays right.
+    let mut env = env.to_vec();
+    env.retain(|(k, _)| k != "BIND");
+    env.push(("BIND".into(), addr.to_string()));
+    Ok(Backend {
+        process,
+        addr,
+        command: command.to_path_buf(),
+        env,
+    })
+}

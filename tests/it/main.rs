@@ -1,0 +1,8 @@
+//! The harness's scenario tables: real stacks (nginx + backend + mock-twilio), every case under
+//! both profiles side by side, compared against `snapshots/`.
+
+mod gateway;
+mod range;
+mod stack;
+mod support;
+mod twilio_faults;

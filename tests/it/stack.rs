@@ -1,0 +1,183 @@
+//! The stack itself: start, teardown (also on panic), parallel stacks, clear errors.
+
+use crate::support::tools_present;
+use harness::{Profile, Stack, StackSpec};
+use std::path::PathBuf;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Every live process in the stack's process groups.
+fn stack_pids(stack: &Stack) -> Vec<u32> {
+    let groups = stack.process_groups();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid pgrp ..."
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let after = s.rsplit(')').next().unwrap_or("");
+                let pgrp = after
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|p| p.parse::<u32>().ok());
+                pgrp.is_some_and(|g| groups.contains(&g))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_dropped_stack_leaves_nothing_behind() {
+    if !tools_present() {
+        return;
+    }
+    let rt = rt();
+    let (sandbox, pids, addr): (PathBuf, Vec<u32>, std::net::SocketAddr) = rt.block_on(async {
+        let stack = Stack::start(StackSpec::new(Profile::Fixed)).await.unwrap();
+        let resp = stack
+            .client()
+            .get(stack.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let sandbox = stack.sandbox().to_path_buf();
+        let pids = stack_pids(&stack);
+        assert!(
+            pids.len() >= 3,
+            "nginx master and worker and backend run: {pids:?}"
+        );
+        (sandbox, pids, stack.nginx_addr())
+    });
+    assert!(!sandbox.exists(), "sandbox removed");
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} still runs");
+    }
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "nginx's port is closed"
+    );
+}
+
+#[test]
+fn a_panicking_test_leaves_nothing_behind() {
+    if !tools_present() {
+        return;
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt().block_on(async {
+            let stack = Stack::start(StackSpec::new(Profile::Legacy)).await.unwrap();
+            *seen2.lock().unwrap() = Some((stack.sandbox().to_path_buf(), stack_pids(&stack)));
+            panic!("a test fails mid-scenario");
+        })
+    }));
+    assert!(result.is_err());
+    let (sandbox, pids) = seen.lock().unwrap().take().unwrap();
+    assert!(!sandbox.exists());
+    assert!(pids.iter().all(|p| !alive(*p)), "{pids:?}");
+}
+
+#[test]
+fn stacks_run_side_by_side() {
+    if !tools_present() {
+        return;
+    }
+    rt().block_on(async {
+        let (a, b) = tokio::join!(
+            Stack::start(StackSpec::new(Profile::Fixed)),
+            Stack::start(StackSpec::new(Profile::Fixed))
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a.nginx_addr(), b.nginx_addr());
+        assert_ne!(a.sandbox(), b.sandbox());
+        for s in [&a, &b] {
+            assert_eq!(
+                s.client()
+                    .get(s.url("/healthz"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                200
+            );
+        }
+    });
+}
+
+#[test]
+fn a_broken_nginx_config_fails_with_every_log_tail() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let good =
+        std::fs::read_to_string(harness::stack::workspace_dir().join("docker/nginx.conf")).unwrap();
+    std::fs::write(
+        dir.path().join("nginx.conf"),
+        good.replace("proxy_buffering off;", "proxy_buffering sideways;"),
+    )
+    .unwrap();
+    let mut spec = StackSpec::new(Profile::Fixed);
+    spec.docker_dir = dir.path().to_path_buf();
+    let err = rt()
+        .block_on(Stack::start(spec))
+        .err()
+        .expect("start fails")
+        .to_string();
+    assert!(err.contains("nginx"), "{err}");
+    assert!(
+        err.contains("sideways"),
+        "nginx's own complaint is in the error: {err}"
+    );
+    assert!(
+        err.contains("--- backend"),
+        "every component's log tail: {err}"
+    );
+}
+
+#[test]
+fn a_missing_nginx_says_how_to_install_it() {
+    // Only the lookup is under test: no stack is started.
+    let err = {
+        let _guard = EnvGuard::set("HARNESS_NGINX", "/nonexistent/nginx");
+        harness::nginx::find_nginx().unwrap_err().to_string()
+    };
+    assert!(err.contains("apt-get install nginx-light"), "{err}");
+}
+
+struct EnvGuard(&'static str, Option<std::ffi::OsString>);
+
+impl EnvGuard {
+    fn set(key: &'static str, value: &str) -> Self {
+        let old = std::env::var_os(key);
+        // SAFETY: this test binary reads HARNESS_NGINX only in this test.
+        unsafe { std::env::set_var(key, value) };
+        EnvGuard(key, old)
+    }
+}
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe {
+            match &self.1 {
+                Some(v) => std::env::set_var(self.0, v),
+                None => std::env::remove_var(self.0),
+            }
+        }
+    }
+}

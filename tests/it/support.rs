@@ -1,0 +1,61 @@
+//! One `check` for every scenario: run it on real stacks, enforce its explicit expectations,
+//! and compare the side-by-side Outcomes with `snapshots/{name}.snap`.
+
+use harness::runner::ScenarioRun;
+use harness::{Runtime, Scenario};
+
+/// True when the tools these tests need are here; otherwise says so, visibly. With
+/// `HARNESS_REQUIRE_TOOLS=1` (set in CI) a missing tool fails the test instead.
+pub fn tools_present() -> bool {
+    let missing = [
+        harness::nginx::find_nginx().err(),
+        harness::stack::find_backend().err(),
+    ];
+    let missing: Vec<String> = missing
+        .into_iter()
+        .flatten()
+        .map(|e| e.to_string())
+        .collect();
+    if missing.is_empty() {
+        let backend = harness::stack::find_backend().unwrap();
+        if let Some(stale) = harness::stack::stale_backend(&backend) {
+            panic!("{stale}");
+        }
+        return true;
+    }
+    if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+        panic!("HARNESS_REQUIRE_TOOLS=1 and: {}", missing.join("; "));
+    }
+    eprintln!("SKIPPED (missing tools): {}", missing.join("; "));
+    false
+}
+
+/// Runs `scenario` and checks it against its snapshot.
+#[track_caller]
+pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
+    if !tools_present() {
+        return None;
+    }
+    let runtime = Runtime::from_env().expect("HARNESS_RUNTIME");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = rt
+        .block_on(harness::run(&scenario, runtime))
+        .unwrap_or_else(|e| panic!("scenario {} failed to run: {e}", scenario.name));
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(harness::stack::workspace_dir().join("snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let snapshot = run.snapshot();
+    settings.bind(|| insta::assert_yaml_snapshot!(scenario.name.clone(), snapshot));
+    let failures = run.failures();
+    assert!(
+        failures.is_empty(),
+        "expectations failed:\n{}",
+        failures.join("\n")
+    );
+    Some(run)
+}
