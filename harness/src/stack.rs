@@ -47,10 +47,12 @@ impl Profile {
         }
     }
 
-    /// The backend's `KEEP_ALIVE_TIMEOUT` before scaling, in seconds.
-    pub fn backend_keep_alive_secs(self) -> f64 {
+    /// The backend's `KEEP_ALIVE_TIMEOUT` before scaling, in seconds: under `fixed`, the
+    /// backend's own default (so a backend whose default drifts below nginx's is caught);
+    /// under `legacy`, uvicorn's default of 5 s.
+    pub fn backend_keep_alive_secs(self, backend: &Path) -> f64 {
         match self {
-            Profile::Fixed => 75.0,
+            Profile::Fixed => backend_default(backend, "--keep-alive-timeout").unwrap_or(75.0),
             Profile::Legacy => 5.0,
         }
     }
@@ -117,9 +119,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        // 300 s → 15 s, 60 s → 3 s, Twilio 30 s → 1.5 s: fast, and every ratio kept.
+        // 300 s → 30 s, 60 s → 6 s, Twilio 30 s → 3 s, slow download 10 s → 1 s: fast, every
+        // ratio kept, and wide margins around each threshold on a loaded machine.
         Timeouts {
-            scale: 0.05,
+            scale: 0.1,
             keepalive_scale: 1.0,
             twilio_timeout_secs: None,
         }
@@ -197,6 +200,19 @@ pub fn find_backend() -> Result<PathBuf, HarnessError> {
             tool: "recordings-backend",
             hint: "build it with `cargo build -p recordings-backend` (`cargo test --workspace` does), or set HARNESS_BACKEND_BIN".into(),
         })
+}
+
+/// A flag's default as the backend's `--help` states it (`[default: 75]`).
+pub fn backend_default(backend: &Path, flag: &str) -> Option<f64> {
+    let out = Command::new(backend)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .ok()?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    let after = &help[help.find(&format!("{flag} "))?..];
+    let default = after.split("[default: ").nth(1)?.split(']').next()?;
+    default.trim().parse().ok()
 }
 
 /// When run from the workspace: a message if `recordings-backend` is older than its sources
@@ -338,7 +354,8 @@ impl Stack {
             ("PUBLIC_URL".into(), format!("http://{nginx_addr}")),
             (
                 "KEEP_ALIVE_TIMEOUT".into(),
-                (spec.profile.backend_keep_alive_secs() * t.keepalive_scale).to_string(),
+                (spec.profile.backend_keep_alive_secs(&backend_bin) * t.keepalive_scale)
+                    .to_string(),
             ),
             (
                 "GRACEFUL_SHUTDOWN_TIMEOUT".into(),

@@ -45,8 +45,8 @@ fn a_crash_mid_response_cuts_the_body() {
 fn a_backend_slower_than_the_read_timeout() {
     check(
         Scenario::new("gateway-backend-slower-than-read-timeout", cached(10_000))
-            .describe("The backend takes 4 s to answer: beyond the legacy read timeout (60 s scaled to 3 s) nginx answers 504, within the fixed one (300 s scaled to 15 s) it plays")
-            .hop_fault(FaultRule::new(Fault::Delay { ms: 4_000, max_ms: None, seed: None }).path_regex("/api/").times(1))
+            .describe("The backend takes 7 s to answer: beyond the legacy read timeout (60 s scaled to 6 s) nginx answers 504, within the fixed one (300 s scaled to 30 s) it plays")
+            .hop_fault(FaultRule::new(Fault::Delay { ms: 7_000, max_ms: None, seed: None }).path_regex("/api/").times(1))
             .request(RequestStep::get()),
     );
 }

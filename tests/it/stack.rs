@@ -181,3 +181,35 @@ impl Drop for EnvGuard {
         }
     }
 }
+
+#[test]
+fn the_fixed_profile_keeps_the_keepalive_rule() {
+    // nginx must drop idle upstream connections before the backend does.
+    let Ok(backend) = harness::stack::find_backend() else {
+        return assert!(!tools_present());
+    };
+    let conf =
+        std::fs::read_to_string(harness::stack::workspace_dir().join("docker/nginx.conf")).unwrap();
+    let nginx = harness::nginx::timeouts(&conf);
+    let backend_keepalive = Profile::Fixed.backend_keep_alive_secs(&backend);
+    assert!(
+        nginx.upstream_keepalive < backend_keepalive,
+        "docker/nginx.conf keeps idle upstream connections {} s, the backend only {backend_keepalive} s: the keep-alive race is back",
+        nginx.upstream_keepalive
+    );
+    // And the backend gives up on Twilio well before nginx gives up on the backend.
+    let budget = harness::stack::backend_default(&backend, "--twilio-timeout-secs").unwrap();
+    assert!(
+        budget < nginx.proxy_read,
+        "TWILIO_TIMEOUT_SECS {budget} s vs proxy_read_timeout {} s",
+        nginx.proxy_read
+    );
+    let legacy = harness::nginx::timeouts(
+        &std::fs::read_to_string(harness::stack::workspace_dir().join("docker/nginx.legacy.conf"))
+            .unwrap(),
+    );
+    assert!(
+        legacy.upstream_keepalive > Profile::Legacy.backend_keep_alive_secs(&backend),
+        "the legacy profile reproduces the race"
+    );
+}
