@@ -272,18 +272,11 @@ impl Cache {
     }
 
     /// Downloads a recording into the cache unless it is there; for webhook pre-downloads.
-    pub async fn prefetch(self: &Arc<Self>, call_sid: &str, recording_sid: &str, format: Format) {
-        if self.path(recording_sid, format).exists() {
-            return;
-        }
-        let mut rx = self.join_or_start(call_sid, recording_sid, format);
-        while !matches!(
-            *rx.borrow_and_update(),
-            Phase::Complete | Phase::Failed { .. }
-        ) {
-            if rx.changed().await.is_err() {
-                break;
-            }
+    /// Starts it now (the `Cache miss` line is logged before this returns); the download goes
+    /// on in the background.
+    pub fn prefetch(self: &Arc<Self>, call_sid: &str, recording_sid: &str, format: Format) {
+        if !self.path(recording_sid, format).exists() {
+            self.join_or_start(call_sid, recording_sid, format);
         }
     }
 
@@ -300,6 +293,11 @@ impl Cache {
         }
         let (tx, rx) = watch::channel(Phase::Connecting);
         inflight.insert(key.clone(), rx.clone());
+        tracing::info!(
+            call_sid,
+            recording_sid,
+            "Cache miss - downloading from Twilio for {call_sid}"
+        );
         let cache = self.clone();
         let (call_sid, recording_sid) = (call_sid.to_string(), recording_sid.to_string());
         tokio::spawn(async move {
@@ -316,11 +314,6 @@ impl Cache {
         recording_sid: &str,
         format: Format,
     ) {
-        tracing::info!(
-            call_sid,
-            recording_sid,
-            "Cache miss - downloading from Twilio for {call_sid}"
-        );
         let began = Instant::now();
         let started = SystemTime::now();
         let final_path = self.path(recording_sid, format);

@@ -250,12 +250,8 @@ async fn recording_status(
                 cause: format!("database: {e}"),
             })?;
         // Pre-download now, so the first Play is a cache hit; answer Twilio at once.
-        let cache = app.cache.clone();
-        tokio::spawn(async move {
-            cache
-                .prefetch(&rec.call_sid, &rec.recording_sid, Format::Mp3)
-                .await
-        });
+        app.cache
+            .prefetch(&rec.call_sid, &rec.recording_sid, Format::Mp3);
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

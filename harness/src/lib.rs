@@ -27,6 +27,7 @@ pub mod outcome;
 pub mod process;
 pub mod runner;
 pub mod scenario;
+pub mod snapshot;
 pub mod stack;
 
 pub use error::HarnessError;

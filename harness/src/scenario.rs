@@ -471,3 +471,36 @@ fn locate(text: &str, field: &str) -> (usize, usize) {
         .map(|(i, l)| (i + 1, l.len() - l.trim_start().len() + 1))
         .unwrap_or((1, 1))
 }
+
+/// The JSON Schema of scenario files, generated from [`Scenario`].
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Scenario);
+    serde_json::to_string_pretty(&schema).expect("schema serialises") + "\n"
+}
+
+/// Every `*.toml` under `dir` (recursively), sorted.
+pub fn files(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, HarnessError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(HarnessError::io(format!("read {}", d.display())))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads and parses a scenario file.
+pub fn load(path: &std::path::Path) -> Result<Scenario, HarnessError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(HarnessError::io(format!("read {}", path.display())))?;
+    Scenario::from_toml(&path.display().to_string(), &text)
+}

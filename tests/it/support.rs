@@ -45,12 +45,10 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
     let run = rt
         .block_on(harness::run(&scenario, runtime))
         .unwrap_or_else(|e| panic!("scenario {} failed to run: {e}", scenario.name));
-    let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(harness::stack::workspace_dir().join("snapshots"));
-    settings.set_prepend_module_to_snapshot(false);
-    settings.set_omit_expression(true);
-    let snapshot = run.snapshot();
-    settings.bind(|| insta::assert_yaml_snapshot!(scenario.name.clone(), snapshot));
+    let dir = harness::stack::workspace_dir().join("snapshots");
+    if let Err(report) = harness::snapshot::check(&dir, &run, None) {
+        panic!("{report}");
+    }
     let failures = run.failures();
     assert!(
         failures.is_empty(),
