@@ -20,6 +20,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod error;
 pub mod gateway;
 pub mod nginx;

@@ -91,6 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {
+        let mut signals = Signals::install();
         match cli.command {
             Command::Run {
                 paths,
@@ -100,9 +101,21 @@ fn main() -> ExitCode {
                 jobs,
                 update,
                 snapshots,
-            } => run(paths, profile, filter, junit, jobs, update, snapshots).await,
+            } => {
+                run(
+                    paths,
+                    profile,
+                    filter,
+                    junit,
+                    jobs,
+                    update,
+                    snapshots,
+                    &mut signals,
+                )
+                .await
+            }
             Command::New { name, dir } => new(&name, &dir),
-            Command::Up { profile, size } => up(profile, size).await,
+            Command::Up { profile, size } => up(profile, size, &mut signals).await,
             Command::Check {
                 url,
                 call_sid,
@@ -126,13 +139,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves to the signal's name on Ctrl-C or SIGTERM.
-async fn interrupted() -> &'static str {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+/// SIGINT and SIGTERM, caught from the moment the program starts (so a signal that arrives
+/// while a stack is starting still tears it down instead of killing us with it half up).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+        }
+    }
+
+    /// Resolves to the signal's name on Ctrl-C or SIGTERM.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
     }
 }
 
@@ -188,6 +216,7 @@ async fn run(
     jobs: usize,
     update: bool,
     snapshots: Option<PathBuf>,
+    signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
     let mut scenarios = load_all(&paths, filter.as_deref())?;
     if let Some(p) = profile {
@@ -224,7 +253,7 @@ async fn run(
     .collect::<Vec<_>>();
     let runs: Vec<Result<ScenarioRun, harness::HarnessError>> = tokio::select! {
         runs = work => runs,
-        signal = interrupted() => {
+        signal = signals.recv() => {
             bar.abandon_with_message(format!("{signal}: stopping every stack"));
             // Returning drops the unfinished runs, and with them every stack and its processes.
             eprintln!("harness: interrupted by {signal}; every stack was torn down");
@@ -418,12 +447,18 @@ fn new(name: &str, dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn up(profile: Profile, size: u64) -> anyhow::Result<ExitCode> {
-    let stack = Stack::start(StackSpec::new(profile).timeouts(harness::Timeouts {
+async fn up(profile: Profile, size: u64, signals: &mut Signals) -> anyhow::Result<ExitCode> {
+    let spec = StackSpec::new(profile).timeouts(harness::Timeouts {
         scale: 1.0,
         ..Default::default()
-    }))
-    .await?;
+    });
+    let stack = tokio::select! {
+        stack = Stack::start(spec) => stack?,
+        signal = signals.recv() => {
+            eprintln!("harness: {signal} while starting: torn down");
+            return Ok(ExitCode::from(130));
+        }
+    };
     let rec = stack.twilio().add_recording(mock_twilio::Recording::new(
         mock_twilio::sid("RE", 1),
         mock_twilio::sid("CA", 1),
@@ -468,7 +503,7 @@ async fn up(profile: Profile, size: u64) -> anyhow::Result<ExitCode> {
     println!("  {}", stack.access_log().path().display());
     println!("  {}", stack.backend_log().path().display());
     println!("\nCtrl-C stops it.");
-    let signal = interrupted().await;
+    let signal = signals.recv().await;
     drop(stack);
     eprintln!("harness: {signal}: stack torn down");
     Ok(ExitCode::from(130))

@@ -1,9 +1,10 @@
 //! [`Stack`]: real nginx + a backend + mock-twilio, each on an OS-chosen loopback port, in a
 //! sandbox of its own. [`StackSpec`] says *what* runs; [`Runtime`] says *how*.
 
+use crate::backend::{Launch, ListenMode, Placeholders, RunningBackend};
 use crate::error::HarnessError;
 use crate::nginx::{self, Nginx, Render};
-use crate::process::{ChildGuard, LogFile};
+use crate::process::LogFile;
 use mock_twilio::{FaultProxy, FaultSet, Journal, MockTwilio, ProxyConfig};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
@@ -135,6 +136,18 @@ pub enum BackendSpec {
     /// `recordings-backend` from this workspace.
     #[default]
     Reference,
+    /// Another backend, from a stack file.
+    File(Box<crate::backend::StackFile>),
+}
+
+impl BackendSpec {
+    /// `reference`, or the stack file's name.
+    pub fn name(&self) -> &str {
+        match self {
+            BackendSpec::Reference => "reference",
+            BackendSpec::File(f) => &f.name,
+        }
+    }
 }
 
 /// What a stack is made of.
@@ -237,14 +250,6 @@ pub fn stale_backend(binary: &Path) -> Option<String> {
 /// How long a component may take to become ready.
 pub const READY_DEADLINE: Duration = Duration::from_secs(20);
 
-/// A running backend process and what is needed to start it again.
-struct Backend {
-    process: ChildGuard,
-    addr: SocketAddr,
-    command: PathBuf,
-    env: Vec<(String, String)>,
-}
-
 /// The sandbox directory: removed on drop unless `HARNESS_KEEP=1`.
 struct Sandbox {
     dir: Option<tempfile::TempDir>,
@@ -268,8 +273,8 @@ impl Drop for Sandbox {
 pub struct Stack {
     nginx: Nginx,
     hop: Option<FaultProxy>,
-    backend: Option<Backend>,
-    stopped_backend: Option<(PathBuf, Vec<(String, String)>)>,
+    backend: Option<RunningBackend>,
+    stopped_backend: Option<Launch>,
     twilio: MockTwilio,
     hop_addr: SocketAddr,
     /// Connections accepted by earlier incarnations of the hop (before backend restarts).
@@ -306,8 +311,9 @@ impl Stack {
             ));
         }
         let nginx_bin = nginx::find_nginx()?;
-        let backend_bin = match &spec.backend {
-            BackendSpec::Reference => find_backend()?,
+        let reference_bin = match &spec.backend {
+            BackendSpec::Reference => Some(find_backend()?),
+            BackendSpec::File(_) => None,
         };
         let dir = tempfile::Builder::new()
             .prefix("harness-stack-")
@@ -342,34 +348,57 @@ impl Stack {
 
         let t = spec.timeouts;
         let twilio_budget = t.twilio_timeout_secs.unwrap_or(30.0 * t.scale);
-        let mut env: Vec<(String, String)> = vec![
-            ("BIND".into(), "127.0.0.1:0".into()),
-            ("TWILIO_ACCOUNT_SID".into(), twilio.account_sid().into()),
-            ("TWILIO_AUTH_TOKEN".into(), twilio.auth_token().into()),
-            ("TWILIO_API_BASE".into(), twilio.uri()),
-            (
-                "RECORDINGS_DIR".into(),
-                path.join("recordings").display().to_string(),
+        let keep_alive = match (&spec.backend, &reference_bin) {
+            (BackendSpec::File(f), _) if spec.profile == Profile::Fixed => {
+                f.backend.keep_alive_secs.unwrap_or(75.0)
+            }
+            (_, Some(bin)) => spec.profile.backend_keep_alive_secs(bin),
+            _ => Profile::Legacy.backend_keep_alive_secs(Path::new("")),
+        };
+        let values = Placeholders {
+            twilio: (
+                twilio.account_sid().into(),
+                twilio.auth_token().into(),
+                twilio.uri(),
             ),
-            ("PUBLIC_URL".into(), format!("http://{nginx_addr}")),
-            (
-                "KEEP_ALIVE_TIMEOUT".into(),
-                (spec.profile.backend_keep_alive_secs(&backend_bin) * t.keepalive_scale)
-                    .to_string(),
-            ),
-            (
-                "GRACEFUL_SHUTDOWN_TIMEOUT".into(),
-                (30.0 * t.scale).to_string(),
-            ),
-            ("SLOW_DOWNLOAD_SECS".into(), (10.0 * t.scale).to_string()),
-            ("TWILIO_TIMEOUT_SECS".into(), twilio_budget.to_string()),
-        ];
+            recordings_dir: path.join("recordings"),
+            public_url: format!("http://{nginx_addr}"),
+            keep_alive: keep_alive * t.keepalive_scale,
+            graceful_timeout: 30.0 * t.scale,
+            slow_download: 10.0 * t.scale,
+            twilio_timeout: twilio_budget,
+            sandbox: path.clone(),
+        };
+        let mut launch = match &spec.backend {
+            BackendSpec::Reference => Launch::new(
+                &[reference_bin
+                    .as_ref()
+                    .expect("reference backend")
+                    .display()
+                    .to_string()],
+                None,
+                &Placeholders::contract(),
+                ListenMode::Log,
+                None,
+                "/healthz",
+                &values,
+            )?,
+            BackendSpec::File(f) => Launch::new(
+                &f.backend.command,
+                Some(f.dir.join(f.backend.cwd.clone().unwrap_or_default())),
+                f.backend.env.as_ref().unwrap_or(&Placeholders::contract()),
+                f.backend.listen,
+                f.backend.listen_regex.as_deref(),
+                &f.backend.health,
+                &values,
+            )?,
+        };
         for (k, v) in &spec.backend_env {
-            env.retain(|(name, _)| name != k);
-            env.push((k.clone(), v.clone()));
+            launch.env.retain(|(name, _)| name != k);
+            launch.env.push((k.clone(), v.clone()));
         }
         let backend_log = LogFile::new(path.join("backend.log"));
-        let backend = start_backend(&backend_bin, &env, &backend_log).await?;
+        let backend = crate::backend::start(&launch, &backend_log, READY_DEADLINE).await?;
 
         let hop_faults: Arc<FaultSet> = Arc::default();
         let hop_journal: Arc<Journal> = Arc::default();
@@ -383,7 +412,15 @@ impl Stack {
         .map_err(HarnessError::io("start the hop fault point"))?;
         let hop_addr = hop.addr();
 
-        let source = spec.docker_dir.join(spec.profile.config_file());
+        let source = match (&spec.backend, spec.profile) {
+            (BackendSpec::File(f), Profile::Fixed) if f.nginx.is_some() => {
+                f.dir.join(f.nginx.as_ref().unwrap())
+            }
+            (BackendSpec::File(f), Profile::Legacy) if f.nginx_legacy.is_some() => {
+                f.dir.join(f.nginx_legacy.as_ref().unwrap())
+            }
+            _ => spec.docker_dir.join(spec.profile.config_file()),
+        };
         let text = std::fs::read_to_string(&source)
             .map_err(HarnessError::io(format!("read {}", source.display())))?;
         let rendered = nginx::render(
@@ -556,7 +593,7 @@ impl Stack {
     pub async fn stop_backend(&mut self) {
         if let Some(mut b) = self.backend.take() {
             b.process.kill();
-            self.stopped_backend = Some((b.command, b.env));
+            self.stopped_backend = Some(b.launch);
         }
         self.drop_hop().await;
     }
@@ -574,10 +611,10 @@ impl Stack {
 
     /// Starts the backend again after [`Stack::stop_backend`], on the same ports.
     pub async fn start_backend(&mut self) -> Result<(), HarnessError> {
-        let Some((command, env)) = self.stopped_backend.take() else {
+        let Some(launch) = self.stopped_backend.take() else {
             return Ok(());
         };
-        let backend = start_backend(&command, &env, &self.backend_log()).await?;
+        let backend = crate::backend::start(&launch, &self.backend_log(), READY_DEADLINE).await?;
         self.hop = Some(
             FaultProxy::start_with(
                 self.hop_addr,
@@ -604,7 +641,7 @@ impl Stack {
                 b.process.kill();
             }
             self.drop_hop().await;
-            self.stopped_backend = Some((b.command, b.env));
+            self.stopped_backend = Some(b.launch);
         }
         self.start_backend().await
     }
@@ -625,80 +662,4 @@ fn open_connections_to(port: u16) -> usize {
             f.len() > 3 && f[2] == remote && (f[3] == "01" || f[3] == "08")
         })
         .count()
-}
-
-async fn start_backend(
-    command: &Path,
-    env: &[(String, String)],
-    log: &LogFile,
-) -> Result<Backend, HarnessError> {
-    let mut cmd = Command::new(command);
-    cmd.env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    let offset = log.len();
-    let mut process = ChildGuard::spawn("backend", cmd, log.path())?;
-    let start = Instant::now();
-    // The backend logs `listening on http://ADDR` once bound; then /healthz must answer.
-    let addr = loop {
-        let (lines, _) = log.lines_since(offset);
-        if let Some(addr) = lines.iter().find_map(|l| {
-            let rest = l.split("listening on http://").nth(1)?;
-            rest.split(|c: char| c == '"' || c.is_whitespace())
-                .next()?
-                .parse::<SocketAddr>()
-                .ok()
-        }) {
-            break addr;
-        }
-        if let Some(status) = process.try_exit() {
-            return Err(HarnessError::Exited {
-                component: "backend".into(),
-                status: status.to_string(),
-                logs: logs_of(&[("backend", log)]),
-            });
-        }
-        if start.elapsed() > READY_DEADLINE {
-            return Err(HarnessError::NotReady {
-                component: "backend".into(),
-                url: "(its `listening on` log line)".into(),
-                waited: start.elapsed(),
-                logs: logs_of(&[("backend", log)]),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let url = format!("http://{addr}/healthz");
-    let client = reqwest::Client::new();
-    loop {
-        if let Ok(r) = client
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if start.elapsed() > READY_DEADLINE {
-            return Err(HarnessError::NotReady {
-                component: "backend".into(),
-                url,
-                waited: start.elapsed(),
-                logs: logs_of(&[("backend", log)]),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    // Restarts reuse the port, so nginx's upstream address stays right.
-    let mut env = env.to_vec();
-    env.retain(|(k, _)| k != "BIND");
-    env.push(("BIND".into(), addr.to_string()));
-    Ok(Backend {
-        process,
-        addr,
-        command: command.to_path_buf(),
-        env,
-    })
 }

@@ -1,0 +1,368 @@
+//! The `harness` binary, driven as a user would: exit codes, output, files, and teardown on signals.
+
+use crate::support::tools_present;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn harness() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+    c.env("HARNESS_WORKSPACE", harness::stack::workspace_dir());
+    c
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const PLAY: &str = "name = \"cli-play\"\nprofiles = [\"fixed\"]\n[[recordings]]\nsize = 5000\ncached = true\n[[steps]]\ndo = \"request\"\nrange = \"bytes=-500\"\nexpect = { status = 206 }\n";
+
+#[test]
+fn run_passes_writes_junit_and_fails_on_a_broken_expectation() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "play.toml", PLAY);
+    let junit = dir.path().join("junit.xml");
+    // --profile: snapshots (which hold both profiles) are not compared, expectations are.
+    let out = harness()
+        .args(["run", "--profile", "fixed", "--junit"])
+        .arg(&junit)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("cli-play")
+            && stdout.contains("PASS")
+            && stdout.contains("1 passed, 0 failed"),
+        "{stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testcase") && xml.contains("cli-play [fixed]"),
+        "{xml}"
+    );
+
+    let broken = write(
+        dir.path(),
+        "broken.toml",
+        &PLAY
+            .replace("status = 206", "status = 200")
+            .replace("cli-play", "cli-broken"),
+    );
+    let out = harness()
+        .args(["run", "--profile", "fixed"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("expected status 200, got 206"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_without_a_snapshot_says_how_to_make_one() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "play.toml", PLAY);
+    let snaps = dir.path().join("snaps");
+    std::fs::create_dir(&snaps).unwrap();
+    let out = harness()
+        .arg("run")
+        .arg(&file)
+        .arg("--snapshots")
+        .arg(&snaps)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("no snapshot yet: run with --update"),
+        "{stdout}"
+    );
+    let out = harness()
+        .arg("run")
+        .arg(&file)
+        .arg("--snapshots")
+        .arg(&snaps)
+        .arg("--update")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a new snapshot is never accepted silently"
+    );
+    assert!(snaps.join("cli-play.snap.new").exists());
+    std::fs::rename(snaps.join("cli-play.snap.new"), snaps.join("cli-play.snap")).unwrap();
+    let out = harness()
+        .arg("run")
+        .arg(&file)
+        .arg("--snapshots")
+        .arg(&snaps)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_bad_file_stops_the_run_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.toml", PLAY);
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "name = \"b\"\n[[steps]]\ndo = \"request\"\nrnage = \"bytes=0-1\"\n",
+    );
+    let out = harness().arg("run").arg(&good).arg(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{}:", bad.display())), "{stderr}");
+    assert!(stderr.contains("rnage"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "nothing ran"
+    );
+}
+
+#[test]
+fn new_writes_a_skeleton_that_parses_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = harness()
+        .args(["new", "my-first", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = dir.path().join("my-first.toml");
+    let scenario =
+        harness::scenario::load(&path).unwrap_or_else(|e| panic!("the skeleton parses: {e}"));
+    assert_eq!(scenario.name, "my-first");
+    let again = harness()
+        .args(["new", "my-first", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = harness()
+        .args(["new", "../escape", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn explain_classifies_a_log_from_a_file_or_stdin() {
+    let log = "2026/11/25 10:00:00 [error] 7#7: *1 connect() failed (111: Connection refused) while connecting to upstream, client: 1.2.3.4\n\
+               2026/11/25 10:00:05 [info] 7#7: *2 client closed keepalive connection\n\
+               2026/11/25 10:00:09 [error] 7#7: *3 connect() failed (111: Connection refused) while connecting to upstream, client: 1.2.3.4\n\
+               2026/11/25 10:01:00 [error] 7#7: *4 upstream timed out (110: Connection timed out) while reading response header from upstream\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "error.log", log);
+    let out = harness().arg("explain").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout
+            .contains("connect_refused × 2  (first 2026/11/25 10:00:00, last 2026/11/25 10:00:09)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("timed_out × 1"), "{stdout}");
+    assert!(
+        !stdout.contains("keepalive"),
+        "routine info lines are not errors: {stdout}"
+    );
+    let mut child = harness()
+        .arg("explain")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(log.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connect_refused × 2"));
+}
+
+#[test]
+fn schema_prints_the_committed_schema() {
+    let out = harness().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        harness::scenario::json_schema()
+    );
+}
+
+#[test]
+fn check_verifies_a_deployed_stack() {
+    if !tools_present() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stack = rt
+        .block_on(harness::Stack::start(harness::StackSpec::new(
+            harness::Profile::Fixed,
+        )))
+        .unwrap();
+    let rec = stack.twilio().add_recording(mock_twilio::Recording::new(
+        mock_twilio::sid("RE", 1),
+        mock_twilio::sid("CA", 1),
+        mock_twilio::MediaFormat::Mp3,
+        20_000,
+    ));
+    let out = harness()
+        .args(["check", &stack.url(""), "--call-sid", &rec.call_sid])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("PASS Range: bytes=-500") && stdout.contains("6 passed, 0 failed"),
+        "{stdout}"
+    );
+    // A call without a recording fails the checks, and says why.
+    let out = harness()
+        .args([
+            "check",
+            &stack.url(""),
+            "--call-sid",
+            &mock_twilio::sid("CA", 9),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL curl -I") && stdout.contains("404"),
+        "{stdout}"
+    );
+    drop(stack);
+}
+
+/// Processes whose command line or environment mentions `dir`.
+fn processes_mentioning(dir: &Path) -> Vec<u32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            ["cmdline", "environ"].iter().any(|f| {
+                std::fs::read(format!("/proc/{pid}/{f}"))
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains(&needle))
+            }) && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+        })
+        .collect()
+}
+
+/// Starts `harness args…` with its temp files in a dir of its own, waits until `ready` holds,
+/// sends `signal`, and checks it exits 130 leaving no process and no file behind.
+fn interrupt(args: &[&str], signal: nix::sys::signal::Signal, ready: impl Fn(&Path) -> bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = harness()
+        .args(args)
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ready(tmp.path()) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never got ready");
+        assert!(child.try_wait().unwrap().is_none(), "exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !processes_mentioning(tmp.path()).is_empty(),
+        "its stacks run"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "exits non-zero");
+    assert_eq!(
+        processes_mentioning(tmp.path()),
+        Vec::<u32>::new(),
+        "no process left"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "no temp dir left: {left:?}");
+}
+
+fn nginx_running(tmp: &Path) -> bool {
+    std::fs::read_dir(tmp).is_ok_and(|d| d.flatten().any(|e| e.path().join("nginx.pid").exists()))
+}
+
+#[test]
+fn ctrl_c_during_up_tears_the_stack_down() {
+    if !tools_present() {
+        return;
+    }
+    interrupt(&["up"], nix::sys::signal::Signal::SIGINT, nginx_running);
+}
+
+#[test]
+fn sigint_and_sigterm_during_run_tear_every_stack_down() {
+    if !tools_present() {
+        return;
+    }
+    // A scenario that takes a while: the backend hangs, nginx waits 30 s (scaled).
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "slow.toml",
+        "name = \"cli-slow\"\n[[recordings]]\nsize = 1000\n[[hop_faults]]\nfault = { kind = \"hang\" }\nmatch = { path_regex = \"^/api/\" }\n[[steps]]\ndo = \"request\"\n",
+    );
+    let file = file.display().to_string();
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        interrupt(&["run", &file], signal, |tmp| {
+            std::fs::read_dir(tmp).is_ok_and(|d| {
+                d.flatten()
+                    .filter(|e| e.path().join("nginx.pid").exists())
+                    .count()
+                    == 2
+            })
+        });
+    }
+}
