@@ -137,7 +137,8 @@ pub struct Placeholders {
     pub recordings_dir: PathBuf,
     /// `{public_url}`: nginx's URL.
     pub public_url: String,
-    /// `{keep_alive}`, `{graceful_timeout}`, `{slow_download}`, `{twilio_timeout}`: seconds.
+    /// `{keep_alive}`, `{graceful_timeout}`, `{slow_download}`, `{twilio_timeout}`: seconds
+    /// (`{keep_alive_int}` and `{graceful_timeout_int}`: rounded up to whole seconds).
     pub keep_alive: f64,
     /// Drain time on SIGTERM.
     pub graceful_timeout: f64,
@@ -159,7 +160,15 @@ impl Placeholders {
                 &self.recordings_dir.display().to_string(),
             )
             .replace("{public_url}", &self.public_url)
+            .replace(
+                "{keep_alive_int}",
+                &(self.keep_alive.ceil() as u64).to_string(),
+            )
             .replace("{keep_alive}", &self.keep_alive.to_string())
+            .replace(
+                "{graceful_timeout_int}",
+                &(self.graceful_timeout.ceil() as u64).to_string(),
+            )
             .replace("{graceful_timeout}", &self.graceful_timeout.to_string())
             .replace("{slow_download}", &self.slow_download.to_string())
             .replace("{twilio_timeout}", &self.twilio_timeout.to_string())

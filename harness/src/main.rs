@@ -8,6 +8,7 @@ use harness::runner::ScenarioRun;
 use harness::scenario::{self, Scenario};
 use harness::snapshot::{self, Update};
 use harness::stack::workspace_dir;
+use harness::stack::BackendSpec;
 use harness::{GatewayCause, Profile, Runtime, Stack, StackSpec};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -49,6 +50,9 @@ enum Command {
         /// The snapshots folder.
         #[arg(long)]
         snapshots: Option<PathBuf>,
+        /// A stack file: run against another backend (snapshots named `{scenario}@{name}`).
+        #[arg(long)]
+        stack: Option<PathBuf>,
     },
     /// Write a commented scenario skeleton to scenarios/NAME.toml.
     New {
@@ -66,6 +70,9 @@ enum Command {
         /// Size in bytes of the recording it creates.
         #[arg(long, default_value_t = 1_000_000)]
         size: u64,
+        /// A stack file: bring up another backend.
+        #[arg(long)]
+        stack: Option<PathBuf>,
     },
     /// Run the Range/HEAD checks against an already deployed stack (nothing is started).
     Check {
@@ -101,7 +108,9 @@ fn main() -> ExitCode {
                 jobs,
                 update,
                 snapshots,
+                stack,
             } => {
+                let backend = backend_spec(stack.as_deref())?;
                 run(
                     paths,
                     profile,
@@ -110,12 +119,20 @@ fn main() -> ExitCode {
                     jobs,
                     update,
                     snapshots,
+                    &backend,
                     &mut signals,
                 )
                 .await
             }
             Command::New { name, dir } => new(&name, &dir),
-            Command::Up { profile, size } => up(profile, size, &mut signals).await,
+            Command::Up {
+                profile,
+                size,
+                stack,
+            } => {
+                let backend = backend_spec(stack.as_deref())?;
+                up(profile, size, backend, &mut signals).await
+            }
             Command::Check {
                 url,
                 call_sid,
@@ -162,6 +179,13 @@ impl Signals {
             _ = self.term.recv() => "SIGTERM",
         }
     }
+}
+
+fn backend_spec(stack: Option<&Path>) -> anyhow::Result<BackendSpec> {
+    Ok(match stack {
+        None => BackendSpec::Reference,
+        Some(p) => BackendSpec::File(Box::new(harness::backend::StackFile::load(p)?)),
+    })
 }
 
 fn load_all(paths: &[PathBuf], filter: Option<&str>) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
@@ -216,6 +240,7 @@ async fn run(
     jobs: usize,
     update: bool,
     snapshots: Option<PathBuf>,
+    backend: &BackendSpec,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
     let mut scenarios = load_all(&paths, filter.as_deref())?;
@@ -231,7 +256,7 @@ async fn run(
     let runtime = Runtime::from_env()?;
     if update && std::env::var_os("INSTA_OUTPUT").is_none() {
         // New snapshots are reviewed with `cargo insta review`; no need to print them all here.
-        std::env::set_var("INSTA_OUTPUT", "minimal");
+        std::env::set_var("INSTA_OUTPUT", "none");
     }
     let snapshots = snapshots.unwrap_or_else(|| workspace_dir().join("snapshots"));
     let bar = indicatif::ProgressBar::new(scenarios.len() as u64);
@@ -243,7 +268,7 @@ async fn run(
     let work = futures::stream::iter(scenarios.iter().map(|(_, s)| {
         let bar = bar.clone();
         async move {
-            let r = harness::run(s, runtime).await;
+            let r = harness::runner::run_with(s, runtime, backend).await;
             bar.inc(1);
             bar.set_message(s.name.clone());
             r
@@ -288,14 +313,15 @@ async fn run(
                 Some(if update { Update::New } else { Update::No }),
             );
             std::panic::set_hook(previous);
-            let existed = snapshots.join(format!("{}.snap", run.name)).exists();
+            let name = run.snapshot_name();
+            let existed = snapshots.join(format!("{name}.snap")).exists();
             r.err().map(|_| {
                 if !existed && !update {
-                    format!("no snapshot yet: run with --update to write {}/{}.snap.new, review it, and commit it as .snap", snapshots.display(), run.name)
+                    format!("no snapshot yet: run with --update to write {}/{}.snap.new, review it, and commit it as .snap", snapshots.display(), name)
                 } else if update {
-                    format!("snapshot differs: review {}/{}.snap.new", snapshots.display(), run.name)
+                    format!("snapshot differs: review {}/{}.snap.new", snapshots.display(), name)
                 } else {
-                    format!("snapshot differs from {}/{}.snap (run with --update to write a .snap.new)", snapshots.display(), run.name)
+                    format!("snapshot differs from {}/{}.snap (run with --update to write a .snap.new)", snapshots.display(), name)
                 }
             })
         };
@@ -447,11 +473,17 @@ fn new(name: &str, dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn up(profile: Profile, size: u64, signals: &mut Signals) -> anyhow::Result<ExitCode> {
-    let spec = StackSpec::new(profile).timeouts(harness::Timeouts {
+async fn up(
+    profile: Profile,
+    size: u64,
+    backend: BackendSpec,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let mut spec = StackSpec::new(profile).timeouts(harness::Timeouts {
         scale: 1.0,
         ..Default::default()
     });
+    spec.backend = backend;
     let stack = tokio::select! {
         stack = Stack::start(spec) => stack?,
         signal = signals.recv() => {

@@ -6,7 +6,7 @@ use crate::outcome::{
     AccessLine, AnsweredBy, BodyCheck, BodyOutcome, Outcome, SnapshotOutcome, KEPT_HEADERS,
 };
 use crate::scenario::{Expect, FaultPoint, RequestStep, Scenario, Step};
-use crate::stack::{Profile, Runtime, Stack, StackSpec};
+use crate::stack::{BackendSpec, Profile, Runtime, Stack, StackSpec};
 use mock_twilio::{Media, MediaFormat, Recording, Signing};
 use regex::Regex;
 use serde::Serialize;
@@ -33,6 +33,8 @@ pub struct ProfileRun {
 pub struct ScenarioRun {
     /// The scenario's name.
     pub name: String,
+    /// The backend it ran against (`reference`, or a stack file's name).
+    pub backend: String,
     /// Its description.
     pub description: String,
     /// The runs.
@@ -49,6 +51,15 @@ pub struct ScenarioSnapshot {
 }
 
 impl ScenarioRun {
+    /// The snapshot's name: the scenario's, with `@backend` for another backend than ours.
+    pub fn snapshot_name(&self) -> String {
+        if self.backend == "reference" {
+            self.name.clone()
+        } else {
+            format!("{}@{}", self.name, self.backend)
+        }
+    }
+
     /// The redacted form stored in `snapshots/`.
     pub fn snapshot(&self) -> ScenarioSnapshot {
         ScenarioSnapshot {
@@ -79,8 +90,17 @@ impl ScenarioRun {
     }
 }
 
-/// Runs `scenario` under each of its profiles (concurrently: each has its own stack).
+/// Runs `scenario` under each of its profiles against the reference backend.
 pub async fn run(scenario: &Scenario, runtime: Runtime) -> Result<ScenarioRun, HarnessError> {
+    run_with(scenario, runtime, &BackendSpec::Reference).await
+}
+
+/// Runs `scenario` under each of its profiles (concurrently: each has its own stack).
+pub async fn run_with(
+    scenario: &Scenario,
+    runtime: Runtime,
+    backend: &BackendSpec,
+) -> Result<ScenarioRun, HarnessError> {
     scenario.validate().map_err(|(field, message)| {
         HarnessError::Other(format!("scenario {}: {field}: {message}", scenario.name))
     })?;
@@ -88,11 +108,12 @@ pub async fn run(scenario: &Scenario, runtime: Runtime) -> Result<ScenarioRun, H
         scenario
             .profiles
             .iter()
-            .map(|p| run_profile(scenario, *p, runtime)),
+            .map(|p| run_profile(scenario, *p, runtime, backend)),
     )
     .await;
     Ok(ScenarioRun {
         name: scenario.name.clone(),
+        backend: backend.name().to_string(),
         description: scenario.description.clone(),
         runs: runs.into_iter().collect::<Result<_, _>>()?,
     })
@@ -103,9 +124,11 @@ pub async fn run_profile(
     scenario: &Scenario,
     profile: Profile,
     runtime: Runtime,
+    backend: &BackendSpec,
 ) -> Result<ProfileRun, HarnessError> {
     let mut spec = StackSpec::new(profile).timeouts(scenario.timeouts);
     spec.runtime = runtime;
+    spec.backend = backend.clone();
     let mut stack = Stack::start(spec).await?;
     let result = drive(&mut stack, scenario, profile).await;
     if let Err(e) = &result {
@@ -154,7 +177,9 @@ async fn drive(
                     resp.status()
                 )));
             }
-            wait_backend_log(stack, offset, "Recording saved", Some(&rec.sid)).await?;
+            // One pre-download at a time, so the next "saved" line since `offset` is this one's
+            // (other backends' log lines need not name the recording).
+            wait_backend_log(stack, offset, "Recording saved").await?;
         }
     }
     for rule in &scenario.twilio_faults {
@@ -381,7 +406,7 @@ async fn request(
     if let Some(b) = &r.body {
         req = req.body(b.clone());
     }
-    let mut outcome = send(req, media.as_ref()).await;
+    let mut outcome = send(req, method == reqwest::Method::HEAD, media.as_ref()).await;
     outcome.step = name;
     outcome.request = line;
     if let Some(etag) = outcome.headers.get("etag-value").cloned() {
@@ -422,7 +447,7 @@ async fn webhook(
     if let Some(sig) = callback.signature(&url, stack.twilio().auth_token(), signing) {
         req = req.header("x-twilio-signature", sig);
     }
-    let mut outcome = send(req, None).await;
+    let mut outcome = send(req, false, None).await;
     let signing_name = format!("{signing:?}").to_lowercase();
     outcome.step = format!("webhook {signing_name} {}", rec.sid);
     outcome.request = format!(
@@ -435,7 +460,7 @@ async fn webhook(
 }
 
 /// Sends a request and reads its response, checking audio bodies byte for byte as they stream.
-async fn send(req: reqwest::RequestBuilder, media: Option<&Media>) -> Outcome {
+async fn send(req: reqwest::RequestBuilder, head: bool, media: Option<&Media>) -> Outcome {
     let mut outcome = Outcome {
         step: String::new(),
         request: String::new(),
@@ -486,7 +511,8 @@ async fn send(req: reqwest::RequestBuilder, media: Option<&Media>) -> Outcome {
         .get("content-length")
         .and_then(|v| v.parse().ok());
     // Which bytes of the recording the body should be, per the response's own headers.
-    let expected = match (outcome.status, media) {
+    // (A HEAD has no body to check: it must simply be empty.)
+    let expected = match (outcome.status, media.filter(|_| !head)) {
         (Some(200), Some(m)) if ctype.starts_with("audio/") => Some((0, m.len())),
         (Some(206), Some(m)) => {
             parse_content_range(outcome.headers.get("content-range").map(String::as_str))
@@ -687,19 +713,11 @@ pub fn backend_event(line: &str) -> Option<&'static str> {
     })
 }
 
-async fn wait_backend_log(
-    stack: &Stack,
-    offset: u64,
-    text: &str,
-    also: Option<&str>,
-) -> Result<(), HarnessError> {
+async fn wait_backend_log(stack: &Stack, offset: u64, text: &str) -> Result<(), HarnessError> {
     let start = Instant::now();
     loop {
         let (lines, _) = stack.backend_log().lines_since(offset);
-        if lines
-            .iter()
-            .any(|l| l.contains(text) && also.is_none_or(|a| l.contains(a)))
-        {
+        if lines.iter().any(|l| l.contains(text)) {
             return Ok(());
         }
         if start.elapsed() > SETTLE_DEADLINE {

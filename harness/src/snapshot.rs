@@ -21,9 +21,8 @@ pub fn check(dir: &Path, run: &ScenarioRun, update: Option<Update>) -> Result<()
     settings.set_snapshot_path(dir);
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
-    settings.set_input_file(dir.join(format!("{}.snap", run.name)));
+    let name = run.snapshot_name();
     let snapshot = run.snapshot();
-    let name = run.name.clone();
     // insta reads its mode from the environment at assertion time.
     if let Some(update) = update {
         let mode = match update {

@@ -5,9 +5,42 @@ use crate::support::tools_present;
 use futures::StreamExt;
 use harness::scenario::{files, json_schema, load, Scenario};
 use harness::stack::workspace_dir;
+use std::process::Command;
 
 #[test]
 fn every_scenario_file_runs_and_matches_its_snapshot() {
+    run_every_file(&harness::stack::BackendSpec::Reference);
+}
+
+/// Whether python3 can import uvicorn (the example backend's one dependency).
+fn uvicorn_present() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import uvicorn"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let hint = "python3 with uvicorn: pip install -r examples/uvicorn-backend/requirements.txt";
+        if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+            panic!("HARNESS_REQUIRE_TOOLS=1 and missing {hint}");
+        }
+        eprintln!("SKIPPED (missing tools): {hint}");
+    }
+    ok
+}
+
+#[test]
+fn every_scenario_file_runs_against_the_uvicorn_example() {
+    if !uvicorn_present() {
+        return;
+    }
+    let file = harness::backend::StackFile::load(
+        &workspace_dir().join("examples/uvicorn-backend/stack.toml"),
+    )
+    .unwrap();
+    run_every_file(&harness::stack::BackendSpec::File(Box::new(file)));
+}
+
+fn run_every_file(backend: &harness::stack::BackendSpec) {
     let dir = workspace_dir().join("scenarios");
     let paths = files(&dir).unwrap();
     assert!(paths.len() >= 10, "scenario files: {paths:?}");
@@ -32,15 +65,14 @@ fn every_scenario_file_runs_and_matches_its_snapshot() {
         .enable_all()
         .build()
         .unwrap();
-    let runs = rt.block_on(
-        futures::stream::iter(
-            scenarios
-                .iter()
-                .map(|s| harness::run(s, harness::Runtime::from_env().unwrap())),
-        )
-        .buffered(4)
-        .collect::<Vec<_>>(),
-    );
+    let runs =
+        rt.block_on(
+            futures::stream::iter(scenarios.iter().map(|s| {
+                harness::runner::run_with(s, harness::Runtime::from_env().unwrap(), backend)
+            }))
+            .buffered(4)
+            .collect::<Vec<_>>(),
+        );
     let snapshots = workspace_dir().join("snapshots");
     let mut failures = Vec::new();
     for (path, run) in paths.iter().zip(runs) {
