@@ -17,8 +17,10 @@ pub enum Update {
 /// Compares `run` with `dir/{name}.snap`; returns insta's message on a mismatch. `update: None`
 /// leaves insta's mode to the environment (`INSTA_UPDATE`, `CI`), as under `cargo test`.
 pub fn check(dir: &Path, run: &ScenarioRun, update: Option<Update>) -> Result<(), String> {
+    // insta takes a relative path as relative to this source file: make it absolute.
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut settings = insta::Settings::clone_current();
-    settings.set_snapshot_path(dir);
+    settings.set_snapshot_path(&dir);
     settings.set_prepend_module_to_snapshot(false);
     settings.set_omit_expression(true);
     let name = run.snapshot_name();
