@@ -59,6 +59,35 @@ pub enum BodyCheck {
     },
 }
 
+impl BodyCheck {
+    /// The check's kind, as `expect.body` names it (`whole`, `slice`, `truncated`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyCheck::Empty => "empty",
+            BodyCheck::Whole => "whole",
+            BodyCheck::Slice { .. } => "slice",
+            BodyCheck::Truncated { .. } => "truncated",
+            BodyCheck::Differs { .. } => "differs",
+            BodyCheck::Json { .. } => "json",
+            BodyCheck::NginxErrorPage => "nginx_error_page",
+            BodyCheck::Other { .. } => "other",
+        }
+    }
+}
+
+/// What a load step's responses were, counted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LoadOutcome {
+    /// Requests sent.
+    pub count: u32,
+    /// Status (or `none`) → how many.
+    pub statuses: BTreeMap<String, u32>,
+    /// Body check kind → how many.
+    pub bodies: BTreeMap<String, u32>,
+    /// Gateway error cause → how many.
+    pub gateway_errors: BTreeMap<String, u32>,
+}
+
 /// Body facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BodyOutcome {
@@ -112,6 +141,8 @@ pub struct Outcome {
     pub upstream_connections_opened: u64,
     /// A client-side error (connection reset, body cut short).
     pub client_error: Option<String>,
+    /// For a load step (`count` > 1): every response, counted (the rest describes the first).
+    pub load: Option<LoadOutcome>,
 }
 
 /// Headers an Outcome keeps. ETag and Last-Modified vary by run: kept as `present`.
@@ -194,11 +225,15 @@ pub struct SnapshotOutcome {
     /// Upstream statuses from the access log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<String>,
-    /// New nginx→backend connections for this step.
-    pub upstream_connections_opened: u64,
+    /// New nginx→backend connections for this step (left out for a load step, where it is timing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_connections_opened: Option<u64>,
     /// Client-side error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_error: Option<String>,
+    /// A load step's counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadOutcome>,
 }
 
 impl Outcome {
@@ -224,8 +259,12 @@ impl Outcome {
             backend_events: self.backend_events.clone(),
             twilio_requests: self.twilio_requests.clone(),
             upstream_status: self.access.as_ref().map(|a| a.upstream_status.clone()),
-            upstream_connections_opened: self.upstream_connections_opened,
+            upstream_connections_opened: self
+                .load
+                .is_none()
+                .then_some(self.upstream_connections_opened),
             client_error: self.client_error.as_deref().map(redact_ports),
+            load: self.load.clone(),
         }
     }
 

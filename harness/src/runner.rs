@@ -3,10 +3,12 @@
 use crate::error::HarnessError;
 use crate::gateway::{classify, GatewayError};
 use crate::outcome::{
-    AccessLine, AnsweredBy, BodyCheck, BodyOutcome, Outcome, SnapshotOutcome, KEPT_HEADERS,
+    AccessLine, AnsweredBy, BodyCheck, BodyOutcome, LoadOutcome, Outcome, SnapshotOutcome,
+    KEPT_HEADERS,
 };
 use crate::scenario::{Expect, FaultPoint, RequestStep, Scenario, Step};
 use crate::stack::{BackendSpec, Profile, Runtime, Stack, StackSpec};
+use futures::StreamExt;
 use mock_twilio::{Media, MediaFormat, Recording, Signing};
 use regex::Regex;
 use serde::Serialize;
@@ -266,6 +268,33 @@ async fn pause(ms: u64) {
 }
 
 fn check(expect: &Expect, o: &Outcome, failures: &mut Vec<String>) {
+    if let Some(load) = &o.load {
+        // Every response of a load step must pass.
+        let statuses: Vec<&String> = load.statuses.keys().collect();
+        if let Some(status) = expect.status {
+            if statuses != [&status.to_string()] {
+                failures.push(format!(
+                    "{}: expected status {status} for all, got {:?}",
+                    o.step, load.statuses
+                ));
+            }
+        }
+        if let Some(body) = &expect.body {
+            if load.bodies.keys().collect::<Vec<_>>() != [body] {
+                failures.push(format!(
+                    "{}: expected body {body} for all, got {:?}",
+                    o.step, load.bodies
+                ));
+            }
+        }
+        if expect.no_gateway_errors == Some(true) && !load.gateway_errors.is_empty() {
+            failures.push(format!(
+                "{}: expected no gateway errors, got {:?}",
+                o.step, load.gateway_errors
+            ));
+        }
+        return;
+    }
     if let Some(status) = expect.status {
         if o.status != Some(status) {
             failures.push(format!(
@@ -284,16 +313,7 @@ fn check(expect: &Expect, o: &Outcome, failures: &mut Vec<String>) {
         ));
     }
     if let Some(want) = &expect.body {
-        let got = match &o.body.check {
-            BodyCheck::Empty => "empty",
-            BodyCheck::Whole => "whole",
-            BodyCheck::Slice { .. } => "slice",
-            BodyCheck::Truncated { .. } => "truncated",
-            BodyCheck::Differs { .. } => "differs",
-            BodyCheck::Json { .. } => "json",
-            BodyCheck::NginxErrorPage => "nginx_error_page",
-            BodyCheck::Other { .. } => "other",
-        };
+        let got = o.body.check.kind();
         if want != got {
             failures.push(format!("{}: expected body {want}, got {got}", o.step));
         }
@@ -392,23 +412,55 @@ async fn request(
     }
     pause(r.pause_ms).await;
     let name = r.name.clone().unwrap_or_else(|| line.clone());
-    let id = request_id(ctx, step);
+    let ids: Vec<String> = (0..r.count.max(1)).map(|_| request_id(ctx, step)).collect();
     let marks = marks(stack);
     let method = reqwest::Method::from_bytes(r.method.as_bytes())
         .map_err(|_| HarnessError::Other(format!("step {step}: bad method {:?}", r.method)))?;
-    let mut req = stack
-        .client()
-        .request(method.clone(), stack.url(&path))
-        .header("x-request-id", &id);
-    for (k, v) in &headers {
-        req = req.header(k.as_str(), v.as_str());
+    let url = stack.url(&path);
+    let head = method == reqwest::Method::HEAD;
+    let build = |id: &str| {
+        let mut req = stack
+            .client()
+            .request(method.clone(), &url)
+            .header("x-request-id", id);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(b) = &r.body {
+            req = req.body(b.clone());
+        }
+        req
+    };
+    let mut outcomes: Vec<Outcome> =
+        futures::stream::iter(ids.iter().map(|id| send(build(id), head, media.as_ref())))
+            .buffered(r.concurrency.max(1) as usize)
+            .collect()
+            .await;
+    let mut outcome = outcomes.remove(0);
+    if r.count > 1 {
+        let mut load = LoadOutcome {
+            count: r.count,
+            ..Default::default()
+        };
+        for o in std::iter::once(&outcome).chain(&outcomes) {
+            let status = o
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none".into());
+            *load.statuses.entry(status).or_default() += 1;
+            *load
+                .bodies
+                .entry(o.body.check.kind().to_string())
+                .or_default() += 1;
+        }
+        outcome.load = Some(load);
     }
-    if let Some(b) = &r.body {
-        req = req.body(b.clone());
-    }
-    let mut outcome = send(req, method == reqwest::Method::HEAD, media.as_ref()).await;
     outcome.step = name;
-    outcome.request = line;
+    outcome.request = if r.count > 1 {
+        format!("{line} ×{} ({} at once)", r.count, r.concurrency)
+    } else {
+        line
+    };
     if let Some(etag) = outcome.headers.get("etag-value").cloned() {
         let modified = outcome
             .headers
@@ -418,7 +470,15 @@ async fn request(
         ctx.validators.insert(r.recording, (etag, modified));
     }
     outcome.headers.retain(|k, _| !k.ends_with("-value"));
-    settle(stack, &marks, &id, &mut outcome).await;
+    settle(stack, &marks, &ids, &mut outcome).await;
+    if let Some(load) = outcome.load.as_mut() {
+        for e in &outcome.gateway_errors {
+            *load
+                .gateway_errors
+                .entry(e.cause.name().to_string())
+                .or_default() += 1;
+        }
+    }
     Ok(outcome)
 }
 
@@ -455,7 +515,7 @@ async fn webhook(
         rec.sid
     );
     outcome.headers.retain(|k, _| !k.ends_with("-value"));
-    settle(stack, &marks, &id, &mut outcome).await;
+    settle(stack, &marks, std::slice::from_ref(&id), &mut outcome).await;
     Ok(outcome)
 }
 
@@ -477,6 +537,7 @@ async fn send(req: reqwest::RequestBuilder, head: bool, media: Option<&Media>) -
         access: None,
         upstream_connections_opened: 0,
         client_error: None,
+        load: None,
     };
     let mut resp = match req.send().await {
         Ok(r) => r,
@@ -731,17 +792,18 @@ async fn wait_backend_log(stack: &Stack, offset: u64, text: &str) -> Result<(), 
 
 /// Waits until the step's traces are complete (its access-log line; every download it started
 /// has ended), then fills in gateway errors, backend events and Twilio requests.
-async fn settle(stack: &Stack, marks: &Marks, id: &str, outcome: &mut Outcome) {
+async fn settle(stack: &Stack, marks: &Marks, ids: &[String], outcome: &mut Outcome) {
     let start = Instant::now();
     loop {
         let (lines, _) = stack.access_log().lines_since(0);
-        if let Some(access) = lines
+        let seen: HashMap<String, AccessLine> = lines
             .iter()
-            .rev()
             .filter_map(|l| parse_access_line(l))
-            .find(|(_, rid)| rid == id)
-        {
-            outcome.access = Some(access.0);
+            .filter(|(_, rid)| ids.contains(rid))
+            .map(|(a, rid)| (rid, a))
+            .collect();
+        if ids.iter().all(|id| seen.contains_key(id)) {
+            outcome.access = seen.get(&ids[0]).cloned();
             break;
         }
         if start.elapsed() > SETTLE_DEADLINE {

@@ -124,9 +124,23 @@ pub struct RequestStep {
     /// Idle time before the request (part of the scenario, e.g. to let a keep-alive expire).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pause_ms: u64,
-    /// Explicit checks.
+    /// Send it this many times: a load step whose Outcome counts statuses and bodies (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+    /// With `count`: at most this many at once (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub concurrency: u32,
+    /// Explicit checks (for a load step: every response must pass them).
     #[serde(default, skip_serializing_if = "is_default")]
     pub expect: Expect,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
 }
 
 fn get() -> String {
@@ -155,6 +169,8 @@ impl RequestStep {
             headers: BTreeMap::new(),
             body: None,
             pause_ms: 0,
+            count: 1,
+            concurrency: 1,
             expect: Expect::default(),
         }
     }
@@ -392,6 +408,12 @@ impl Scenario {
         }
         for (i, step) in self.steps.iter().enumerate() {
             let recording = match step {
+                Step::Request(r) if r.count == 0 || r.concurrency == 0 => {
+                    return Err((
+                        format!("steps[{i}].count"),
+                        "count and concurrency must be at least 1".into(),
+                    ))
+                }
                 Step::Request(r) if r.path.is_none() => Some(r.recording),
                 Step::Webhook { recording, .. } => Some(*recording),
                 Step::Arm { rule, .. } => {

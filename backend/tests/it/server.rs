@@ -275,3 +275,35 @@ fn bad_configuration_exits_non_zero_naming_the_variable() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TWILIO_ACCOUNT_SID"));
 }
+
+fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_flat_for_a_100_mb_recording() {
+    let (_twilio, rec, backend) = stack(100_000_000).await;
+    for pass in ["cache miss", "cache hit"] {
+        let mut resp = client()
+            .get(backend.download_url(&rec.call_sid))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.content_length(), Some(100_000_000), "{pass}");
+        let mut got = 0u64;
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            got += chunk.len() as u64;
+        }
+        assert_eq!(got, 100_000_000, "{pass}");
+    }
+    let peak = peak_rss_kib(backend.pid());
+    assert!(
+        peak < 64 * 1024,
+        "recordings-backend peaked at {peak} KiB serving 100 MB"
+    );
+}
