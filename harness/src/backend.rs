@@ -281,18 +281,7 @@ pub async fn start(
         cmd.current_dir(dir);
     }
     if let Some(listener) = &launch.listener {
-        let fd = listener.as_raw_fd();
-        use std::os::unix::process::CommandExt;
-        // SAFETY: fcntl is async-signal-safe; only the child's copy of the flag changes.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
-                let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
-                flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
-                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
-                Ok(())
-            });
-        }
+        crate::process::inherit_fd(&mut cmd, listener.as_raw_fd());
     }
     let offset = log.len();
     let mut process = ChildGuard::spawn("backend", cmd, log.path())?;

@@ -297,19 +297,7 @@ pub fn start(
         .arg("-e")
         .arg(sandbox.join("error.log"))
         .env("NGINX", format!("{fd};"));
-    // The child must inherit the listening socket: clear close-on-exec for it, in the child
-    // only (after fork), so no other process started meanwhile inherits it.
-    use std::os::unix::process::CommandExt;
-    // SAFETY: fcntl is async-signal-safe; the closure touches nothing else.
-    unsafe {
-        cmd.pre_exec(move || {
-            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
-            let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
-            flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
-            Ok(())
-        });
-    }
+    crate::process::inherit_fd(&mut cmd, fd);
     let stdout = sandbox.join("nginx.stdout.log");
     let process = ChildGuard::spawn("nginx", cmd, &stdout);
     // Our copy of the socket is no longer needed; nginx holds its own.

@@ -11,6 +11,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Makes `cmd`'s child inherit file descriptor `fd` (a listening socket the harness bound on an
+/// OS-chosen port): close-on-exec is cleared in the child only, after fork, so no other process
+/// started meanwhile inherits it.
+pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)?;
+            let mut flags = nix::fcntl::FdFlag::from_bits_truncate(flags);
+            flags.remove(nix::fcntl::FdFlag::FD_CLOEXEC);
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))?;
+            Ok(())
+        });
+    }
+}
+
 /// A child process in a process group of its own; the group is killed when the guard drops.
 #[must_use = "the process is killed when the guard drops"]
 pub struct ChildGuard {
