@@ -73,6 +73,34 @@ fn run_passes_writes_junit_and_fails_on_a_broken_expectation() {
 }
 
 #[test]
+fn filter_picks_scenarios_by_name() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.toml", PLAY);
+    write(dir.path(), "b.toml", &PLAY.replace("cli-play", "cli-other"));
+    let out = harness()
+        .args(["run", "--profile", "fixed", "--filter", "other"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("cli-other") && !stdout.contains("cli-play"),
+        "{stdout}"
+    );
+    let none = harness()
+        .args(["run", "--filter", "nothing-matches"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no scenario to run"));
+}
+
+#[test]
 fn run_without_a_snapshot_says_how_to_make_one() {
     if !tools_present() {
         return;
@@ -292,17 +320,24 @@ fn processes_mentioning(dir: &Path) -> Vec<u32> {
 
 /// Starts `harness args…` with its temp files in a dir of its own, waits until `ready` holds,
 /// sends `signal`, and checks it exits 130 leaving no process and no file behind.
-fn interrupt(args: &[&str], signal: nix::sys::signal::Signal, ready: impl Fn(&Path) -> bool) {
+/// The harness's output so far, and its temp dir: what `ready` looks at.
+fn interrupt(
+    args: &[&str],
+    signal: nix::sys::signal::Signal,
+    ready: impl Fn(&Path, &str) -> bool,
+) -> String {
     let tmp = tempfile::tempdir().unwrap();
+    let stdout = tempfile::NamedTempFile::new().unwrap();
     let mut child = harness()
         .args(args)
         .env("TMPDIR", tmp.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(stdout.path()).unwrap())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let printed = || std::fs::read_to_string(stdout.path()).unwrap_or_default();
     let start = Instant::now();
-    while !ready(tmp.path()) {
+    while !ready(tmp.path(), &printed()) {
         assert!(start.elapsed() < Duration::from_secs(30), "never got ready");
         assert!(child.try_wait().unwrap().is_none(), "exited early");
         std::thread::sleep(Duration::from_millis(20));
@@ -325,6 +360,7 @@ fn interrupt(args: &[&str], signal: nix::sys::signal::Signal, ready: impl Fn(&Pa
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "no temp dir left: {left:?}");
+    printed()
 }
 
 fn nginx_running(tmp: &Path) -> bool {
@@ -336,7 +372,21 @@ fn ctrl_c_during_up_tears_the_stack_down() {
     if !tools_present() {
         return;
     }
-    interrupt(&["up"], nix::sys::signal::Signal::SIGINT, nginx_running);
+    // Ready once it has printed everything (its last line), so the output can be checked too.
+    let out = interrupt(&["up"], nix::sys::signal::Signal::SIGINT, |tmp, out| {
+        nginx_running(tmp) && out.contains("Ctrl-C stops it.")
+    });
+    for want in [
+        "nginx:",
+        "mock-twilio:",
+        "call SID:",
+        "curl -I http://127.0.0.1:",
+        "Range: bytes=-500",
+        "__admin/faults",
+        "error.log",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
 }
 
 #[test]
@@ -356,7 +406,7 @@ fn sigint_and_sigterm_during_run_tear_every_stack_down() {
         nix::sys::signal::Signal::SIGINT,
         nix::sys::signal::Signal::SIGTERM,
     ] {
-        interrupt(&["run", &file], signal, |tmp| {
+        interrupt(&["run", &file], signal, |tmp, _| {
             std::fs::read_dir(tmp).is_ok_and(|d| {
                 d.flatten()
                     .filter(|e| e.path().join("nginx.pid").exists())
