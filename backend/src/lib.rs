@@ -52,6 +52,8 @@ pub struct App {
     pub twilio: Arc<twilio::Twilio>,
     /// Recordings cache and downloads.
     pub cache: Arc<cache::Cache>,
+    /// One Twilio look-up per unknown call at a time, however many requests want it.
+    pub lookups: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A bound, not yet serving, service.
@@ -102,6 +104,7 @@ impl Server {
                 store,
                 twilio,
                 cache,
+                lookups: Default::default(),
             }),
         })
     }

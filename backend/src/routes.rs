@@ -89,6 +89,28 @@ async fn find_recording(app: &App, call_sid: &str) -> Result<CallRecording, AppE
     if let Some(rec) = app.store.get(call_sid).await.map_err(internal)? {
         return Ok(rec);
     }
+    // Concurrent first plays of a call wait for one look-up instead of each asking Twilio.
+    let lock = app
+        .lookups
+        .lock()
+        .unwrap()
+        .entry(call_sid.to_string())
+        .or_default()
+        .clone();
+    let _guard = lock.lock().await;
+    let found = find_at_twilio(app, call_sid).await;
+    app.lookups.lock().unwrap().remove(call_sid);
+    found
+}
+
+async fn find_at_twilio(app: &App, call_sid: &str) -> Result<CallRecording, AppError> {
+    let internal = |e: rusqlite::Error| AppError::Internal {
+        cause: format!("database: {e}"),
+    };
+    // Another request may have looked it up while this one waited.
+    if let Some(rec) = app.store.get(call_sid).await.map_err(internal)? {
+        return Ok(rec);
+    }
     match app.twilio.newest_recording(call_sid).await {
         Ok(Some((recording_sid, recording_url))) => {
             let rec = CallRecording {

@@ -301,3 +301,43 @@ async fn time_to_first_byte_does_not_wait_for_the_whole_download() {
     );
     backend.wait_log("Recording saved - took").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_first_plays_look_the_call_up_once() {
+    let (twilio, rec, backend) = setup().await;
+    // A slow look-up, so that every request arrives while it runs.
+    twilio
+        .arm(
+            FaultRule::new(Fault::Delay {
+                ms: 300,
+                max_ms: None,
+                seed: None,
+            })
+            .path_regex(r"Recordings\.json$"),
+        )
+        .unwrap();
+    let bodies = futures::future::join_all((0..10).map(|_| {
+        let url = backend.download_url(&rec.call_sid);
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    for body in bodies {
+        assert!(body == rec.media(MediaFormat::Mp3).to_vec());
+    }
+    let lookups = twilio
+        .journal()
+        .iter()
+        .filter(|e| e.path.ends_with("Recordings.json"))
+        .count();
+    assert_eq!(lookups, 1, "one look-up for ten first plays");
+    assert_eq!(media_requests(&twilio), 1, "one download");
+}
