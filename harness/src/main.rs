@@ -92,6 +92,21 @@ enum Command {
     },
     /// Print the JSON Schema of scenario files.
     Schema,
+    /// Measure the stack's speed and cost beside nginx itself (see bench/RESULTS.md).
+    Bench {
+        /// A small run that only checks nothing errors (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures, with machine facts, as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Only measurement N (1 cold start, 2 suite rate, 3 cached download, 4 TTFB, 5 concurrency, 6 mock-twilio).
+        #[arg(long)]
+        only: Option<u8>,
+        /// Break something on purpose (download | body), to see the bench fail.
+        #[arg(long, hide = true)]
+        sabotage: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +154,12 @@ fn main() -> ExitCode {
                 token,
             } => check(&url, &call_sid, token.as_deref()).await,
             Command::Explain { error_log } => explain(error_log),
+            Command::Bench {
+                quick,
+                json,
+                only,
+                sabotage,
+            } => bench(quick, json, only, sabotage, &mut signals).await,
             Command::Schema => {
                 print!("{}", scenario::json_schema());
                 Ok(ExitCode::SUCCESS)
@@ -685,6 +706,45 @@ async fn check(base: &str, call_sid: &str, token: Option<&str>) -> anyhow::Resul
     }
     println!("\n{} passed, {failed} failed", results.len() - failed);
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn bench(
+    quick: bool,
+    json: Option<PathBuf>,
+    only: Option<u8>,
+    sabotage: Option<String>,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    use harness::bench::{BenchSize, Sabotage};
+    let sabotage = match sabotage.as_deref() {
+        None => None,
+        Some("download") => Some(Sabotage::Download),
+        Some("body") => Some(Sabotage::Body),
+        Some(other) => bail!("--sabotage {other:?}: download or body"),
+    };
+    let size = if quick {
+        BenchSize::QUICK
+    } else {
+        BenchSize::FULL
+    };
+    let progress = |what: &str| eprintln!("bench: {what}");
+    let report = tokio::select! {
+        r = harness::bench::run(size, only, sabotage, &progress) => r?,
+        signal = signals.recv() => {
+            eprintln!("harness: {signal}: bench stopped, every stack torn down");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    println!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(if report.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -172,8 +172,8 @@ pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, Har
             };
         let rendered = match directive {
             "user" if depth == 0 => None,
-            // One worker: with several, which worker (and so which cached upstream connection)
-            // takes a request is the kernel's choice, and a run could not be replayed.
+            // One process: with several workers, which one (and so which cached upstream
+            // connection) takes a request is the kernel's choice, and a run could not be replayed.
             "worker_processes" if depth == 0 => Some("worker_processes 1;".to_string()),
             "pid" if depth == 0 => Some(format!("pid {sb}/nginx.pid;")),
             "error_log" => {

@@ -32,12 +32,20 @@ pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
 pub struct ChildGuard {
     name: String,
     child: Option<Child>,
+    /// `sh` that kills the child's group if we die without dropping this guard.
+    watchdog: Option<Child>,
     log: LogFile,
 }
 
 impl ChildGuard {
     /// Spawns `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self, HarnessError> {
+        // Orphans of our children (nginx's workers once their master is gone) come to us, so
+        // that we can reap them instead of leaving zombies where no init reaps.
+        static SUBREAPER: std::sync::Once = std::sync::Once::new();
+        SUBREAPER.call_once(|| {
+            let _ = nix::sys::prctl::set_child_subreaper(true);
+        });
         let out = File::options()
             .create(true)
             .append(true)
@@ -52,9 +60,23 @@ impl ChildGuard {
             "start {name} ({:?})",
             cmd.get_program()
         )))?;
+        // A watchdog for when we die without dropping the guard (SIGKILL, Ctrl-C on `cargo
+        // test`: the child's own process group keeps the terminal's signal from it). It waits
+        // for its stdin, a pipe only we hold, to close, then kills the child's group; in a group
+        // of its own, the terminal's Ctrl-C does not stop it first.
+        let watchdog = Command::new("/bin/sh")
+            .args(["-c", "read _; kill -9 -\"$1\" 2>/dev/null", "watchdog"])
+            .arg(child.id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .ok();
         Ok(ChildGuard {
             name: name.to_string(),
             child: Some(child),
+            watchdog,
             log: LogFile::new(log.to_path_buf()),
         })
     }
@@ -102,11 +124,27 @@ impl ChildGuard {
         }
     }
 
-    /// Kills the process group and reaps the process.
+    /// Kills the process group and reaps the process (and its watchdog).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let pgid = Pid::from_raw(child.id() as i32);
+            let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
+            // Its own children (nginx's workers) were handed to us, the subreaper: reap them too.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(1) {
+                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+                match waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Closing its stdin lets it finish (its kill now finds nothing).
+            drop(watchdog.stdin.take());
+            let _ = watchdog.wait();
         }
     }
 }

@@ -569,6 +569,11 @@ impl Stack {
         LogFile::new(self.sandbox.path.join("backend.log"))
     }
 
+    /// The backend's process id, while it runs.
+    pub fn backend_pid(&self) -> Option<u32> {
+        self.backend.as_ref().and_then(|b| b.process.pid())
+    }
+
     /// The process groups it owns (nginx's, the backend's): every process it started is in one.
     pub fn process_groups(&self) -> Vec<u32> {
         let mut groups: Vec<u32> = self.nginx.process.pid().into_iter().collect();

@@ -416,3 +416,40 @@ fn sigint_and_sigterm_during_run_tear_every_stack_down() {
         });
     }
 }
+
+#[test]
+fn a_killed_harness_takes_its_stack_with_it() {
+    if !tools_present() {
+        return;
+    }
+    // SIGKILL runs no destructor: the kernel must end the stack's processes (parent-death signal).
+    let tmp = tempfile::tempdir().unwrap();
+    let stdout = tempfile::NamedTempFile::new().unwrap();
+    let mut child = harness()
+        .arg("up")
+        .env("TMPDIR", tmp.path())
+        .stdout(std::fs::File::create(stdout.path()).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(stdout.path())
+        .unwrap_or_default()
+        .contains("Ctrl-C stops it.")
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!processes_mentioning(tmp.path()).is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let start = Instant::now();
+    while !processes_mentioning(tmp.path()).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "left running: {:?}",
+            processes_mentioning(tmp.path())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
