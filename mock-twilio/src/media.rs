@@ -172,6 +172,7 @@ impl Media {
                 let frame = (pos - self.tag_len) / MP3_FRAME;
                 let within = (pos - self.tag_len) % MP3_FRAME;
                 n = ((MP3_FRAME - within) as usize).min(buf.len() - out);
+                let mut noise = Noise::new(self.seed);
                 for i in 0..n {
                     let w = within + i as u64;
                     buf[out + i] = if w < 4 {
@@ -181,7 +182,7 @@ impl Media {
                     } else {
                         // Ancillary data: ignored by decoders, but unique per recording, and
                         // never 0xFF so it cannot look like a frame sync.
-                        self.noise(frame * MP3_FRAME + w) & 0x7F
+                        noise.at(frame * MP3_FRAME + w) & 0x7F
                     };
                 }
             }
@@ -205,21 +206,44 @@ impl Media {
         header[34..36].copy_from_slice(&8u16.to_le_bytes()); // bits per sample
         header[36..40].copy_from_slice(b"data");
         header[40..44].copy_from_slice(&data_len.to_le_bytes());
+        let mut noise = Noise::new(self.seed);
         for (i, b) in buf.iter_mut().enumerate() {
             let p = offset + i as u64;
             *b = if p < WAV_HEADER {
                 header[p as usize]
             } else {
                 // Quiet noise around the 8-bit midpoint.
-                120 + (self.noise(p) & 0x0F)
+                120 + (noise.at(p) & 0x0F)
             };
+        }
+    }
+}
+
+/// Deterministic noise: byte `pos` is byte `pos % 8` of splitmix64(seed ^ pos / 8), with the
+/// last 8-byte block kept, so sequential bytes cost one hash per eight.
+struct Noise {
+    seed: u64,
+    block_index: u64,
+    block: u64,
+}
+
+impl Noise {
+    fn new(seed: u64) -> Self {
+        Noise {
+            seed,
+            block_index: u64::MAX,
+            block: 0,
         }
     }
 
     #[inline]
-    fn noise(&self, pos: u64) -> u8 {
-        let block = splitmix64(self.seed ^ (pos >> 3));
-        (block >> ((pos & 7) * 8)) as u8
+    fn at(&mut self, pos: u64) -> u8 {
+        let index = pos >> 3;
+        if index != self.block_index {
+            self.block_index = index;
+            self.block = splitmix64(self.seed ^ index);
+        }
+        (self.block >> ((pos & 7) * 8)) as u8
     }
 }
 

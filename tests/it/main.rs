@@ -1,6 +1,7 @@
 //! The harness's scenario tables: real stacks (nginx + backend + mock-twilio), every case under
 //! both profiles side by side, compared against `snapshots/`.
 
+mod bench;
 mod cli;
 mod files;
 mod gateway;
