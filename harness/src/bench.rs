@@ -371,6 +371,17 @@ pub async fn run(
         .sandbox()
         .join("recordings")
         .join(format!("{}.mp3", rec.sid));
+    // The client has every byte a moment before the backend has fsynced and renamed the file.
+    let t = Instant::now();
+    while !cached.exists() {
+        if t.elapsed() > crate::stack::READY_DEADLINE {
+            return Err(HarnessError::Other(format!(
+                "{} never appeared in the cache",
+                cached.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let static_copy = stack.sandbox().join("www").join("bench.mp3");
     std::fs::copy(&cached, &static_copy).map_err(HarnessError::io(
         "copy the recording to nginx's static root",
@@ -593,12 +604,17 @@ pub async fn run(
             value: peak_mb,
             met: peak_mb <= 64.0,
         });
-        // nginx keeps up to 16 idle upstream connections (its keepalive pool): more is a leak.
+        // Expected after the load: nginx's pool of up to 16 idle upstream connections, and the
+        // backend's pool of idle connections to Twilio (one per concurrent miss, kept 30 s). More
+        // than that is a leak.
+        let allowed = fds_before + 16 + count;
         r.targets.push(Target {
             name: "backend fds after load".into(),
-            target: format!("≤ {} (before + nginx's pool of 16)", fds_before + 16),
+            target: format!(
+                "≤ {allowed} (before + nginx's pool of 16 + {count} idle Twilio connections)"
+            ),
             value: fds_after as f64,
-            met: fds_after <= fds_before + 16,
+            met: fds_after <= allowed,
         });
         if errors > 0 {
             r.errors.push(format!(
