@@ -639,27 +639,32 @@ pub async fn run(
         size.media,
     ));
     let url = twilio.media_url(&rec.sid, MediaFormat::Mp3);
-    let authed = |u: &str| {
-        client
+    // (seconds, bytes) of one download straight from mock-twilio.
+    let drain = |u: String| {
+        let req = client
             .get(u)
-            .basic_auth(twilio.account_sid(), Some(twilio.auth_token()))
+            .basic_auth(twilio.account_sid(), Some(twilio.auth_token()));
+        async move {
+            let t = Instant::now();
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| HarnessError::Other(e.to_string()))?;
+            let mut n = 0u64;
+            while let Some(c) = resp
+                .chunk()
+                .await
+                .map_err(|e| HarnessError::Other(e.to_string()))?
+            {
+                n += c.len() as u64;
+            }
+            Ok::<_, HarnessError>((t.elapsed().as_secs_f64(), n))
+        }
     };
     let mut rates = Vec::new();
     for _ in 0..3 {
-        let t = Instant::now();
-        let mut resp = authed(&url)
-            .send()
-            .await
-            .map_err(|e| HarnessError::Other(e.to_string()))?;
-        let mut n = 0u64;
-        while let Some(c) = resp
-            .chunk()
-            .await
-            .map_err(|e| HarnessError::Other(e.to_string()))?
-        {
-            n += c.len() as u64;
-        }
-        rates.push(n as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let (secs, n) = drain(url.clone()).await?;
+        rates.push(n as f64 / secs / 1e9);
     }
     r.figures.push(Figure::of(
         &format!("mock-twilio media, {} MB", size.media / 1_000_000),
@@ -681,22 +686,7 @@ pub async fn run(
             .recording(&small.sid),
         )
         .map_err(HarnessError::Other)?;
-    let (secs, _, n, _) = {
-        let t = Instant::now();
-        let mut resp = authed(&twilio.media_url(&small.sid, MediaFormat::Mp3))
-            .send()
-            .await
-            .map_err(|e| HarnessError::Other(e.to_string()))?;
-        let mut n = 0u64;
-        while let Some(c) = resp
-            .chunk()
-            .await
-            .map_err(|e| HarnessError::Other(e.to_string()))?
-        {
-            n += c.len() as u64;
-        }
-        (t.elapsed().as_secs_f64(), 0.0, n, 0u32)
-    };
+    let (secs, n) = drain(twilio.media_url(&small.sid, MediaFormat::Mp3)).await?;
     r.values.insert(
         format!(
             "throttle accuracy at {} MB/s (measured / asked)",

@@ -97,7 +97,7 @@ fn the_committed_json_schema_is_current() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == json_schema(),
-        "{} is out of date: run `cargo run -p harness -- schema > scenarios/scenario.schema.json`",
+        "{} is out of date: run `cargo build --workspace && target/debug/harness schema > scenarios/scenario.schema.json`",
         path.display()
     );
 }
