@@ -163,12 +163,9 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
 pub fn redact_error_line(line: &str) -> String {
     static TIME: OnceLock<Regex> = OnceLock::new();
     static PID: OnceLock<Regex> = OnceLock::new();
-    static PORT: OnceLock<Regex> = OnceLock::new();
     let s = re(&TIME, r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ").replace(line, "");
     let s = re(&PID, r"\d+#\d+: \*\d+ ").replace(&s, "");
-    re(&PORT, r"(127\.0\.0\.1|localhost):\d+")
-        .replace_all(&s, "$1:<port>")
-        .into_owned()
+    redact_ports(&s)
 }
 
 /// A gateway error as snapshots show it: `cause while stage: nginx's message`. The rest of the

@@ -181,7 +181,7 @@ async fn drive(
             }
             // One pre-download at a time, so the next "saved" line since `offset` is this one's
             // (other backends' log lines need not name the recording).
-            wait_backend_log(stack, offset, "Recording saved").await?;
+            wait_backend_log(stack, offset, "Recording saved", SETTLE_DEADLINE).await?;
         }
     }
     for rule in &scenario.twilio_faults {
@@ -238,21 +238,11 @@ async fn drive(
             Step::StartBackend => stack.start_backend().await?,
             Step::RestartBackend => stack.restart_backend().await?,
             Step::WaitLog { text, timeout_ms } => {
-                let start = Instant::now();
-                while !stack
-                    .backend_log()
-                    .lines_since(0)
-                    .0
-                    .iter()
-                    .any(|l| l.contains(text.as_str()))
-                {
-                    if start.elapsed() > Duration::from_millis(*timeout_ms) {
-                        run.failures.push(format!(
-                            "step {i}: no backend log line with {text:?} within {timeout_ms} ms"
-                        ));
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                let deadline = Duration::from_millis(*timeout_ms);
+                if wait_backend_log(stack, 0, text, deadline).await.is_err() {
+                    run.failures.push(format!(
+                        "step {i}: no backend log line with {text:?} within {timeout_ms} ms"
+                    ));
                 }
             }
         }
@@ -774,16 +764,22 @@ pub fn backend_event(line: &str) -> Option<&'static str> {
     })
 }
 
-async fn wait_backend_log(stack: &Stack, offset: u64, text: &str) -> Result<(), HarnessError> {
+/// Waits up to `deadline` for a backend log line (after byte `offset`) containing `text`.
+async fn wait_backend_log(
+    stack: &Stack,
+    offset: u64,
+    text: &str,
+    deadline: Duration,
+) -> Result<(), HarnessError> {
     let start = Instant::now();
     loop {
         let (lines, _) = stack.backend_log().lines_since(offset);
         if lines.iter().any(|l| l.contains(text)) {
             return Ok(());
         }
-        if start.elapsed() > SETTLE_DEADLINE {
+        if start.elapsed() > deadline {
             return Err(HarnessError::Other(format!(
-                "no backend log line with {text:?} within {SETTLE_DEADLINE:?}"
+                "no backend log line with {text:?} within {deadline:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

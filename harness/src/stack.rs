@@ -217,12 +217,21 @@ pub fn find_backend() -> Result<PathBuf, HarnessError> {
 
 /// A flag's default as the backend's `--help` states it (`[default: 75]`).
 pub fn backend_default(backend: &Path, flag: &str) -> Option<f64> {
-    let out = Command::new(backend)
-        .arg("--help")
-        .env_clear()
-        .output()
-        .ok()?;
-    let help = String::from_utf8_lossy(&out.stdout);
+    // `--help` is read once per binary, not on every stack start.
+    static HELP: std::sync::Mutex<Option<(PathBuf, String)>> = std::sync::Mutex::new(None);
+    let mut cached = HELP.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.as_ref().is_none_or(|(path, _)| path != backend) {
+        let out = Command::new(backend)
+            .arg("--help")
+            .env_clear()
+            .output()
+            .ok()?;
+        *cached = Some((
+            backend.to_path_buf(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ));
+    }
+    let help = &cached.as_ref()?.1;
     let after = &help[help.find(&format!("{flag} "))?..];
     let default = after.split("[default: ").nth(1)?.split(']').next()?;
     default.trim().parse().ok()

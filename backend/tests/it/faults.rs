@@ -1,7 +1,7 @@
 //! Twilio misbehaving on a cache miss: every fault becomes the documented status and JSON,
 //! or a cut response the client can recognise, and nothing half-downloaded is ever cached.
 
-use crate::support::{client, media_requests, Backend};
+use crate::support::{client, get_body, media_requests, Backend};
 use mock_twilio::{sid, Fault, FaultRule, MediaFormat, MockTwilio, Recording};
 use serde_json::Value;
 
@@ -318,16 +318,7 @@ async fn concurrent_first_plays_look_the_call_up_once() {
         .unwrap();
     let bodies = futures::future::join_all((0..10).map(|_| {
         let url = backend.download_url(&rec.call_sid);
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap()
-        }
+        async move { get_body(url).await }
     }))
     .await;
     for body in bodies {

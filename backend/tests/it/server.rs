@@ -1,7 +1,7 @@
 //! The service itself: input checks, bearer auth, keep-alive timeout, graceful drain on
 //! SIGTERM, restarts that keep their data, and secrets kept out of the logs.
 
-use crate::support::{client, media_requests, stack, Backend};
+use crate::support::{client, get_body, media_requests, stack, Backend};
 use mock_twilio::{sid, Fault, FaultRule, MediaFormat, MockTwilio, Recording};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -172,26 +172,12 @@ async fn sigterm_drains_an_in_flight_download_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_the_database_and_the_cache() {
     let (twilio, rec, mut backend) = stack(20_000).await;
-    let first = client()
-        .get(backend.download_url(&rec.call_sid))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let first = get_body(backend.download_url(&rec.call_sid)).await;
     assert_eq!(first.len(), 20_000);
     let requests = twilio.journal().len();
     assert_eq!(requests, 2, "a look-up and a download");
     backend.restart();
-    let again = client()
-        .get(backend.download_url(&rec.call_sid))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let again = get_body(backend.download_url(&rec.call_sid)).await;
     assert_eq!(again, first);
     assert_eq!(
         twilio.journal().len(),
@@ -204,14 +190,7 @@ async fn a_restart_keeps_the_database_and_the_cache() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logs_are_json_lines_with_the_seed_messages_and_no_secrets() {
     let (twilio, rec, backend) = stack(20_000).await;
-    client()
-        .get(backend.download_url(&rec.call_sid))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(backend.download_url(&rec.call_sid)).await;
     let miss = backend
         .wait_log("Cache miss - downloading from Twilio for")
         .await;
@@ -252,14 +231,7 @@ async fn slow_downloads_are_flagged() {
             .path_regex(r"\.mp3$"),
         )
         .unwrap();
-    client()
-        .get(backend.download_url(&rec.call_sid))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    get_body(backend.download_url(&rec.call_sid)).await;
     let line = backend.wait_log("Slow download detected (").await;
     assert!(line.contains("consider pre-downloading"));
 }

@@ -198,6 +198,18 @@ impl Drop for Backend {
     }
 }
 
+/// The body of a GET to `url`, which must arrive whole.
+pub async fn get_body(url: impl reqwest::IntoUrl) -> bytes::Bytes {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(DEADLINE)

@@ -1,7 +1,7 @@
 //! The recording-status webhook: only Twilio-signed callbacks are believed, and a completed
 //! recording is pre-downloaded so the first Play is a cache hit.
 
-use crate::support::{client, media_requests, stack};
+use crate::support::{client, get_body, media_requests, stack};
 use mock_twilio::{sid, MediaFormat, Recording, Signing};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -19,14 +19,7 @@ async fn a_signed_callback_stores_and_pre_downloads() {
     backend.wait_log("Recording saved - took").await;
     assert_eq!(backend.cached_files(), [format!("{}.mp3", rec.sid)]);
     let before = twilio.journal().len();
-    let body = client()
-        .get(backend.download_url(&rec.call_sid))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(backend.download_url(&rec.call_sid)).await;
     assert_eq!(body, rec.media(MediaFormat::Mp3).to_vec());
     assert_eq!(
         twilio.journal().len(),
