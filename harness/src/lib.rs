@@ -22,11 +22,13 @@
 
 pub mod backend;
 pub mod bench;
+pub mod browser;
 pub mod error;
 pub mod gateway;
 pub mod nginx;
 pub mod outcome;
 pub mod process;
+pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod snapshot;

@@ -26,34 +26,41 @@ struct Cli {
     command: Command,
 }
 
+/// `harness run`'s options.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario files or folders.
+    paths: Vec<PathBuf>,
+    /// Only this profile (snapshots, which hold both, are then not compared).
+    #[arg(long)]
+    profile: Option<Profile>,
+    /// Only scenarios whose name or path contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    junit: Option<PathBuf>,
+    /// Write a self-contained HTML report (index.html and the snapshots) into this folder.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Scenarios run at once.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Write changed or new snapshots as .snap.new files to review (`cargo insta review`).
+    #[arg(long)]
+    update: bool,
+    /// The snapshots folder.
+    #[arg(long)]
+    snapshots: Option<PathBuf>,
+    /// A stack file: run against another backend (snapshots named `{scenario}@{name}`).
+    #[arg(long)]
+    stack: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run scenario files (default: scenarios/) and compare them with snapshots/.
-    Run {
-        /// Scenario files or folders.
-        paths: Vec<PathBuf>,
-        /// Only this profile (snapshots, which hold both, are then not compared).
-        #[arg(long)]
-        profile: Option<Profile>,
-        /// Only scenarios whose name or path contains this text.
-        #[arg(long)]
-        filter: Option<String>,
-        /// Write a JUnit XML report here.
-        #[arg(long)]
-        junit: Option<PathBuf>,
-        /// Scenarios run at once.
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
-        /// Write changed or new snapshots as .snap.new files to review (`cargo insta review`).
-        #[arg(long)]
-        update: bool,
-        /// The snapshots folder.
-        #[arg(long)]
-        snapshots: Option<PathBuf>,
-        /// A stack file: run against another backend (snapshots named `{scenario}@{name}`).
-        #[arg(long)]
-        stack: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Write a commented scenario skeleton to scenarios/NAME.toml.
     New {
         /// The scenario's name (also its file name).
@@ -115,29 +122,9 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let mut signals = Signals::install();
         match cli.command {
-            Command::Run {
-                paths,
-                profile,
-                filter,
-                junit,
-                jobs,
-                update,
-                snapshots,
-                stack,
-            } => {
-                let backend = backend_spec(stack.as_deref())?;
-                run(
-                    paths,
-                    profile,
-                    filter,
-                    junit,
-                    jobs,
-                    update,
-                    snapshots,
-                    &backend,
-                    &mut signals,
-                )
-                .await
+            Command::Run(args) => {
+                let backend = backend_spec(args.stack.as_deref())?;
+                run(args, &backend, &mut signals).await
             }
             Command::New { name, dir } => new(&name, &dir),
             Command::Up {
@@ -252,18 +239,22 @@ struct Row {
     failures: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
-    paths: Vec<PathBuf>,
-    profile: Option<Profile>,
-    filter: Option<String>,
-    junit: Option<PathBuf>,
-    jobs: usize,
-    update: bool,
-    snapshots: Option<PathBuf>,
+    args: RunArgs,
     backend: &BackendSpec,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
+    let RunArgs {
+        paths,
+        profile,
+        filter,
+        junit,
+        html,
+        jobs,
+        update,
+        snapshots,
+        stack: _,
+    } = args;
     let mut scenarios = load_all(&paths, filter.as_deref())?;
     if let Some(p) = profile {
         scenarios.retain(|(_, s)| s.profiles.contains(&p));
@@ -309,10 +300,21 @@ async fn run(
     bar.finish_and_clear();
 
     let mut rows = Vec::new();
+    let mut report = harness::report::Report::new();
+    report.context("runtime", &format!("{runtime:?}").to_lowercase());
+    report.context("backend", backend.name());
+    if let Ok(nginx) = harness::nginx::find_nginx() {
+        report.context(
+            "nginx",
+            &harness::nginx::version(&nginx).unwrap_or_else(|| "?".into()),
+        );
+    }
+    report.context("scenarios", &scenarios.len().to_string());
     for ((path, scenario), run) in scenarios.iter().zip(runs) {
         let run = match run {
             Ok(run) => run,
             Err(e) => {
+                report.add(scenario, Some(path), Err(e.to_string()), None);
                 rows.push(Row {
                     scenario: scenario.name.clone(),
                     profile: "-".into(),
@@ -346,6 +348,7 @@ async fn run(
                 }
             })
         };
+        report.add(scenario, Some(path), Ok(&run), snapshot_failure.clone());
         for r in &run.runs {
             let mut failures = r.failures.clone();
             failures.extend(snapshot_failure.clone());
@@ -361,10 +364,13 @@ async fn run(
                 statuses: r
                     .outcomes
                     .iter()
-                    .map(|o| {
-                        o.status
+                    .map(|o| match &o.browser {
+                        Some(b) if b.page.played() => "played".to_string(),
+                        Some(_) => "no-play".to_string(),
+                        None => o
+                            .status
                             .map(|s| s.to_string())
-                            .unwrap_or_else(|| "-".into())
+                            .unwrap_or_else(|| "-".into()),
                     })
                     .collect::<Vec<_>>()
                     .join(" "),
@@ -380,6 +386,12 @@ async fn run(
     print_summary(&rows);
     if let Some(path) = junit {
         write_junit(&path, &rows)?;
+    }
+    if let Some(dir) = html {
+        let index = report
+            .write(&dir, &snapshots)
+            .with_context(|| format!("write the HTML report into {}", dir.display()))?;
+        println!("HTML report: {}", index.display());
     }
     let failed = rows.iter().filter(|r| !r.failures.is_empty()).count();
     println!("\n{} passed, {} failed", rows.len() - failed, failed);

@@ -1,6 +1,7 @@
 //! [`Outcome`]: everything one step observed, in one serde struct. Snapshots, summaries and
 //! reports are views of it; redaction happens once, in [`Outcome::snapshot`].
 
+use crate::browser::BrowserOutcome;
 use crate::gateway::GatewayError;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -143,6 +144,9 @@ pub struct Outcome {
     pub client_error: Option<String>,
     /// For a load step (`count` > 1): every response, counted (the rest describes the first).
     pub load: Option<LoadOutcome>,
+    /// For a `play` step: what the browser's page saw and the requests it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<BrowserOutcome>,
 }
 
 /// Headers an Outcome keeps. ETag and Last-Modified vary by run: kept as `present`.
@@ -199,17 +203,24 @@ pub struct SnapshotOutcome {
     pub step: Option<String>,
     /// The request line.
     pub request: String,
-    /// The status, `none` when no response.
-    pub status: String,
+    /// The status, `none` when no response (left out for a `play` step: see `browser`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     /// Kept headers.
-    pub headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
     /// Body bytes received (left out for a truncated body: how far a cut body gets is timing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_bytes: Option<u64>,
     /// What the body was.
-    pub body: BodyCheck,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyCheck>,
     /// Who answered.
-    pub answered_by: AnsweredBy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<AnsweredBy>,
+    /// For a `play` step: what the page showed and the browser's own requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser: Option<SnapshotBrowser>,
     /// `cause while stage` for each gateway error, and the redacted line.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateway_errors: Vec<String>,
@@ -233,21 +244,83 @@ pub struct SnapshotOutcome {
     pub load: Option<LoadOutcome>,
 }
 
+/// The snapshot form of a `play` step's browser: what the user saw, and Chromium's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotBrowser {
+    /// Where the page stopped (`played`, `error before canplay`, ...).
+    pub stage: String,
+    /// `canplay` fired.
+    pub canplay: bool,
+    /// `ended` fired.
+    pub ended: bool,
+    /// The media error the user was shown (`MEDIA_ERR_SRC_NOT_SUPPORTED`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_error: Option<String>,
+    /// The duration the browser decoded, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Each request for the recording: `range → status (upstream …) body`.
+    pub requests: Vec<String>,
+}
+
+impl SnapshotBrowser {
+    fn of(b: &BrowserOutcome) -> Self {
+        SnapshotBrowser {
+            stage: b.page.stage.clone(),
+            canplay: b.page.canplay,
+            ended: b.page.ended,
+            media_error: b.page.error_name.clone(),
+            duration_ms: b.page.duration_ms,
+            // Each distinct request once, in the order they started: how often Chromium repeats
+            // one (a cancelled read it issues again) is timing; the Outcome keeps every one.
+            requests: b
+                .requests
+                .iter()
+                .map(|r| {
+                    let range = if r.range.is_empty() {
+                        "no range"
+                    } else {
+                        &r.range
+                    };
+                    format!(
+                        "{range} → {} (upstream {}) {}",
+                        r.status,
+                        if r.upstream_status.is_empty() {
+                            "-"
+                        } else {
+                            &r.upstream_status
+                        },
+                        r.body
+                    )
+                })
+                .fold(Vec::new(), |mut seen, r| {
+                    if !seen.contains(&r) {
+                        seen.push(r);
+                    }
+                    seen
+                }),
+        }
+    }
+}
+
 impl Outcome {
     /// The redacted, run-stable form for snapshots.
     pub fn snapshot(&self) -> SnapshotOutcome {
+        let http = self.browser.is_none();
         SnapshotOutcome {
             step: (self.step != self.request).then(|| self.step.clone()),
             request: self.request.clone(),
-            status: self
-                .status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "none".into()),
-            headers: self.headers.clone(),
-            body_bytes: (!matches!(self.body.check, BodyCheck::Truncated { .. }))
+            status: http.then(|| {
+                self.status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "none".into())
+            }),
+            headers: http.then(|| self.headers.clone()),
+            body_bytes: (http && !matches!(self.body.check, BodyCheck::Truncated { .. }))
                 .then_some(self.body.bytes),
-            body: self.body.check.clone(),
-            answered_by: self.answered_by,
+            body: http.then(|| self.body.check.clone()),
+            answered_by: http.then_some(self.answered_by),
+            browser: self.browser.as_ref().map(SnapshotBrowser::of),
             gateway_errors: self
                 .gateway_errors
                 .iter()
@@ -256,9 +329,8 @@ impl Outcome {
             backend_events: self.backend_events.clone(),
             twilio_requests: self.twilio_requests.clone(),
             upstream_status: self.access.as_ref().map(|a| a.upstream_status.clone()),
-            upstream_connections_opened: self
-                .load
-                .is_none()
+            // Timing for load steps and for the browser (how many connections it opens).
+            upstream_connections_opened: (http && self.load.is_none())
                 .then_some(self.upstream_connections_opened),
             client_error: self.client_error.as_deref().map(redact_ports),
             load: self.load.clone(),
@@ -270,8 +342,15 @@ impl Outcome {
         self.answered_by == AnsweredBy::Nginx && matches!(self.status, Some(502..=504))
     }
 
-    /// One line for summaries: `206 slice 0-999` or `502 (premature_close)`.
+    /// One line for summaries: `206 slice 0-999` or `502 (premature_close)`; for a `play`
+    /// step, `played` or the media error the page showed.
     pub fn summary(&self) -> String {
+        if let Some(b) = &self.browser {
+            return match &b.page.error_name {
+                Some(e) => format!("page: {e}"),
+                None => format!("page: {}", b.page.stage),
+            };
+        }
         let status = self
             .status
             .map(|s| s.to_string())

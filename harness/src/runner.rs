@@ -1,12 +1,13 @@
 //! Runs a [`Scenario`] on a fresh [`Stack`] per profile and turns every step into an [`Outcome`].
 
+use crate::browser::{Browser, BrowserSlot, PlayOptions};
 use crate::error::HarnessError;
 use crate::gateway::{classify, GatewayError};
 use crate::outcome::{
     AccessLine, AnsweredBy, BodyCheck, BodyOutcome, LoadOutcome, Outcome, SnapshotOutcome,
     KEPT_HEADERS,
 };
-use crate::scenario::{Expect, FaultPoint, RequestStep, Scenario, Step};
+use crate::scenario::{Expect, FaultPoint, PlayStep, RequestStep, Scenario, Step};
 use crate::stack::{BackendSpec, Profile, Runtime, Stack, StackSpec};
 use futures::StreamExt;
 use mock_twilio::{Media, MediaFormat, Recording, Signing};
@@ -131,8 +132,15 @@ pub async fn run_profile(
     let mut spec = StackSpec::new(profile).timeouts(scenario.timeouts);
     spec.runtime = runtime;
     spec.backend = backend.clone();
+    // A scenario that plays holds a browser slot from before its stack starts to its end.
+    let slot = if scenario.needs_browser() {
+        crate::browser::find_browser()?;
+        Some(BrowserSlot::acquire().await?)
+    } else {
+        None
+    };
     let mut stack = Stack::start(spec).await?;
-    let result = drive(&mut stack, scenario, profile).await;
+    let result = drive(&mut stack, scenario, profile, slot.as_ref()).await;
     if let Err(e) = &result {
         return Err(HarnessError::Other(format!("{e}\n{}", stack.logs())));
     }
@@ -150,6 +158,7 @@ async fn drive(
     stack: &mut Stack,
     scenario: &Scenario,
     profile: Profile,
+    slot: Option<&BrowserSlot>,
 ) -> Result<ProfileRun, HarnessError> {
     let mut ctx = Ctx {
         recordings: Vec::new(),
@@ -206,6 +215,15 @@ async fn drive(
             Step::Request(r) => {
                 let outcome = request(stack, &mut ctx, r, i).await?;
                 check(&r.expect, &outcome, &mut run.failures);
+                run.outcomes.push(outcome);
+            }
+            Step::Play(p) => {
+                // The browser starts before the idle time, which is what the scenario is about.
+                let slot = slot.expect("a scenario that plays holds a browser slot");
+                let browser = Browser::launch_in(stack.sandbox(), slot).await?;
+                pause(p.pause_ms).await;
+                let outcome = play(stack, &ctx, browser, p, i).await?;
+                check(&p.expect, &outcome, &mut run.failures);
                 run.outcomes.push(outcome);
             }
             Step::Webhook {
@@ -284,6 +302,21 @@ fn check(expect: &Expect, o: &Outcome, failures: &mut Vec<String>) {
             ));
         }
         return;
+    }
+    if let (Some(want), Some(b)) = (expect.plays, &o.browser) {
+        if b.page.played() != want {
+            failures.push(format!(
+                "{}: expected the page {}, it stopped at {:?}{}",
+                o.step,
+                if want { "to play" } else { "to fail to play" },
+                b.page.stage,
+                b.page
+                    .error_name
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     if let Some(status) = expect.status {
         if o.status != Some(status) {
@@ -509,6 +542,64 @@ async fn webhook(
     Ok(outcome)
 }
 
+/// A `play` step: headless Chromium plays the recording through the player page.
+async fn play(
+    stack: &Stack,
+    ctx: &Ctx,
+    browser: Browser,
+    p: &PlayStep,
+    step: usize,
+) -> Result<Outcome, HarnessError> {
+    let rec = ctx
+        .recordings
+        .get(p.recording)
+        .ok_or_else(|| HarnessError::Other(format!("step {step}: no recording {}", p.recording)))?;
+    let marks = marks(stack);
+    let options = PlayOptions {
+        format: p.format,
+        seek: p.seek,
+        wait: Duration::from_millis(p.timeout_ms),
+    };
+    let browser = browser.play_on(stack, rec, options).await?;
+    let format = p.format.unwrap_or(rec.format);
+    let request = format!(
+        "PLAY /player.html?call={}{}{}",
+        rec.call_sid,
+        p.format
+            .map(|f| format!("&format={}", f.extension()))
+            .unwrap_or_default(),
+        if p.seek {
+            " (seek to the end and back)"
+        } else {
+            ""
+        }
+    );
+    let mut outcome = Outcome {
+        step: p
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("play {} ({})", rec.sid, format.extension())),
+        request,
+        status: None,
+        headers: BTreeMap::new(),
+        body: BodyOutcome {
+            bytes: 0,
+            check: BodyCheck::Empty,
+        },
+        answered_by: AnsweredBy::None,
+        gateway_errors: Vec::new(),
+        backend_events: Vec::new(),
+        twilio_requests: Vec::new(),
+        access: None,
+        upstream_connections_opened: 0,
+        client_error: None,
+        load: None,
+        browser: Some(browser),
+    };
+    settle(stack, &marks, &[], &mut outcome).await;
+    Ok(outcome)
+}
+
 /// Sends a request and reads its response, checking audio bodies byte for byte as they stream.
 async fn send(req: reqwest::RequestBuilder, head: bool, media: Option<&Media>) -> Outcome {
     let mut outcome = Outcome {
@@ -528,6 +619,7 @@ async fn send(req: reqwest::RequestBuilder, head: bool, media: Option<&Media>) -
         upstream_connections_opened: 0,
         client_error: None,
         load: None,
+        browser: None,
     };
     let mut resp = match req.send().await {
         Ok(r) => r,
@@ -799,7 +891,7 @@ async fn settle(stack: &Stack, marks: &Marks, ids: &[String], outcome: &mut Outc
             .map(|(a, rid)| (rid, a))
             .collect();
         if ids.iter().all(|id| seen.contains_key(id)) {
-            outcome.access = seen.get(&ids[0]).cloned();
+            outcome.access = ids.first().and_then(|id| seen.get(id)).cloned();
             break;
         }
         if start.elapsed() > SETTLE_DEADLINE {

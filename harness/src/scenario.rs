@@ -88,6 +88,63 @@ pub struct Expect {
     /// The body: `whole`, `slice`, `empty`, `truncated`, `json`, `nginx_error_page`, or the exact text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// For a `play` step: the page played (`true`) or showed the user a media error (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plays: Option<bool>,
+}
+
+/// Plays a recording in headless Chromium, through the player page nginx serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlayStep {
+    /// A name for reports (default: `play` and the recording).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Which recording (index into `recordings`, default 0).
+    #[serde(default)]
+    pub recording: usize,
+    /// `?format=` of the download (default: the recording's format).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<MediaFormat>,
+    /// Seek near the end, let it end, then seek back to the start (default true): the browser
+    /// chooses its own Range requests for the seeks.
+    #[serde(default = "yes")]
+    pub seek: bool,
+    /// Deadline for each of the page's waits (`canplay`, `ended`, the seek back), default 10 s.
+    #[serde(default = "ten_secs")]
+    pub timeout_ms: u64,
+    /// Idle time before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pause_ms: u64,
+    /// Explicit checks (`plays`, `no_gateway_errors`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub expect: Expect,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PlayStep {
+    /// Plays recording `index`, seeking, with the default deadline.
+    pub fn recording(index: usize) -> Self {
+        PlayStep {
+            name: None,
+            recording: index,
+            format: None,
+            seek: true,
+            timeout_ms: ten_secs(),
+            pause_ms: 0,
+            expect: Expect::default(),
+        }
+    }
+
+    /// Expect the page to play (or not).
+    #[must_use]
+    pub fn expect_plays(mut self, plays: bool) -> Self {
+        self.expect.plays = Some(plays);
+        self
+    }
 }
 
 /// An HTTP request through nginx.
@@ -238,6 +295,8 @@ impl RequestStep {
 pub enum Step {
     /// An HTTP request through nginx.
     Request(RequestStep),
+    /// Plays a recording in headless Chromium through the player page nginx serves.
+    Play(PlayStep),
     /// Twilio's recording-status callback, posted through nginx.
     Webhook {
         /// Which recording (index into `recordings`).
@@ -378,6 +437,11 @@ impl Scenario {
         self
     }
 
+    /// True when a step plays in the browser (Chromium and chromedriver are needed).
+    pub fn needs_browser(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Play(_)))
+    }
+
     /// Checks what serde cannot: indexes, fault values, SIDs. Names the field at fault.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (i, r) in self.recordings.iter().enumerate() {
@@ -416,6 +480,7 @@ impl Scenario {
                 }
                 Step::Request(r) if r.path.is_none() => Some(r.recording),
                 Step::Webhook { recording, .. } => Some(*recording),
+                Step::Play(p) => Some(p.recording),
                 Step::Arm { rule, .. } => {
                     rule.validate()
                         .map_err(|m| (format!("steps[{i}].rule"), m))?;

@@ -344,6 +344,9 @@ impl Stack {
             "<!doctype html><title>recordings</title>\n",
         )
         .map_err(HarnessError::io("write index.html"))?;
+        // The front end's player page, where the `play` step's browser goes.
+        std::fs::write(www.join("player.html"), crate::browser::PLAYER_PAGE)
+            .map_err(HarnessError::io("write player.html"))?;
 
         let twilio = MockTwilio::start()
             .await

@@ -1,7 +1,7 @@
 //! Scenario files: every `scenarios/**/*.toml` runs under its profiles and is snapshotted,
 //! so adding a file adds a guarded test with no Rust; bad files are refused before anything runs.
 
-use crate::support::tools_present;
+use crate::support::{browser_present, tools_present};
 use futures::StreamExt;
 use harness::scenario::{files, json_schema, load, Scenario};
 use harness::stack::workspace_dir;
@@ -60,6 +60,15 @@ fn run_every_file(backend: &harness::stack::BackendSpec) {
     if !tools_present() {
         return;
     }
+    let (scenarios, paths): (Vec<Scenario>, Vec<_>) = if browser_present() {
+        (scenarios, paths)
+    } else {
+        scenarios
+            .into_iter()
+            .zip(paths)
+            .filter(|(s, _)| !s.needs_browser())
+            .unzip()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

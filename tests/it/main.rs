@@ -2,6 +2,7 @@
 //! both profiles side by side, compared against `snapshots/`.
 
 mod bench;
+mod browser;
 mod cli;
 mod files;
 mod gateway;

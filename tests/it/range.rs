@@ -76,7 +76,9 @@ fn range_matrix(
                         o.status.clone(),
                         o.body.clone(),
                         o.body_bytes,
-                        o.headers.get("content-range").cloned(),
+                        o.headers
+                            .as_ref()
+                            .and_then(|h| h.get("content-range").cloned()),
                     )
                 })
                 .collect::<Vec<_>>()

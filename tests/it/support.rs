@@ -30,6 +30,21 @@ pub fn tools_present() -> bool {
     false
 }
 
+/// True when headless Chromium and chromedriver are here; otherwise says so, visibly, with the
+/// install command (and fails under `HARNESS_REQUIRE_TOOLS=1`).
+pub fn browser_present() -> bool {
+    match harness::browser::available() {
+        Ok(()) => true,
+        Err(e) if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
+            panic!("HARNESS_REQUIRE_TOOLS=1 and: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (browser scenarios): {e}");
+            false
+        }
+    }
+}
+
 /// Runs `scenario` and checks it against its snapshot.
 #[track_caller]
 pub fn check(scenario: Scenario) -> Option<ScenarioRun> {

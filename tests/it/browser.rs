@@ -1,0 +1,166 @@
+//! The real client: headless Chromium plays recordings through a stack (`Stack::play`), and
+//! opens the HTML report. Scenario files with `play` steps (scenarios/browser/) run in files.rs.
+
+use crate::support::{browser_present, tools_present};
+use harness::browser::{Browser, PlayOptions};
+use harness::runner::run;
+use harness::scenario::{PlayStep, RecordingSpec, RequestStep, Scenario, Step};
+use harness::{Profile, Runtime, Stack, StackSpec};
+use mock_twilio::{MediaFormat, Recording};
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn ready() -> bool {
+    tools_present() && browser_present()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+        })
+        .collect()
+}
+
+#[test]
+fn stack_play_reports_the_page_and_chromiums_own_requests() {
+    if !ready() {
+        return;
+    }
+    rt().block_on(async {
+        let stack = Stack::start(StackSpec::new(Profile::Fixed)).await.unwrap();
+        let size = 48_000;
+        let rec = stack.twilio().add_recording(Recording::new(
+            mock_twilio::sid("RE", 1),
+            mock_twilio::sid("CA", 1),
+            MediaFormat::Mp3,
+            size,
+        ));
+        let got = stack.play(&rec, PlayOptions::default()).await.unwrap();
+        assert!(got.page.played(), "{got:#?}");
+        assert!(got.page.ended && got.page.canplay, "{got:#?}");
+        assert_eq!(got.page.error_code, None);
+        // The duration Chromium decoded agrees with the size at the media's 128 kbit/s.
+        let nominal_ms = size as f64 * 8.0 / 128.0;
+        let decoded = got.page.duration_ms.unwrap() as f64;
+        assert!(
+            (decoded - nominal_ms).abs() < nominal_ms * 0.1,
+            "decoded {decoded} ms, nominal {nominal_ms} ms"
+        );
+        // Chromium asked with a Range of its own, and nginx logged the whole answer.
+        let first = &got.requests[0];
+        assert_eq!(first.range, "bytes=0-");
+        assert_eq!(first.status, "206");
+        assert_eq!(first.bytes_sent, size);
+        assert_eq!(first.body, "complete");
+        assert!(
+            got.page.events.starts_with(&["loadstart".to_string()]),
+            "{:?}",
+            got.page.events
+        );
+    });
+}
+
+#[test]
+fn a_dropped_browser_takes_chromium_with_it() {
+    if !ready() {
+        return;
+    }
+    rt().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let browser = Browser::launch(dir.path()).await.unwrap();
+        let profile = browser.profile_dir().display().to_string();
+        assert!(!processes_with(&profile).is_empty(), "Chromium runs");
+        drop(browser); // no close(): as when a test panics
+        let start = Instant::now();
+        while !processes_with(&profile).is_empty() && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            processes_with(&profile),
+            Vec::<u32>::new(),
+            "Chromium outlived its guard"
+        );
+    });
+}
+
+#[test]
+fn the_html_report_renders_in_chromium() {
+    if !ready() {
+        return;
+    }
+    let scenario = Scenario::new("report-demo", RecordingSpec::new(MediaFormat::Mp3, 48_000))
+        .describe("A download, a play, then the backend goes away: a 502 in the matrix")
+        .request(RequestStep::get().named("download"))
+        .step(Step::Play(PlayStep::recording(0)))
+        .step(Step::StopBackend)
+        .request(RequestStep::get().named("download with the backend down"));
+    let rt = rt();
+    let run = rt.block_on(run(&scenario, Runtime::Processes)).unwrap();
+    let mut report = harness::report::Report::new();
+    report.context("test", "the_html_report_renders_in_chromium");
+    report.add(&scenario, None, Ok(&run), None);
+    let out = tempfile::tempdir().unwrap();
+    let snapshots = harness::stack::workspace_dir().join("snapshots");
+    let index = report.write(out.path(), &snapshots).unwrap();
+    let html = std::fs::read_to_string(&index).unwrap();
+    for remote in ["src=\"http", "href=\"http", "<link ", "@import"] {
+        assert!(
+            !html.contains(remote),
+            "the report loads nothing from elsewhere: {remote}"
+        );
+    }
+    rt.block_on(async {
+        let browser = Browser::launch(out.path()).await.unwrap();
+        browser.open(&format!("file://{}", index.display())).await.unwrap();
+        let facts = browser
+            .eval(
+                "return {
+                   ready: window.reportReady === true,
+                   errors: window.reportErrors,
+                   rows: document.querySelectorAll('#matrix tbody tr').length,
+                   columns: [...document.querySelectorAll('#matrix thead th')].map(t => t.textContent),
+                   failures: document.querySelectorAll('#matrix td.verdict-user_failure').length,
+                   bars: document.querySelectorAll('.timeline .bar').length,
+                   raw: [...document.querySelectorAll('pre.raw')].map(p => p.textContent),
+                 };",
+            )
+            .await
+            .unwrap();
+        assert_eq!(facts["ready"], true, "{facts}");
+        assert_eq!(facts["errors"], serde_json::json!([]), "{facts}");
+        assert_eq!(facts["rows"], 1, "{facts}");
+        assert_eq!(
+            facts["columns"],
+            serde_json::json!(["scenario", "fixed", "legacy"]),
+            "{facts}"
+        );
+        // Both profiles 502 with the backend down; the play step draws its requests.
+        assert_eq!(facts["failures"], 2, "{facts}");
+        assert!(facts["bars"].as_u64().unwrap() >= 2, "{facts}");
+        let raw = facts["raw"].to_string();
+        assert!(raw.contains("connect() failed (111: Connection refused)"), "{raw}");
+        let png = browser.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let artifacts = std::env::var_os("HARNESS_ARTIFACTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| harness::stack::workspace_dir().join("target/artifacts"));
+        std::fs::create_dir_all(&artifacts).unwrap();
+        std::fs::write(artifacts.join("report.png"), png).unwrap();
+        browser.close().await;
+    });
+}
