@@ -453,3 +453,23 @@ fn a_killed_harness_takes_its_stack_with_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_missing_browser_says_how_to_install_it() {
+    if !tools_present() {
+        return;
+    }
+    let out = harness()
+        .args(["run", "--profile", "fixed", "scenarios/browser/play-cached.toml"])
+        .current_dir(harness::stack::workspace_dir())
+        .env("HARNESS_CHROMIUM", "/nonexistent/chromium")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("chromium not found")
+            && stdout.contains("apt-get install chromium chromium-driver"),
+        "{stdout}"
+    );
+}
