@@ -5,9 +5,10 @@
 //!   than the representation selects all of it);
 //! - no satisfiable range (start beyond EOF, `bytes=-0`) → 416 with `Content-Range: bytes */size`;
 //! - a syntactically invalid header, another unit, or a reversed range (`5-3`) → ignored: 200 full;
-//! - several ranges → ignored: 200 full (RFC 9110 lets a server ignore Range; browsers never
-//!   ask media for several ranges, and `multipart/byteranges` would only add cost); more than
-//!   100 ranges are not even parsed, so an abusive header costs nothing.
+//! - several satisfiable ranges → ignored: 200 full (RFC 9110 lets a server ignore Range;
+//!   browsers never ask media for several ranges, and `multipart/byteranges` would only add
+//!   cost); when only one of several ranges is satisfiable, 206 with that one (a single part);
+//!   more than 100 ranges are not even parsed, so an abusive header costs nothing.
 
 use std::time::SystemTime;
 

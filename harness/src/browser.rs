@@ -4,7 +4,7 @@
 //! Which Range requests it made is read from nginx's access log (see [`BrowserRequest`]).
 
 use crate::error::HarnessError;
-use crate::process::{ChildGuard, LogFile};
+use crate::process::ChildGuard;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -170,7 +170,7 @@ pub fn browser_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
 
 impl Browser {
     /// Starts chromedriver (on a port the OS picks) and a headless Chromium session. Logs go to
-    /// `log_dir/chromedriver-N.log`.
+    /// `log_dir/chromedriver-N-ATTEMPT.log`.
     pub async fn launch(log_dir: &Path) -> Result<Browser, HarnessError> {
         find_browser()?;
         let slot = BrowserSlot::acquire().await?;
@@ -185,11 +185,21 @@ impl Browser {
         // One log per launch: a stack plays several times.
         static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let log = log_dir.join(format!("chromedriver-{n}.log"));
-        let mut cmd = Command::new(&tools.chromedriver);
-        cmd.arg("--port=0");
-        let driver = ChildGuard::spawn("chromedriver", cmd, &log)?;
-        let port = wait_driver_port(driver.log()).await?;
+        // chromedriver binds the port the OS gave it on IPv4 on IPv6 too; where that port is
+        // taken on IPv6 it gives up, so a failed start is tried again (on another port).
+        let mut attempt = 0;
+        let (driver, port) = loop {
+            attempt += 1;
+            let log = log_dir.join(format!("chromedriver-{n}-{attempt}.log"));
+            let mut cmd = Command::new(&tools.chromedriver);
+            cmd.arg("--port=0");
+            let mut driver = ChildGuard::spawn("chromedriver", cmd, &log)?;
+            match wait_driver_port(&mut driver).await {
+                Ok(port) => break (driver, port),
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(_) => continue,
+            }
+        };
         // It announces the port a moment before it accepts on it.
         let start = Instant::now();
         while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -329,9 +339,17 @@ impl Browser {
 }
 
 /// Waits for chromedriver's "started successfully on port N" line.
-async fn wait_driver_port(log: &LogFile) -> Result<u16, HarnessError> {
+async fn wait_driver_port(driver: &mut ChildGuard) -> Result<u16, HarnessError> {
+    let log = driver.log().clone();
     let start = Instant::now();
     loop {
+        if let Some(status) = driver.try_exit() {
+            return Err(HarnessError::Exited {
+                component: "chromedriver".into(),
+                status: status.to_string(),
+                logs: log.tail(20),
+            });
+        }
         // The line may not be terminated yet: read the raw text.
         let text = std::fs::read_to_string(log.path()).unwrap_or_default();
         if let Some(port) = text

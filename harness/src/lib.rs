@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod bench;
 pub mod browser;
+pub mod containers;
 pub mod error;
 pub mod gateway;
 pub mod nginx;

@@ -22,8 +22,23 @@ use std::time::Duration;
     about = "Reproduce and guard against 502s: real nginx + backend + mock-twilio stacks"
 )]
 struct Cli {
+    /// Where stacks run: processes (default) or containers (Docker). Same as HARNESS_RUNTIME.
+    #[arg(long, global = true, value_parser = ["processes", "containers"])]
+    runtime: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `harness images …`.
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build the containers runtime's images offline (debootstrap + docker import, then
+    /// docker/Dockerfile.backend); reuses them when nothing changed.
+    Build {
+        /// Print only the base image's name (for docker/compose.yaml's BASE_IMAGE).
+        #[arg(long)]
+        print_base: bool,
+    },
 }
 
 /// `harness run`'s options.
@@ -99,6 +114,11 @@ enum Command {
     },
     /// Print the JSON Schema of scenario files.
     Schema,
+    /// The containers runtime's images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Measure the stack's speed and cost beside nginx itself (see bench/RESULTS.md).
     Bench {
         /// A small run that only checks nothing errors (CI).
@@ -118,6 +138,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(r) = &cli.runtime {
+        // Before any thread starts: the library reads HARNESS_RUNTIME.
+        std::env::set_var("HARNESS_RUNTIME", r);
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(async {
         let mut signals = Signals::install();
@@ -127,6 +151,9 @@ fn main() -> ExitCode {
                 run(args, &backend, &mut signals).await
             }
             Command::New { name, dir } => new(&name, &dir),
+            Command::Images {
+                command: ImagesCommand::Build { print_base },
+            } => images_build(print_base).await,
             Command::Up {
                 profile,
                 size,
@@ -796,6 +823,27 @@ fn explain(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         println!("  means: {}", cause.meaning());
         println!("  fix:   {}", cause.fix());
         println!("  e.g.:  {example}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn images_build(print_base: bool) -> anyhow::Result<ExitCode> {
+    let bin = harness::stack::find_backend()?;
+    let say = |line: &str| {
+        if !print_base {
+            println!("{line}");
+        }
+    };
+    let images = harness::containers::build_images(&bin, &say)
+        .await
+        .context("build the containers runtime's images")?;
+    if print_base {
+        println!("{}", harness::containers::base_tag());
+    } else {
+        println!(
+            "nginx image: {}\nbackend image: {}",
+            images.nginx, images.backend
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

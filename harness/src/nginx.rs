@@ -265,8 +265,9 @@ pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, Har
 
 /// A running nginx, owned by its guard.
 pub struct Nginx {
-    /// The master process (its process group holds the workers).
-    pub process: ChildGuard,
+    /// The master process (its process group holds the workers); `None` when nginx runs in a
+    /// container.
+    pub process: Option<ChildGuard>,
     /// The address it serves on.
     pub addr: SocketAddr,
     /// Its error log.
@@ -304,7 +305,7 @@ pub fn start(
     drop(listener);
     let process = process?;
     Ok(Nginx {
-        process,
+        process: Some(process),
         addr,
         error_log: LogFile::new(sandbox.join("error.log")),
         access_log: LogFile::new(sandbox.join("access.log")),

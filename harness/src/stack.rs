@@ -85,7 +85,8 @@ pub enum Runtime {
     /// Local processes (the default).
     #[default]
     Processes,
-    /// Docker containers (not available yet: see the containers issue).
+    /// Docker containers: nginx and the reference backend on a network of their own
+    /// (see [`crate::containers`]); a stack file's backend still runs as a process.
     Containers,
 }
 
@@ -280,12 +281,17 @@ impl Drop for Sandbox {
 /// Field order is teardown order: nginx first, sandbox last.
 #[must_use = "the stack stops when dropped"]
 pub struct Stack {
+    /// The containers runtime's network and containers (removed first on drop).
+    containers: Option<ContainerParts>,
     nginx: Nginx,
     hop: Option<FaultProxy>,
     backend: Option<RunningBackend>,
     stopped_backend: Option<Launch>,
     twilio: MockTwilio,
     hop_addr: SocketAddr,
+    /// While the hop is down, a socket bound (not listening) to its address: connects are
+    /// refused, and no outgoing connection can take the port before the hop binds it again.
+    hop_hold: Option<tokio::net::TcpSocket>,
     /// Connections accepted by earlier incarnations of the hop (before backend restarts).
     hop_connections_before: u64,
     hop_faults: Arc<FaultSet>,
@@ -295,6 +301,110 @@ pub struct Stack {
     client: reqwest::Client,
     sandbox: Sandbox,
 }
+
+/// Binds (without listening) a socket to `addr` with SO_REUSEADDR: the port stays ours, connects
+/// to it are refused, and a listener may bind it again while this is held.
+fn hold_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Renders the profile's (or the stack file's) nginx config for this stack into
+/// `sandbox/nginx.conf` and returns its path.
+fn render_nginx_conf(
+    spec: &StackSpec,
+    sandbox: &Path,
+    www: &Path,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<PathBuf, HarnessError> {
+    let source = match (&spec.backend, spec.profile) {
+        (BackendSpec::File(f), Profile::Fixed) if f.nginx.is_some() => {
+            f.dir.join(f.nginx.as_ref().unwrap())
+        }
+        (BackendSpec::File(f), Profile::Legacy) if f.nginx_legacy.is_some() => {
+            f.dir.join(f.nginx_legacy.as_ref().unwrap())
+        }
+        _ => spec.docker_dir.join(spec.profile.config_file()),
+    };
+    let text = std::fs::read_to_string(&source)
+        .map_err(HarnessError::io(format!("read {}", source.display())))?;
+    let rendered = nginx::render(
+        &source.display().to_string(),
+        &text,
+        &Render {
+            listen,
+            upstream,
+            sandbox: sandbox.to_path_buf(),
+            static_root: www.to_path_buf(),
+            timeout_scale: spec.timeouts.scale,
+            keepalive_scale: spec.timeouts.keepalive_scale,
+        },
+    )?;
+    let conf = sandbox.join("nginx.conf");
+    std::fs::write(&conf, rendered)
+        .map_err(HarnessError::io(format!("write {}", conf.display())))?;
+    Ok(conf)
+}
+
+/// Waits until the backend container answers `/healthz` on its network address.
+async fn wait_backend_container(
+    cs: &crate::containers::ContainerStack,
+    c: &crate::containers::Container,
+    log: &LogFile,
+) -> Result<SocketAddr, HarnessError> {
+    let start = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        if let Err(status) = cs.running(c).await {
+            return Err(HarnessError::Exited {
+                component: format!("backend container {}", c.name),
+                status,
+                logs: log.tail(25),
+            });
+        }
+        if let Ok(ip) = cs.ip(c).await {
+            let addr = SocketAddr::new(ip, BACKEND_CONTAINER_PORT);
+            let url = format!("http://{addr}/healthz");
+            if client
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(addr);
+            }
+            if start.elapsed() > READY_DEADLINE {
+                return Err(HarnessError::NotReady {
+                    component: format!("backend container {}", c.name),
+                    url,
+                    waited: start.elapsed(),
+                    logs: log.tail(25),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the containers runtime adds to a stack.
+struct ContainerParts {
+    stack: crate::containers::ContainerStack,
+    nginx: crate::containers::Container,
+    /// The reference backend's container (a stack file's backend runs as a process).
+    backend: Option<crate::containers::Container>,
+    /// Its address on the network while it runs.
+    backend_addr: Option<SocketAddr>,
+}
+
+/// The port the reference backend listens on inside its container.
+const BACKEND_CONTAINER_PORT: u16 = 8000;
 
 fn logs_of(parts: &[(&str, &LogFile)]) -> String {
     parts
@@ -313,13 +423,13 @@ fn logs_of(parts: &[(&str, &LogFile)]) -> String {
 impl Stack {
     /// Starts mock-twilio, the backend, the hop fault point and nginx, and waits until each is ready.
     pub async fn start(spec: StackSpec) -> Result<Stack, HarnessError> {
-        if spec.runtime == Runtime::Containers {
-            return Err(HarnessError::Other(
-                "the containers runtime is not implemented yet; use HARNESS_RUNTIME=processes"
-                    .into(),
-            ));
-        }
-        let nginx_bin = nginx::find_nginx()?;
+        let in_containers = spec.runtime == Runtime::Containers;
+        // Under containers nginx runs from its image; the host's nginx is not needed.
+        let nginx_bin = if in_containers {
+            None
+        } else {
+            Some(nginx::find_nginx()?)
+        };
         let reference_bin = match &spec.backend {
             BackendSpec::Reference => Some(find_backend()?),
             BackendSpec::File(_) => None,
@@ -348,17 +458,98 @@ impl Stack {
         std::fs::write(www.join("player.html"), crate::browser::PLAYER_PAGE)
             .map_err(HarnessError::io("write player.html"))?;
 
-        let twilio = MockTwilio::start()
+        // Containers: a network of its own, the images (built once, cached by content), and
+        // mock-twilio and the hop on the network's gateway, where the containers reach the host.
+        let mut parts = None;
+        let mut images = None;
+        let mut host_ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        if in_containers {
+            let id = path
+                .file_name()
+                .map(|n| {
+                    n.to_string_lossy()
+                        .trim_start_matches("harness-stack-")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            let cs = crate::containers::ContainerStack::create(&id).await?;
+            host_ip = cs.gateway;
+            let bin = find_backend()?;
+            images = Some(crate::containers::images_once(&bin).await?);
+            parts = Some(cs);
+        }
+        let twilio = MockTwilio::builder()
+            .bind(SocketAddr::new(host_ip, 0))
+            .start()
             .await
             .map_err(HarnessError::io("start mock-twilio"))?;
-        // nginx's socket first: the backend must know its public URL (webhook signatures).
-        let listener =
-            TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("bind nginx listener"))?;
-        let nginx_addr = listener
-            .local_addr()
-            .map_err(HarnessError::io("nginx listener address"))?;
-
+        let hop_faults: Arc<FaultSet> = Arc::default();
+        let hop_journal: Arc<Journal> = Arc::default();
         let t = spec.timeouts;
+        let www_for_render = www.clone();
+
+        // nginx first: the backend must know its public URL (webhook signatures). As a process
+        // it gets a socket we bound; as a container, a port Docker publishes.
+        let mut nginx_parts = None;
+        let (listener, nginx_addr, hop_addr, early_hop) = if let Some(cs) = parts.as_mut() {
+            // The hop's address is fixed now (held, not yet listening); it listens once the
+            // backend is up.
+            let hold = hold_port(SocketAddr::new(host_ip, 0))
+                .map_err(HarnessError::io("reserve the hop fault point's address"))?;
+            let hop_addr = hold
+                .local_addr()
+                .map_err(HarnessError::io("hop fault point address"))?;
+            let conf = render_nginx_conf(
+                &spec,
+                &path,
+                &www_for_render,
+                SocketAddr::from(([0, 0, 0, 0], 80)),
+                hop_addr,
+            )?;
+            std::fs::create_dir_all(path.join("tmp"))
+                .map_err(HarnessError::io("create nginx temp dir"))?;
+            let sb = path.display().to_string();
+            let image = images.as_ref().expect("images").nginx.clone();
+            let container = cs
+                .run(
+                    "nginx",
+                    &crate::containers::ContainerSpec {
+                        image,
+                        // The rendered config already says `daemon off;`.
+                        cmd: vec![
+                            "nginx".into(),
+                            "-p".into(),
+                            sb.clone(),
+                            "-c".into(),
+                            conf.display().to_string(),
+                            "-e".into(),
+                            format!("{sb}/error.log"),
+                        ],
+                        env: Vec::new(),
+                        binds: vec![format!("{sb}:{sb}")],
+                        publish: Some(80),
+                        output_file: Some(path.join("nginx.stdout.log")),
+                    },
+                    &LogFile::new(path.join("nginx.stdout.log")),
+                )
+                .await?;
+            let addr = cs.published(&container, 80).await?;
+            nginx_parts = Some(container);
+            (None, addr, hop_addr, Some(hold))
+        } else {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .map_err(HarnessError::io("bind nginx listener"))?;
+            let addr = listener
+                .local_addr()
+                .map_err(HarnessError::io("nginx listener address"))?;
+            (
+                Some(listener),
+                addr,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                None,
+            )
+        };
+
         let twilio_budget = t.twilio_timeout_secs.unwrap_or(30.0 * t.scale);
         let keep_alive = match (&spec.backend, &reference_bin) {
             (BackendSpec::File(f), _) if spec.profile == Profile::Fixed => {
@@ -410,63 +601,123 @@ impl Stack {
             launch.env.push((k.clone(), v.clone()));
         }
         let backend_log = LogFile::new(path.join("backend.log"));
-        let backend = crate::backend::start(&launch, &backend_log, READY_DEADLINE).await?;
-
-        let hop_faults: Arc<FaultSet> = Arc::default();
-        let hop_journal: Arc<Journal> = Arc::default();
-        let hop = FaultProxy::start_with(
-            "127.0.0.1:0".parse().unwrap(),
-            ProxyConfig::new(backend.addr),
-            hop_faults.clone(),
-            hop_journal.clone(),
-        )
-        .await
-        .map_err(HarnessError::io("start the hop fault point"))?;
-        let hop_addr = hop.addr();
-
-        let source = match (&spec.backend, spec.profile) {
-            (BackendSpec::File(f), Profile::Fixed) if f.nginx.is_some() => {
-                f.dir.join(f.nginx.as_ref().unwrap())
+        let mut backend = None;
+        let mut backend_container = None;
+        let backend_addr = match (parts.as_mut(), &spec.backend) {
+            (Some(cs), BackendSpec::Reference) => {
+                // The same environment, but listening on the container's network; the sandbox is
+                // mounted at its own path, so RECORDINGS_DIR and friends stay valid.
+                let mut env = launch.env.clone();
+                env.retain(|(k, _)| k != "BIND");
+                env.push(("BIND".into(), format!("0.0.0.0:{BACKEND_CONTAINER_PORT}")));
+                let sb = path.display().to_string();
+                let image = images.as_ref().expect("images").backend.clone();
+                // Our image: its output straight into backend.log. Someone else's: followed.
+                let ours = std::env::var_os("HARNESS_BACKEND_IMAGE").is_none();
+                let c = cs
+                    .run(
+                        "backend",
+                        &crate::containers::ContainerSpec {
+                            image,
+                            cmd: if ours {
+                                vec!["/usr/local/bin/recordings-backend".into()]
+                            } else {
+                                Vec::new()
+                            },
+                            env,
+                            binds: vec![format!("{sb}:{sb}")],
+                            publish: Some(BACKEND_CONTAINER_PORT),
+                            output_file: ours.then(|| backend_log.path().to_path_buf()),
+                        },
+                        &backend_log,
+                    )
+                    .await?;
+                let addr = wait_backend_container(cs, &c, &backend_log).await?;
+                backend_container = Some(c);
+                addr
             }
-            (BackendSpec::File(f), Profile::Legacy) if f.nginx_legacy.is_some() => {
-                f.dir.join(f.nginx_legacy.as_ref().unwrap())
+            _ => {
+                let b = crate::backend::start(&launch, &backend_log, READY_DEADLINE).await?;
+                let addr = b.addr;
+                backend = Some(b);
+                addr
             }
-            _ => spec.docker_dir.join(spec.profile.config_file()),
         };
-        let text = std::fs::read_to_string(&source)
-            .map_err(HarnessError::io(format!("read {}", source.display())))?;
-        let rendered = nginx::render(
-            &source.display().to_string(),
-            &text,
-            &Render {
-                listen: nginx_addr,
-                upstream: hop_addr,
-                sandbox: path.clone(),
-                static_root: www,
-                timeout_scale: t.scale,
-                keepalive_scale: t.keepalive_scale,
+
+        let (hop, hop_addr) = match early_hop {
+            Some(hold) => {
+                // Now that the backend is up: the hop listens on the address it held.
+                let hop = FaultProxy::start_with(
+                    hop_addr,
+                    ProxyConfig::new(backend_addr),
+                    hop_faults.clone(),
+                    hop_journal.clone(),
+                )
+                .await
+                .map_err(HarnessError::io(format!(
+                    "bind the hop fault point on {hop_addr}"
+                )))?;
+                drop(hold);
+                (hop, hop_addr)
+            }
+            None => {
+                let hop = FaultProxy::start_with(
+                    "127.0.0.1:0".parse().unwrap(),
+                    ProxyConfig::new(backend_addr),
+                    hop_faults.clone(),
+                    hop_journal.clone(),
+                )
+                .await
+                .map_err(HarnessError::io("start the hop fault point"))?;
+                let addr = hop.addr();
+                (hop, addr)
+            }
+        };
+
+        let nginx = match (listener, nginx_bin.as_ref()) {
+            (Some(listener), Some(nginx_bin)) => {
+                let conf = render_nginx_conf(&spec, &path, &www, nginx_addr, hop_addr)?;
+                nginx::start(nginx_bin, &conf, &path, listener)?
+            }
+            _ => nginx::Nginx {
+                process: None,
+                addr: nginx_addr,
+                error_log: LogFile::new(path.join("error.log")),
+                access_log: LogFile::new(path.join("access.log")),
             },
-        )?;
-        let conf = path.join("nginx.conf");
-        std::fs::write(&conf, rendered)
-            .map_err(HarnessError::io(format!("write {}", conf.display())))?;
-        let nginx = nginx::start(&nginx_bin, &conf, &path, listener)?;
+        };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client");
+        let nginx_version = match (&nginx_bin, &images) {
+            (Some(bin), _) => nginx::version(bin).unwrap_or_default(),
+            (None, Some(images)) => format!("{} (container)", images.nginx),
+            _ => String::new(),
+        };
+        let containers = match (parts, nginx_parts) {
+            (Some(stack), Some(nginx)) => Some(ContainerParts {
+                stack,
+                nginx,
+                backend_addr: backend_container.as_ref().map(|_| backend_addr),
+                backend: backend_container,
+            }),
+            _ => None,
+        };
         let mut stack = Stack {
+            containers,
             nginx,
             hop: Some(hop),
-            backend: Some(backend),
+            backend,
             stopped_backend: None,
             twilio,
             hop_addr,
+            hop_hold: None,
             hop_connections_before: 0,
             hop_faults,
             hop_journal,
-            nginx_version: nginx::version(&nginx_bin).unwrap_or_default(),
+            nginx_version,
             spec,
             client,
             sandbox,
@@ -481,12 +732,21 @@ impl Stack {
         let url = self.url("/healthz");
         let start = Instant::now();
         loop {
-            if let Some(status) = self.nginx.process.try_exit() {
+            if let Some(status) = self.nginx.process.as_mut().and_then(|p| p.try_exit()) {
                 return Err(HarnessError::Exited {
                     component: "nginx".into(),
                     status: status.to_string(),
                     logs: self.logs(),
                 });
+            }
+            if let Some(c) = &self.containers {
+                if let Err(status) = c.stack.running(&c.nginx).await {
+                    return Err(HarnessError::Exited {
+                        component: format!("nginx container {}", c.nginx.name),
+                        status,
+                        logs: self.logs(),
+                    });
+                }
             }
             if let Ok(r) = self
                 .client
@@ -523,7 +783,20 @@ impl Stack {
 
     /// The backend's own address (bypassing nginx), while it runs.
     pub fn backend_addr(&self) -> Option<SocketAddr> {
-        self.backend.as_ref().map(|b| b.addr)
+        match &self.containers {
+            Some(ContainerParts {
+                backend: Some(_),
+                backend_addr,
+                ..
+            }) => *backend_addr,
+            _ => self.backend.as_ref().map(|b| b.addr),
+        }
+    }
+
+    /// Under the containers runtime, the stack's Docker network (its containers are named
+    /// `{network}-nginx` and `{network}-backend`).
+    pub fn container_network(&self) -> Option<&str> {
+        self.containers.as_ref().map(|c| c.stack.network.as_str())
     }
 
     /// The fake Twilio.
@@ -588,7 +861,13 @@ impl Stack {
 
     /// The process groups it owns (nginx's, the backend's): every process it started is in one.
     pub fn process_groups(&self) -> Vec<u32> {
-        let mut groups: Vec<u32> = self.nginx.process.pid().into_iter().collect();
+        let mut groups: Vec<u32> = self
+            .nginx
+            .process
+            .as_ref()
+            .and_then(|p| p.pid())
+            .into_iter()
+            .collect();
         groups.extend(self.backend.as_ref().and_then(|b| b.process.pid()));
         groups
     }
@@ -608,6 +887,13 @@ impl Stack {
     /// once nginx has let go of every connection it had cached, so the next request meets a
     /// refused connect, not a race with a closing one.
     pub async fn stop_backend(&mut self) {
+        if let Some(c) = self.containers.as_mut() {
+            if let (Some(b), Some(_)) = (&c.backend, c.backend_addr.take()) {
+                c.stack.kill(b).await;
+                self.drop_hop().await;
+                return;
+            }
+        }
         if let Some(mut b) = self.backend.take() {
             b.process.kill();
             self.stopped_backend = Some(b.launch);
@@ -619,23 +905,42 @@ impl Stack {
         if let Some(hop) = self.hop.take() {
             self.hop_connections_before += hop.connections();
             hop.shutdown().await;
+            self.hop_hold = hold_port(self.hop_addr).ok();
         }
         let start = Instant::now();
-        while open_connections_to(self.hop_addr.port()) > 0 && start.elapsed() < READY_DEADLINE {
+        while open_connections_to(self.hop_addr) > 0 && start.elapsed() < READY_DEADLINE {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
     /// Starts the backend again after [`Stack::stop_backend`], on the same ports.
     pub async fn start_backend(&mut self) -> Result<(), HarnessError> {
-        let Some(launch) = self.stopped_backend.take() else {
-            return Ok(());
+        let log = self.backend_log();
+        let mut container_addr = None;
+        if let Some(c) = self.containers.as_mut() {
+            if let (Some(b), None) = (&c.backend, c.backend_addr) {
+                c.stack.start(b, &log).await?;
+                let addr = wait_backend_container(&c.stack, b, &log).await?;
+                c.backend_addr = Some(addr);
+                container_addr = Some(addr);
+            } else if c.backend.is_some() {
+                return Ok(());
+            }
+        }
+        let (addr, backend) = match container_addr {
+            Some(addr) => (addr, None),
+            None => {
+                let Some(launch) = self.stopped_backend.take() else {
+                    return Ok(());
+                };
+                let b = crate::backend::start(&launch, &log, READY_DEADLINE).await?;
+                (b.addr, Some(b))
+            }
         };
-        let backend = crate::backend::start(&launch, &self.backend_log(), READY_DEADLINE).await?;
         self.hop = Some(
             FaultProxy::start_with(
                 self.hop_addr,
-                ProxyConfig::new(backend.addr),
+                ProxyConfig::new(addr),
                 self.hop_faults.clone(),
                 self.hop_journal.clone(),
             )
@@ -645,12 +950,23 @@ impl Stack {
                 self.hop_addr
             )))?,
         );
-        self.backend = Some(backend);
+        self.hop_hold = None;
+        if backend.is_some() {
+            self.backend = backend;
+        }
         Ok(())
     }
 
     /// Stops the backend with SIGTERM (it drains), waits for it, and starts it again.
     pub async fn restart_backend(&mut self) -> Result<(), HarnessError> {
+        let grace = Duration::from_secs_f64(30.0 * self.spec.timeouts.scale);
+        if let Some(c) = self.containers.as_mut() {
+            if let (Some(b), Some(_)) = (&c.backend, c.backend_addr.take()) {
+                c.stack.stop(b, grace).await;
+                self.drop_hop().await;
+                return self.start_backend().await;
+            }
+        }
         if let Some(mut b) = self.backend.take() {
             b.process.signal(Signal::SIGTERM);
             let grace = Duration::from_secs_f64(30.0 * self.spec.timeouts.scale) + READY_DEADLINE;
@@ -664,19 +980,30 @@ impl Stack {
     }
 }
 
-/// Connections to 127.0.0.1:`port` still open on their client's side (ESTABLISHED or
-/// CLOSE_WAIT in /proc/net/tcp): nginx has not yet let go of them.
-fn open_connections_to(port: u16) -> usize {
+/// Connections to the hop at `addr` that nginx has not let go of yet: in /proc/net/tcp, its
+/// client side still open (ESTABLISHED or CLOSE_WAIT; visible when nginx runs here), or the
+/// hop's own side not yet closed by nginx (ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT; visible also
+/// when nginx runs in a container).
+fn open_connections_to(addr: SocketAddr) -> usize {
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
         return 0;
     };
-    let remote = format!("0100007F:{port:04X}");
+    let hex = match addr.ip() {
+        std::net::IpAddr::V4(ip) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(ip.octets()),
+            addr.port()
+        ),
+        std::net::IpAddr::V6(_) => return 0,
+    };
     table
         .lines()
         .skip(1)
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[2] == remote && (f[3] == "01" || f[3] == "08")
+            f.len() > 3
+                && ((f[2] == hex && matches!(f[3], "01" | "08"))
+                    || (f[1] == hex && matches!(f[3], "01" | "04" | "05" | "08")))
         })
         .count()
 }

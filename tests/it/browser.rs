@@ -110,7 +110,9 @@ fn the_html_report_renders_in_chromium() {
         .step(Step::StopBackend)
         .request(RequestStep::get().named("download with the backend down"));
     let rt = rt();
-    let run = rt.block_on(run(&scenario, Runtime::Processes)).unwrap();
+    let run = rt
+        .block_on(run(&scenario, Runtime::from_env().unwrap()))
+        .unwrap();
     let mut report = harness::report::Report::new();
     report.context("test", "the_html_report_renders_in_chromium");
     report.add(&scenario, None, Ok(&run), None);

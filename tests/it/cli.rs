@@ -460,7 +460,12 @@ fn a_missing_browser_says_how_to_install_it() {
         return;
     }
     let out = harness()
-        .args(["run", "--profile", "fixed", "scenarios/browser/play-cached.toml"])
+        .args([
+            "run",
+            "--profile",
+            "fixed",
+            "scenarios/browser/play-cached.toml",
+        ])
         .current_dir(harness::stack::workspace_dir())
         .env("HARNESS_CHROMIUM", "/nonexistent/chromium")
         .output()

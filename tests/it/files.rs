@@ -9,7 +9,11 @@ use std::process::Command;
 
 #[test]
 fn every_scenario_file_runs_and_matches_its_snapshot() {
-    run_every_file(&harness::stack::BackendSpec::Reference);
+    run_every_file(&harness::stack::BackendSpec::Reference, runtime());
+}
+
+fn runtime() -> harness::Runtime {
+    harness::Runtime::from_env().expect("HARNESS_RUNTIME")
 }
 
 /// Whether python3 can import uvicorn (the example backend's one dependency).
@@ -37,10 +41,14 @@ fn every_scenario_file_runs_against_the_uvicorn_example() {
         &workspace_dir().join("examples/uvicorn-backend/stack.toml"),
     )
     .unwrap();
-    run_every_file(&harness::stack::BackendSpec::File(Box::new(file)));
+    run_every_file(
+        &harness::stack::BackendSpec::File(Box::new(file)),
+        runtime(),
+    );
 }
 
-fn run_every_file(backend: &harness::stack::BackendSpec) {
+/// Runs every scenario file against `backend` under `runtime`, and checks every snapshot.
+pub fn run_every_file(backend: &harness::stack::BackendSpec, runtime: harness::Runtime) {
     let dir = workspace_dir().join("scenarios");
     let paths = files(&dir).unwrap();
     assert!(paths.len() >= 10, "scenario files: {paths:?}");
@@ -74,14 +82,15 @@ fn run_every_file(backend: &harness::stack::BackendSpec) {
         .enable_all()
         .build()
         .unwrap();
-    let runs =
-        rt.block_on(
-            futures::stream::iter(scenarios.iter().map(|s| {
-                harness::runner::run_with(s, harness::Runtime::from_env().unwrap(), backend)
-            }))
-            .buffered(4)
-            .collect::<Vec<_>>(),
-        );
+    let runs = rt.block_on(
+        futures::stream::iter(
+            scenarios
+                .iter()
+                .map(|s| harness::runner::run_with(s, runtime, backend)),
+        )
+        .buffered(4)
+        .collect::<Vec<_>>(),
+    );
     let snapshots = workspace_dir().join("snapshots");
     let mut failures = Vec::new();
     for (path, run) in paths.iter().zip(runs) {

@@ -4,7 +4,8 @@
 mod bench;
 mod browser;
 mod cli;
-mod files;
+mod containers;
+pub mod files;
 mod gateway;
 mod range;
 mod stack;

@@ -1,6 +1,7 @@
 //! The real `recordings-backend` binary against mock-twilio, over real sockets.
 
 mod faults;
+mod props;
 mod range;
 mod server;
 mod support;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod faults;
+mod props;
 mod routes;
 mod support;
 mod webhook;

@@ -1,0 +1,647 @@
+//! The containers runtime: nginx and the backend as Docker containers on a network of their own,
+//! driven through the Engine API (`bollard`). mock-twilio and the hop fault point stay in this
+//! process and listen on the network's gateway address, which the containers reach as the host.
+//!
+//! Images are built offline ([`build_images`], `harness images build`): a Debian root filesystem
+//! from `debootstrap` with nginx-light, imported as `recordings-harness/base:…`, and
+//! `docker/Dockerfile.backend` on top of it with this workspace's `recordings-backend`. Both are
+//! tagged by content, so a second build reuses them. Users who can pull name other images with
+//! `HARNESS_NGINX_IMAGE` (e.g. `nginx:stable`) and `HARNESS_BACKEND_IMAGE`.
+
+use crate::error::HarnessError;
+use crate::process::LogFile;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The label every container and network of ours carries; its value is the owning process id.
+pub const OWNER_LABEL: &str = "recordings-harness.owner-pid";
+
+/// How the base image is made (its tag is this recipe's checksum).
+pub const BASE_RECIPE: &str = "debootstrap --variant=minbase --include=nginx-light bookworm";
+
+/// `docker/Dockerfile.backend`, as the harness builds it.
+pub const BACKEND_DOCKERFILE: &str = include_str!("../../docker/Dockerfile.backend");
+
+/// Where the backend binary sits in the Dockerfile's build context.
+pub const BACKEND_IN_CONTEXT: &str = "target/docker/recordings-backend";
+
+fn err(what: impl std::fmt::Display) -> impl FnOnce(bollard::errors::Error) -> HarnessError {
+    move |e| HarnessError::Other(format!("docker: {what}: {e}"))
+}
+
+/// Connects to the Docker engine (`DOCKER_HOST` or the local socket) and checks it answers.
+pub async fn engine() -> Result<Docker, HarnessError> {
+    let docker = Docker::connect_with_defaults().map_err(|e| HarnessError::ToolMissing {
+        tool: "docker",
+        hint: format!("no Docker engine to connect to ({e}); install docker.io and start it"),
+    })?;
+    match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+        Ok(Ok(_)) => Ok(docker),
+        Ok(Err(e)) => Err(HarnessError::ToolMissing {
+            tool: "docker",
+            hint: format!(
+                "the Docker engine does not answer: {e}; start it (service docker start)"
+            ),
+        }),
+        Err(_) => Err(HarnessError::ToolMissing {
+            tool: "docker",
+            hint: "the Docker engine did not answer a ping within 5 s".into(),
+        }),
+    }
+}
+
+/// Whether an engine answers, from synchronous code (tests); `Err` says why not.
+pub fn available() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(engine()).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The images a container stack runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    /// nginx's image (`HARNESS_NGINX_IMAGE`, else the base image, which has nginx-light).
+    pub nginx: String,
+    /// The backend's image (`HARNESS_BACKEND_IMAGE`, else built from Dockerfile.backend).
+    pub backend: String,
+}
+
+async fn image_exists(docker: &Docker, tag: &str) -> bool {
+    docker.inspect_image(tag).await.is_ok()
+}
+
+fn checksum(parts: &[&[u8]]) -> String {
+    let mut h = crc32fast::Hasher::new();
+    for p in parts {
+        h.update(p);
+        h.update(b"\0");
+    }
+    format!("{:08x}", h.finalize())
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), HarnessError> {
+    let out = cmd.output().map_err(HarnessError::io(format!(
+        "{what} ({:?})",
+        cmd.get_program()
+    )))?;
+    if !out.status.success() {
+        let tail: String = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(HarnessError::Other(format!(
+            "{what} failed ({}):\n{tail}",
+            out.status
+        )));
+    }
+    Ok(())
+}
+
+/// The base image's tag: `recordings-harness/base:bookworm-<checksum of the recipe>`.
+pub fn base_tag() -> String {
+    format!(
+        "recordings-harness/base:bookworm-{}",
+        checksum(&[BASE_RECIPE.as_bytes()])
+    )
+}
+
+/// Builds (or finds, when already built from the same content) the base and backend images.
+/// `say` gets one line per thing done. Older backend images of ours are removed, so rebuilding
+/// after every change leaves no images piling up.
+pub async fn build_images(backend_bin: &Path, say: &dyn Fn(&str)) -> Result<Images, HarnessError> {
+    let docker = engine().await?;
+    // Where a registry is reachable, a standard image may stand in for the debootstrap one.
+    let base = std::env::var("HARNESS_BASE_IMAGE").unwrap_or_else(|_| base_tag());
+    if image_exists(&docker, &base).await {
+        say(&format!("{base}: present"));
+    } else if base != base_tag() {
+        return Err(HarnessError::Other(format!(
+            "HARNESS_BASE_IMAGE={base} is not present: docker pull {base}"
+        )));
+    } else {
+        say(&format!("{base}: {BASE_RECIPE} (about 30 s) …"));
+        let which = |tool: &str| {
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .map(|d| d.join(tool))
+                .find(|p| p.is_file())
+        };
+        let debootstrap = which("debootstrap").ok_or(HarnessError::ToolMissing {
+            tool: "debootstrap",
+            hint: "apt-get install debootstrap (it builds the base image from Debian's packages)"
+                .into(),
+        })?;
+        let root = tempfile::Builder::new()
+            .prefix("harness-rootfs-")
+            .tempdir()
+            .map_err(HarnessError::io("create a root filesystem dir"))?;
+        let mut args: Vec<&str> = BASE_RECIPE.split_whitespace().skip(1).collect();
+        let dir = root.path().join("rootfs");
+        let dir_s = dir.display().to_string();
+        args.push(&dir_s);
+        run(Command::new(debootstrap).args(&args), "debootstrap")?;
+        // `docker import` of the tree: the CLI streams it; the same through the API needs it all in memory.
+        let mut import = Command::new("sh");
+        import.args([
+            "-c",
+            "tar -C \"$1\" -c . | docker import --change 'CMD [\"nginx\", \"-g\", \"daemon off;\"]' - \"$2\"",
+            "import",
+            &dir_s,
+            &base,
+        ]);
+        run(&mut import, "docker import of the base root filesystem")?;
+        // The tree is root-owned and large: remove it now rather than leave it in /tmp.
+        drop(root);
+        say(&format!("{base}: built"));
+    }
+    let nginx = std::env::var("HARNESS_NGINX_IMAGE").unwrap_or_else(|_| base.clone());
+    if let Ok(image) = std::env::var("HARNESS_BACKEND_IMAGE") {
+        return Ok(Images {
+            nginx,
+            backend: image,
+        });
+    }
+    let binary = std::fs::read(backend_bin)
+        .map_err(HarnessError::io(format!("read {}", backend_bin.display())))?;
+    let backend = format!(
+        "recordings-harness/backend:{}",
+        checksum(&[&binary, BACKEND_DOCKERFILE.as_bytes(), base.as_bytes()])
+    );
+    if image_exists(&docker, &backend).await {
+        say(&format!("{backend}: present"));
+    } else {
+        let ctx = tempfile::Builder::new()
+            .prefix("harness-build-")
+            .tempdir()
+            .map_err(HarnessError::io("create a build context"))?;
+        let bin = ctx.path().join(BACKEND_IN_CONTEXT);
+        std::fs::create_dir_all(bin.parent().unwrap())
+            .map_err(HarnessError::io("create the build context"))?;
+        std::fs::write(&bin, &binary).map_err(HarnessError::io("copy the backend binary"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+            .map_err(HarnessError::io("chmod the backend binary"))?;
+        let dockerfile = ctx.path().join("Dockerfile.backend");
+        std::fs::write(&dockerfile, BACKEND_DOCKERFILE)
+            .map_err(HarnessError::io("write Dockerfile.backend"))?;
+        run(
+            Command::new("docker")
+                .args(["build", "-q", "--build-arg"])
+                .arg(format!("BASE={base}"))
+                .arg("-t")
+                .arg(&backend)
+                .arg("-f")
+                .arg(&dockerfile)
+                .arg(ctx.path()),
+            "docker build of docker/Dockerfile.backend",
+        )?;
+        say(&format!("{backend}: built"));
+    }
+    // Older backend images of ours are of no use: remove them.
+    let listed = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::default()
+                .filters(&HashMap::from([(
+                    "reference",
+                    vec!["recordings-harness/backend"],
+                )]))
+                .build(),
+        ))
+        .await
+        .map_err(err("list images"))?;
+    for image in listed {
+        if image.repo_tags.contains(&backend) {
+            continue;
+        }
+        for tag in &image.repo_tags {
+            let _ = docker
+                .remove_image(
+                    tag,
+                    Some(RemoveImageOptionsBuilder::default().build()),
+                    None,
+                )
+                .await;
+            say(&format!("{tag}: removed (superseded)"));
+        }
+    }
+    Ok(Images { nginx, backend })
+}
+
+/// The images for `backend_bin`, built at most once per process (stacks start concurrently).
+pub async fn images_once(backend_bin: &Path) -> Result<Images, HarnessError> {
+    static BUILT: tokio::sync::Mutex<Option<(PathBuf, Images)>> =
+        tokio::sync::Mutex::const_new(None);
+    let mut built = BUILT.lock().await;
+    if let Some((bin, images)) = built.as_ref() {
+        if bin == backend_bin {
+            return Ok(images.clone());
+        }
+    }
+    let images = build_images(backend_bin, &|_| {}).await?;
+    *built = Some((backend_bin.to_path_buf(), images.clone()));
+    Ok(images)
+}
+
+/// Removes containers and networks left by harness processes that are gone (killed with
+/// SIGKILL, say, so their drop never ran).
+pub async fn sweep_orphans(docker: &Docker) {
+    let alive = |labels: Option<&HashMap<String, String>>| {
+        labels
+            .and_then(|l| l.get(OWNER_LABEL))
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    };
+    let filter = HashMap::from([("label", vec![OWNER_LABEL])]);
+    if let Ok(list) = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+    {
+        for c in list {
+            if !alive(c.labels.as_ref()) {
+                if let Some(id) = c.id {
+                    let _ = docker
+                        .remove_container(
+                            &id,
+                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+    if let Ok(list) = docker
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::default()
+                .filters(&filter)
+                .build(),
+        ))
+        .await
+    {
+        for n in list {
+            if !alive(n.labels.as_ref()) {
+                if let Some(id) = n.id {
+                    let _ = docker.remove_network(&id).await;
+                }
+            }
+        }
+    }
+}
+
+/// One container of a stack.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    /// Its name (`harness-<stack>-nginx`).
+    pub name: String,
+    /// Its output goes straight to a file (see [`ContainerSpec::output_file`]).
+    pub output_to_file: bool,
+}
+
+/// What a container runs.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    /// Image.
+    pub image: String,
+    /// Command (empty: the image's).
+    pub cmd: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// `host path:container path[:ro]` bind mounts.
+    pub binds: Vec<String>,
+    /// Container port published on 127.0.0.1 (an ephemeral host port).
+    pub publish: Option<u16>,
+    /// Run `cmd` through `sh` with its output appended straight to this file (a bind-mounted
+    /// path): lines land as fast as a process's would, where `docker logs` lags behind. Needs
+    /// `sh` and a command in the image; without it the output is followed through the API.
+    pub output_file: Option<PathBuf>,
+}
+
+/// A network and its containers; everything is removed when it drops (also on panic).
+pub struct ContainerStack {
+    docker: Docker,
+    /// The network's name.
+    pub network: String,
+    /// The network's gateway: the host, as the containers reach it.
+    pub gateway: IpAddr,
+    containers: Vec<Container>,
+    log_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ContainerStack {
+    /// Creates a network of its own, named after `stack_id`.
+    pub async fn create(stack_id: &str) -> Result<ContainerStack, HarnessError> {
+        let docker = engine().await?;
+        sweep_orphans(&docker).await;
+        let network = format!("harness-{stack_id}");
+        let labels = HashMap::from([(OWNER_LABEL.to_string(), std::process::id().to_string())]);
+        docker
+            .create_network(NetworkCreateRequest {
+                name: network.clone(),
+                driver: Some("bridge".into()),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(err(format!("create network {network}")))?;
+        let mut stack = ContainerStack {
+            docker,
+            network: network.clone(),
+            gateway: IpAddr::from([127, 0, 0, 1]),
+            containers: Vec::new(),
+            log_tasks: Vec::new(),
+        };
+        let info = stack
+            .docker
+            .inspect_network(&network, None)
+            .await
+            .map_err(err(format!("inspect network {network}")))?;
+        stack.gateway = info
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+            .and_then(|g| g.parse().ok())
+            .ok_or_else(|| HarnessError::Other(format!("network {network} has no gateway")))?;
+        Ok(stack)
+    }
+
+    /// Creates and starts a container on the network, its output appended to `log`.
+    pub async fn run(
+        &mut self,
+        role: &str,
+        spec: &ContainerSpec,
+        log: &LogFile,
+    ) -> Result<Container, HarnessError> {
+        let name = format!("{}-{role}", self.network);
+        let labels = HashMap::from([(OWNER_LABEL.to_string(), std::process::id().to_string())]);
+        let mut host = HostConfig {
+            binds: Some(spec.binds.clone()),
+            network_mode: Some(self.network.clone()),
+            ..Default::default()
+        };
+        let mut exposed = None;
+        if let Some(port) = spec.publish {
+            let key = format!("{port}/tcp");
+            host.port_bindings = Some(HashMap::from([(
+                key.clone(),
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )]));
+            exposed = Some(vec![key]);
+        }
+        let cmd = match &spec.output_file {
+            Some(file) => {
+                let mut c = vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    "f=$1; shift; exec \"$@\" >>\"$f\" 2>&1".to_string(),
+                    "run".to_string(),
+                    file.display().to_string(),
+                ];
+                c.extend(spec.cmd.iter().cloned());
+                Some(c)
+            }
+            None => (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd,
+            user: Some(format!(
+                "{}:{}",
+                nix::unistd::getuid(),
+                nix::unistd::getgid()
+            )),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: exposed,
+            host_config: Some(host),
+            networking_config: Some(bollard::models::NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings::default(),
+                )])),
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+                body,
+            )
+            .await
+            .map_err(err(format!("create container {name} from {}", spec.image)))?;
+        let container = Container {
+            id: created.id,
+            name,
+            output_to_file: spec.output_file.is_some(),
+        };
+        // Owned from here: removed on drop even if starting fails.
+        self.containers.push(container.clone());
+        self.docker
+            .start_container(&container.id, None)
+            .await
+            .map_err(err(format!("start container {}", container.name)))?;
+        if spec.output_file.is_none() {
+            self.follow_logs(&container, log);
+        }
+        Ok(container)
+    }
+
+    /// Appends the container's output (from now on, following restarts) to `log`.
+    fn follow_logs(&mut self, container: &Container, log: &LogFile) {
+        let docker = self.docker.clone();
+        let id = container.id.clone();
+        let path = log.path().to_path_buf();
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i32)
+            .unwrap_or(0);
+        self.log_tasks.push(tokio::spawn(async move {
+            let Ok(mut file) = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+            else {
+                return;
+            };
+            let mut stream = docker.logs(
+                &id,
+                Some(
+                    LogsOptionsBuilder::default()
+                        .follow(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .since(since - 1)
+                        .build(),
+                ),
+            );
+            while let Some(Ok(chunk)) = stream.next().await {
+                let _ = file.write_all(&chunk.into_bytes());
+            }
+        }));
+    }
+
+    /// The container's address on the network.
+    pub async fn ip(&self, c: &Container) -> Result<IpAddr, HarnessError> {
+        let info = self
+            .docker
+            .inspect_container(&c.id, None)
+            .await
+            .map_err(err(format!("inspect {}", c.name)))?;
+        info.network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get(&self.network).cloned())
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| {
+                HarnessError::Other(format!("{} has no address on {}", c.name, self.network))
+            })
+    }
+
+    /// The loopback address its published `port` is mapped to.
+    pub async fn published(&self, c: &Container, port: u16) -> Result<SocketAddr, HarnessError> {
+        let info = self
+            .docker
+            .inspect_container(&c.id, None)
+            .await
+            .map_err(err(format!("inspect {}", c.name)))?;
+        info.network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(&format!("{port}/tcp")).cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+            .and_then(|p| p.parse::<u16>().ok())
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .ok_or_else(|| HarnessError::Other(format!("{}: port {port} is not published", c.name)))
+    }
+
+    /// Whether it is running (`Err` when it exited: its status).
+    pub async fn running(&self, c: &Container) -> Result<(), String> {
+        let info = self
+            .docker
+            .inspect_container(&c.id, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = info.state.unwrap_or_default();
+        if state.running == Some(true) {
+            Ok(())
+        } else {
+            Err(format!(
+                "exited with status {}",
+                state.exit_code.unwrap_or(-1)
+            ))
+        }
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&self, c: &Container) {
+        let _ = self
+            .docker
+            .kill_container(
+                &c.id,
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
+            .await;
+        self.wait_stopped(c, Duration::from_secs(10)).await;
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&self, c: &Container, grace: Duration) {
+        let _ = self
+            .docker
+            .stop_container(
+                &c.id,
+                Some(
+                    StopContainerOptionsBuilder::default()
+                        .t(grace.as_secs().max(1) as i32)
+                        .build(),
+                ),
+            )
+            .await;
+        self.wait_stopped(c, grace + Duration::from_secs(10)).await;
+    }
+
+    async fn wait_stopped(&self, c: &Container, deadline: Duration) {
+        let start = Instant::now();
+        while self.running(c).await.is_ok() && start.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Starts a stopped container again (its logs keep following).
+    pub async fn start(&mut self, c: &Container, log: &LogFile) -> Result<(), HarnessError> {
+        self.docker
+            .start_container(&c.id, None)
+            .await
+            .map_err(err(format!("start {}", c.name)))?;
+        if !c.output_to_file {
+            self.follow_logs(c, log);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ContainerStack {
+    fn drop(&mut self) {
+        for t in &self.log_tasks {
+            t.abort();
+        }
+        let docker = self.docker.clone();
+        let ids: Vec<String> = self.containers.iter().map(|c| c.id.clone()).collect();
+        let network = self.network.clone();
+        // Drop cannot await: remove everything on a thread with a runtime of its own.
+        let done = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                for id in ids {
+                    let _ = docker
+                        .remove_container(
+                            &id,
+                            Some(
+                                RemoveContainerOptionsBuilder::default()
+                                    .force(true)
+                                    .v(true)
+                                    .build(),
+                            ),
+                        )
+                        .await;
+                }
+                let _ = docker.remove_network(&network).await;
+            });
+        });
+        let _ = done.join();
+    }
+}

@@ -1,0 +1,130 @@
+//! The containers runtime: the same scenarios and snapshots with nginx and the backend in Docker,
+//! images built offline and reused, and nothing of ours left behind.
+
+use crate::support::tools_present;
+use harness::stack::BackendSpec;
+use harness::{Profile, Runtime, Stack, StackSpec};
+use std::process::Command;
+
+/// True when a Docker engine answers; otherwise says so, visibly (and fails under
+/// `HARNESS_REQUIRE_TOOLS=1`, which CI sets on machines with an engine).
+fn engine_present() -> bool {
+    match harness::containers::available() {
+        Ok(()) => true,
+        Err(e) if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
+            panic!("HARNESS_REQUIRE_TOOLS=1 and: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (container tests): {e}");
+            false
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Names of our containers and networks whose name starts with `prefix`, from the docker CLI
+/// (an independent view of the engine).
+fn leftovers(prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for args in [
+        vec!["ps", "-a", "--format", "{{.Names}}"],
+        vec!["network", "ls", "--format", "{{.Name}}"],
+    ] {
+        let out = Command::new("docker").args(&args).output().unwrap();
+        names.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|n| n.starts_with(prefix))
+                .map(str::to_string),
+        );
+    }
+    names
+}
+
+#[test]
+fn every_scenario_file_passes_unchanged_in_containers() {
+    if harness::Runtime::from_env().ok() == Some(Runtime::Containers) {
+        // files.rs already runs every file under containers.
+        return;
+    }
+    if !tools_present() || !engine_present() {
+        return;
+    }
+    crate::files::run_every_file(&BackendSpec::Reference, Runtime::Containers);
+}
+
+#[test]
+fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
+    if !tools_present() || !engine_present() {
+        return;
+    }
+    let network = std::thread::spawn(|| {
+        let rt = rt();
+        let mut network = String::new();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(async {
+                let mut spec = StackSpec::new(Profile::Fixed);
+                spec.runtime = Runtime::Containers;
+                let stack = Stack::start(spec).await.unwrap();
+                network = stack.container_network().unwrap().to_string();
+                // The stack answers through the published port, and really runs in Docker.
+                let r = stack
+                    .client()
+                    .get(stack.url("/healthz"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                assert!(stack.url("/").starts_with("http://127.0.0.1:"));
+                let running = leftovers(&network);
+                assert!(running.contains(&format!("{network}-nginx")), "{running:?}");
+                assert!(
+                    running.contains(&format!("{network}-backend")),
+                    "{running:?}"
+                );
+                assert!(running.contains(&network), "{running:?}");
+                panic!("on purpose, mid-scenario");
+            })
+        }));
+        assert!(result.is_err(), "the stack panicked on purpose");
+        network
+    })
+    .join()
+    .unwrap();
+    assert!(!network.is_empty());
+    assert_eq!(leftovers(&network), Vec::<String>::new(), "left behind");
+}
+
+#[test]
+fn a_second_image_build_reuses_the_images() {
+    if !tools_present() || !engine_present() {
+        return;
+    }
+    let bin = harness::stack::find_backend().unwrap();
+    let rt = rt();
+    let said = std::sync::Mutex::new(Vec::<String>::new());
+    let first = rt
+        .block_on(harness::containers::build_images(&bin, &|_| {}))
+        .unwrap();
+    let second = rt
+        .block_on(harness::containers::build_images(&bin, &|l| {
+            said.lock().unwrap().push(l.to_string())
+        }))
+        .unwrap();
+    assert_eq!(first, second);
+    let said = said.into_inner().unwrap();
+    assert!(said.iter().all(|l| l.ends_with(": present")), "{said:?}");
+    // One backend image of ours, not one per build.
+    let out = Command::new("docker")
+        .args(["images", "-q", "recordings-harness/backend"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
