@@ -544,6 +544,7 @@ async fn up(
         ..Default::default()
     });
     spec.backend = backend;
+    spec.runtime = Runtime::from_env()?;
     let stack = tokio::select! {
         stack = Stack::start(spec) => stack?,
         signal = signals.recv() => {
