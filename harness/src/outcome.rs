@@ -304,6 +304,29 @@ impl SnapshotBrowser {
 }
 
 impl Outcome {
+    /// An Outcome that observed nothing yet (no response, empty body).
+    pub fn blank(step: String, request: String) -> Self {
+        Outcome {
+            step,
+            request,
+            status: None,
+            headers: BTreeMap::new(),
+            body: BodyOutcome {
+                bytes: 0,
+                check: BodyCheck::Empty,
+            },
+            answered_by: AnsweredBy::None,
+            gateway_errors: Vec::new(),
+            backend_events: Vec::new(),
+            twilio_requests: Vec::new(),
+            access: None,
+            upstream_connections_opened: 0,
+            client_error: None,
+            load: None,
+            browser: None,
+        }
+    }
+
     /// The redacted, run-stable form for snapshots.
     pub fn snapshot(&self) -> SnapshotOutcome {
         let http = self.browser.is_none();

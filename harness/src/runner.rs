@@ -4,8 +4,7 @@ use crate::browser::{Browser, BrowserSlot, PlayOptions};
 use crate::error::HarnessError;
 use crate::gateway::{classify, GatewayError};
 use crate::outcome::{
-    AccessLine, AnsweredBy, BodyCheck, BodyOutcome, LoadOutcome, Outcome, SnapshotOutcome,
-    KEPT_HEADERS,
+    AccessLine, AnsweredBy, BodyCheck, LoadOutcome, Outcome, SnapshotOutcome, KEPT_HEADERS,
 };
 use crate::scenario::{Expect, FaultPoint, PlayStep, RequestStep, Scenario, Step};
 use crate::stack::{BackendSpec, Profile, Runtime, Stack, StackSpec};
@@ -574,53 +573,20 @@ async fn play(
             ""
         }
     );
-    let mut outcome = Outcome {
-        step: p
-            .name
+    let mut outcome = Outcome::blank(
+        p.name
             .clone()
             .unwrap_or_else(|| format!("play {} ({})", rec.sid, format.extension())),
         request,
-        status: None,
-        headers: BTreeMap::new(),
-        body: BodyOutcome {
-            bytes: 0,
-            check: BodyCheck::Empty,
-        },
-        answered_by: AnsweredBy::None,
-        gateway_errors: Vec::new(),
-        backend_events: Vec::new(),
-        twilio_requests: Vec::new(),
-        access: None,
-        upstream_connections_opened: 0,
-        client_error: None,
-        load: None,
-        browser: Some(browser),
-    };
+    );
+    outcome.browser = Some(browser);
     settle(stack, &marks, &[], &mut outcome).await;
     Ok(outcome)
 }
 
 /// Sends a request and reads its response, checking audio bodies byte for byte as they stream.
 async fn send(req: reqwest::RequestBuilder, head: bool, media: Option<&Media>) -> Outcome {
-    let mut outcome = Outcome {
-        step: String::new(),
-        request: String::new(),
-        status: None,
-        headers: BTreeMap::new(),
-        body: BodyOutcome {
-            bytes: 0,
-            check: BodyCheck::Empty,
-        },
-        answered_by: AnsweredBy::None,
-        gateway_errors: Vec::new(),
-        backend_events: Vec::new(),
-        twilio_requests: Vec::new(),
-        access: None,
-        upstream_connections_opened: 0,
-        client_error: None,
-        load: None,
-        browser: None,
-    };
+    let mut outcome = Outcome::blank(String::new(), String::new());
     let mut resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {

@@ -1,21 +1,13 @@
 //! The real client: headless Chromium plays recordings through a stack (`Stack::play`), and
 //! opens the HTML report. Scenario files with `play` steps (scenarios/browser/) run in files.rs.
 
-use crate::support::{browser_present, tools_present};
+use crate::support::{browser_present, rt, tools_present};
 use harness::browser::{Browser, PlayOptions};
 use harness::runner::run;
 use harness::scenario::{PlayStep, RecordingSpec, RequestStep, Scenario, Step};
 use harness::{Profile, Runtime, Stack, StackSpec};
 use mock_twilio::{MediaFormat, Recording};
 use std::time::{Duration, Instant};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn ready() -> bool {
     tools_present() && browser_present()

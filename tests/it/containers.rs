@@ -1,7 +1,7 @@
 //! The containers runtime: the same scenarios and snapshots with nginx and the backend in Docker,
 //! images built offline and reused, and nothing of ours left behind.
 
-use crate::support::tools_present;
+use crate::support::{rt, tools_present};
 use harness::stack::BackendSpec;
 use harness::{Profile, Runtime, Stack, StackSpec};
 use std::process::Command;
@@ -19,14 +19,6 @@ fn engine_present() -> bool {
             false
         }
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Names of our containers and networks whose name starts with `prefix`, from the docker CLI

@@ -45,6 +45,15 @@ pub fn browser_present() -> bool {
     }
 }
 
+/// A two-thread runtime, as the tests use.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Runs `scenario` and checks it against its snapshot.
 #[track_caller]
 pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
