@@ -133,7 +133,7 @@ pub struct Browser {
     driver: ChildGuard,
     _profile: tempfile::TempDir,
     /// The process's browser slot, when this browser took it itself (see [`BrowserSlot`]).
-    _slot: Option<BrowserSlot>,
+    slot: Option<BrowserSlot>,
 }
 
 /// The right to run a browser: one of [`browser_slots`]. The runner takes one for a whole
@@ -175,7 +175,7 @@ impl Browser {
         find_browser()?;
         let slot = BrowserSlot::acquire().await?;
         let mut browser = Browser::launch_in(log_dir, &slot).await?;
-        browser._slot = Some(slot);
+        browser.slot = Some(slot);
         Ok(browser)
     }
 
@@ -259,7 +259,7 @@ impl Browser {
             client,
             driver,
             _profile: profile,
-            _slot: None,
+            slot: None,
         })
     }
 

@@ -273,7 +273,7 @@ pub async fn sweep_orphans(docker: &Docker) {
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
     };
     let filter = HashMap::from([("label", vec![OWNER_LABEL])]);
-    if let Ok(list) = docker
+    let containers = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::default()
                 .all(true)
@@ -281,35 +281,29 @@ pub async fn sweep_orphans(docker: &Docker) {
                 .build(),
         ))
         .await
+        .unwrap_or_default();
+    for id in containers
+        .into_iter()
+        .filter(|c| !alive(c.labels.as_ref()))
+        .filter_map(|c| c.id)
     {
-        for c in list {
-            if !alive(c.labels.as_ref()) {
-                if let Some(id) = c.id {
-                    let _ = docker
-                        .remove_container(
-                            &id,
-                            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                        )
-                        .await;
-                }
-            }
-        }
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = docker.remove_container(&id, Some(options)).await;
     }
-    if let Ok(list) = docker
+    let networks = docker
         .list_networks(Some(
             ListNetworksOptionsBuilder::default()
                 .filters(&filter)
                 .build(),
         ))
         .await
+        .unwrap_or_default();
+    for id in networks
+        .into_iter()
+        .filter(|n| !alive(n.labels.as_ref()))
+        .filter_map(|n| n.id)
     {
-        for n in list {
-            if !alive(n.labels.as_ref()) {
-                if let Some(id) = n.id {
-                    let _ = docker.remove_network(&id).await;
-                }
-            }
-        }
+        let _ = docker.remove_network(&id).await;
     }
 }
 

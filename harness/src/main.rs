@@ -9,7 +9,7 @@ use harness::scenario::{self, Scenario};
 use harness::snapshot::{self, Update};
 use harness::stack::workspace_dir;
 use harness::stack::BackendSpec;
-use harness::{GatewayCause, Profile, Runtime, Stack, StackSpec};
+use harness::{GatewayCause, Outcome, Profile, Runtime, Stack, StackSpec};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -391,14 +391,7 @@ async fn run(
                 statuses: r
                     .outcomes
                     .iter()
-                    .map(|o| match &o.browser {
-                        Some(b) if b.page.played() => "played".to_string(),
-                        Some(_) => "no-play".to_string(),
-                        None => o
-                            .status
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                    })
+                    .map(Outcome::cell)
                     .collect::<Vec<_>>()
                     .join(" "),
                 causes: causes

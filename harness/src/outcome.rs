@@ -360,6 +360,18 @@ impl Outcome {
         }
     }
 
+    /// A word for tables: the status (`-` when none), or for a `play` step `played` / `no-play`.
+    pub fn cell(&self) -> String {
+        match &self.browser {
+            Some(b) if b.page.played() => "played".to_string(),
+            Some(_) => "no-play".to_string(),
+            None => self
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+        }
+    }
+
     /// True when nginx answered with a 502 or 504 of its own.
     pub fn is_gateway_failure(&self) -> bool {
         self.answered_by == AnsweredBy::Nginx && matches!(self.status, Some(502..=504))

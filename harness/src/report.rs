@@ -246,15 +246,7 @@ impl Report {
                     failures.extend(snapshot_failure.clone());
                     let cell = steps
                         .iter()
-                        .map(|s| match &s.outcome.browser {
-                            Some(b) if b.page.played() => "played".to_string(),
-                            Some(_) => "no play".to_string(),
-                            None => s
-                                .outcome
-                                .status
-                                .map(|x| x.to_string())
-                                .unwrap_or_else(|| "none".into()),
-                        })
+                        .map(|s| s.outcome.cell())
                         .collect::<Vec<_>>()
                         .join(" ");
                     entry.profiles.push(ReportProfile {

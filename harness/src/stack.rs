@@ -644,35 +644,23 @@ impl Stack {
             }
         };
 
-        let (hop, hop_addr) = match early_hop {
-            Some(hold) => {
-                // Now that the backend is up: the hop listens on the address it held.
-                let hop = FaultProxy::start_with(
-                    hop_addr,
-                    ProxyConfig::new(backend_addr),
-                    hop_faults.clone(),
-                    hop_journal.clone(),
-                )
-                .await
-                .map_err(HarnessError::io(format!(
-                    "bind the hop fault point on {hop_addr}"
-                )))?;
-                drop(hold);
-                (hop, hop_addr)
-            }
-            None => {
-                let hop = FaultProxy::start_with(
-                    "127.0.0.1:0".parse().unwrap(),
-                    ProxyConfig::new(backend_addr),
-                    hop_faults.clone(),
-                    hop_journal.clone(),
-                )
-                .await
-                .map_err(HarnessError::io("start the hop fault point"))?;
-                let addr = hop.addr();
-                (hop, addr)
-            }
-        };
+        // The hop: on the address held for it (containers), or on one the OS picks.
+        let bind = early_hop
+            .as_ref()
+            .map(|_| hop_addr)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let hop = FaultProxy::start_with(
+            bind,
+            ProxyConfig::new(backend_addr),
+            hop_faults.clone(),
+            hop_journal.clone(),
+        )
+        .await
+        .map_err(HarnessError::io(format!(
+            "bind the hop fault point on {bind}"
+        )))?;
+        drop(early_hop);
+        let hop_addr = hop.addr();
 
         let nginx = match (listener, nginx_bin.as_ref()) {
             (Some(listener), Some(nginx_bin)) => {
