@@ -33,6 +33,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod snapshot;
+pub mod soak;
 pub mod stack;
 
 pub use error::HarnessError;

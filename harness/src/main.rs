@@ -114,6 +114,34 @@ enum Command {
     },
     /// Print the JSON Schema of scenario files.
     Schema,
+    /// Seeded chaos under load on one stack: Twilio faults, Range forms, webhooks, backend
+    /// restarts; every answer, the cache, memory and fds checked. Exit 1 on any violation.
+    Soak {
+        /// How long clients keep starting steps.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// The seed every step's plan derives from.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// fixed (default) or legacy (which reports its 502s by cause).
+        #[arg(long, default_value = "fixed")]
+        profile: Profile,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Share of steps that download through an armed Twilio fault.
+        #[arg(long, default_value_t = 0.2)]
+        fault_rate: f64,
+        /// Restart the backend this often (seconds; 0: never).
+        #[arg(long, default_value_t = 15)]
+        restart_every: u64,
+        /// Replay one step alone on a fresh stack.
+        #[arg(long)]
+        only_step: Option<u64>,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The containers runtime's images.
     Images {
         #[command(subcommand)]
@@ -151,6 +179,34 @@ fn main() -> ExitCode {
                 run(args, &backend, &mut signals).await
             }
             Command::New { name, dir } => new(&name, &dir),
+            Command::Soak {
+                minutes,
+                seed,
+                profile,
+                clients,
+                fault_rate,
+                restart_every,
+                only_step,
+                json,
+            } => {
+                let config = harness::soak::SoakConfig {
+                    duration: Duration::from_secs_f64(minutes * 60.0),
+                    seed,
+                    profile,
+                    runtime: Runtime::from_env()?,
+                    clients,
+                    fault_rate,
+                    restart_every: (restart_every > 0).then(|| Duration::from_secs(restart_every)),
+                    only_step,
+                };
+                tokio::select! {
+                    r = soak(config, json) => r,
+                    signal = signals.recv() => {
+                        eprintln!("harness: {signal}: soak stopped, stack torn down");
+                        Ok(ExitCode::from(130))
+                    }
+                }
+            }
             Command::Images {
                 command: ImagesCommand::Build { print_base },
             } => images_build(print_base).await,
@@ -840,4 +896,63 @@ async fn images_build(print_base: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn soak(
+    config: harness::soak::SoakConfig,
+    json: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let seed = config.seed;
+    let r = harness::soak::soak(config).await.context("soak")?;
+    println!(
+        "soak: seed {seed}, profile {}, {} steps, {} backend restarts",
+        r.profile, r.steps, r.restarts
+    );
+    let line = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  steps:    {}", line(&r.kinds));
+    println!("  statuses: {}", line(&r.statuses));
+    println!(
+        "  gateway errors in nginx's log, by cause: {}",
+        if r.gateway_causes.is_empty() {
+            "none".to_string()
+        } else {
+            line(&r.gateway_causes)
+        }
+    );
+    println!(
+        "  requests failed by a backend restart (502/504, refused, cut by the drain; not violations): {}",
+        r.failed_during_restart
+    );
+    println!(
+        "  backend RSS kB start/peak/end: {}/{}/{}; open fds: {}/{}/{}",
+        r.backend_rss_kb.start,
+        r.backend_rss_kb.peak,
+        r.backend_rss_kb.end,
+        r.backend_fds.start,
+        r.backend_fds.peak,
+        r.backend_fds.end
+    );
+    println!(
+        "  cache files checked byte for byte: {}",
+        r.cache_files_checked
+    );
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&r)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if r.violations.is_empty() {
+        println!("no violation");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} violations:", r.violations.len());
+        for v in &r.violations {
+            println!("  {}\n    reproduce: {}", v.what, v.reproduce);
+        }
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -585,7 +585,11 @@ async fn play(
 }
 
 /// Sends a request and reads its response, checking audio bodies byte for byte as they stream.
-async fn send(req: reqwest::RequestBuilder, head: bool, media: Option<&Media>) -> Outcome {
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    head: bool,
+    media: Option<&Media>,
+) -> Outcome {
     let mut outcome = Outcome::blank(String::new(), String::new());
     let mut resp = match req.send().await {
         Ok(r) => r,

@@ -8,6 +8,7 @@ mod containers;
 pub mod files;
 mod gateway;
 mod range;
+mod soak;
 mod stack;
 mod support;
 mod twilio_faults;
