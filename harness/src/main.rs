@@ -554,6 +554,7 @@ times = 1                                  # only the first N matching requests 
 # [timeouts]
 # scale = 0.1
 # keepalive_scale = 1.0
+# slow_download_secs = 10.0                 # unscaled; for recordings of tens of MB
 
 [[steps]]
 do = "request"                             # also: webhook, arm, clear_faults, stop_backend, start_backend, restart_backend, wait_log

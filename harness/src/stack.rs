@@ -117,16 +117,23 @@ pub struct Timeouts {
     /// (to show what happens when it exceeds nginx's read timeout, say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub twilio_timeout_secs: Option<f64>,
+    /// The backend's slow-download warning threshold in seconds, unscaled, when the scaled one
+    /// (10 s × `scale`) is too tight: a large recording fetched at full speed can take longer
+    /// than 1 s on a loaded machine, and the warning would then depend on load, not on a fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_download_secs: Option<f64>,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         // 300 s → 30 s, 60 s → 6 s, Twilio 30 s → 3 s, slow download 10 s → 1 s: fast, every
-        // ratio kept, and wide margins around each threshold on a loaded machine.
+        // ratio kept, and wide margins around each threshold on a loaded machine for recordings
+        // of a few MB. A scenario that downloads tens of MB sets `slow_download_secs`.
         Timeouts {
             scale: 0.1,
             keepalive_scale: 1.0,
             twilio_timeout_secs: None,
+            slow_download_secs: None,
         }
     }
 }
@@ -568,7 +575,7 @@ impl Stack {
             public_url: format!("http://{nginx_addr}"),
             keep_alive: keep_alive * t.keepalive_scale,
             graceful_timeout: 30.0 * t.scale,
-            slow_download: 10.0 * t.scale,
+            slow_download: t.slow_download_secs.unwrap_or(10.0 * t.scale),
             twilio_timeout: twilio_budget,
             sandbox: path.clone(),
         };
