@@ -537,8 +537,31 @@ async fn webhook(
         rec.sid
     );
     outcome.headers.retain(|k, _| !k.ends_with("-value"));
-    settle(stack, &marks, std::slice::from_ref(&id), &mut outcome).await;
+    // An accepted webhook for a recording the backend never fetched starts a pre-download, and
+    // a backend may log its start only after it has answered (the uvicorn example does). Wait for
+    // it, or its events would fall to this step or to none by timing alone.
+    let pre_download = signing == Signing::Valid
+        && outcome.status.is_some_and(|s| (200..300).contains(&s))
+        && !media_fetched(stack, &rec.sid);
+    settle_with(
+        stack,
+        &marks,
+        std::slice::from_ref(&id),
+        pre_download,
+        &mut outcome,
+    )
+    .await;
     Ok(outcome)
+}
+
+/// Whether the backend has fetched this recording's media from mock-twilio before (2xx).
+fn media_fetched(stack: &Stack, sid: &str) -> bool {
+    let name = format!("/Recordings/{sid}.");
+    stack.twilio().journal().iter().any(|e| {
+        e.method == "GET"
+            && e.path.contains(&name)
+            && e.status.is_some_and(|s| (200..300).contains(&s))
+    })
 }
 
 /// A `play` step: headless Chromium plays the recording through the player page.
@@ -851,6 +874,18 @@ async fn wait_backend_log(
 /// Waits until the step's traces are complete (its access-log line; every download it started
 /// has ended), then fills in gateway errors, backend events and Twilio requests.
 async fn settle(stack: &Stack, marks: &Marks, ids: &[String], outcome: &mut Outcome) {
+    settle_with(stack, marks, ids, false, outcome).await
+}
+
+/// [`settle`]; with `download_due`, also waits (up to [`SETTLE_DEADLINE`]) for a download to
+/// start and end, for a step whose download may begin after its response.
+async fn settle_with(
+    stack: &Stack,
+    marks: &Marks,
+    ids: &[String],
+    download_due: bool,
+    outcome: &mut Outcome,
+) {
     let start = Instant::now();
     loop {
         let (lines, _) = stack.access_log().lines_since(0);
@@ -877,7 +912,8 @@ async fn settle(stack: &Stack, marks: &Marks, ids: &[String], outcome: &mut Outc
             .iter()
             .filter(|e| matches!(**e, "saved" | "fetch_failed" | "not_found_at_twilio"))
             .count();
-        if ended >= started || start.elapsed() > SETTLE_DEADLINE {
+        let done = ended >= started && (started > 0 || !download_due);
+        if done || start.elapsed() > SETTLE_DEADLINE {
             break events;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
