@@ -492,7 +492,7 @@ async fn request(
         ctx.validators.insert(r.recording, (etag, modified));
     }
     outcome.headers.retain(|k, _| !k.ends_with("-value"));
-    settle(stack, &marks, &ids, &mut outcome).await;
+    settle(stack, &marks, &ids, false, &mut outcome).await;
     if let Some(load) = outcome.load.as_mut() {
         for e in &outcome.gateway_errors {
             *load
@@ -543,7 +543,7 @@ async fn webhook(
     let pre_download = signing == Signing::Valid
         && outcome.status.is_some_and(|s| (200..300).contains(&s))
         && !media_fetched(stack, &rec.sid);
-    settle_with(
+    settle(
         stack,
         &marks,
         std::slice::from_ref(&id),
@@ -603,7 +603,7 @@ async fn play(
         request,
     );
     outcome.browser = Some(browser);
-    settle(stack, &marks, &[], &mut outcome).await;
+    settle(stack, &marks, &[], false, &mut outcome).await;
     Ok(outcome)
 }
 
@@ -872,14 +872,9 @@ async fn wait_backend_log(
 }
 
 /// Waits until the step's traces are complete (its access-log line; every download it started
-/// has ended), then fills in gateway errors, backend events and Twilio requests.
-async fn settle(stack: &Stack, marks: &Marks, ids: &[String], outcome: &mut Outcome) {
-    settle_with(stack, marks, ids, false, outcome).await
-}
-
-/// [`settle`]; with `download_due`, also waits (up to [`SETTLE_DEADLINE`]) for a download to
-/// start and end, for a step whose download may begin after its response.
-async fn settle_with(
+/// has ended; with `download_due`, a download that may begin after its response has started and
+/// ended), then fills in gateway errors, backend events and Twilio requests.
+async fn settle(
     stack: &Stack,
     marks: &Marks,
     ids: &[String],
