@@ -97,8 +97,10 @@ impl Respond for Admin {
                 state.faults.clear();
                 ResponseTemplate::new(200).set_body_json(json!({ "cleared": true }))
             }
-            Action::Requests => ResponseTemplate::new(200)
-                .set_body_json(json!({ "requests": state.journal.entries() })),
+            Action::Requests => ResponseTemplate::new(200).set_body_json(json!({
+                "requests": state.journal.entries(),
+                "overlaps": state.journal.overlaps(),
+            })),
             Action::Reset => {
                 state.reset();
                 ResponseTemplate::new(200).set_body_json(json!({ "reset": true }))

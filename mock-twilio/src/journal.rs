@@ -1,7 +1,11 @@
-//! The request journal: every request a fault point saw, in order, with what it did.
+//! The request journal: every request a fault point saw, in order, with what it did, and when
+//! each was open, so that a request asked for again while the first was still being answered
+//! shows up ([`Journal::overlaps`]).
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// One request as the fault layer saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,36 +32,210 @@ pub struct JournalEntry {
     pub body_bytes: u64,
 }
 
-/// An append-only list of [`JournalEntry`].
+/// Two requests for the same method and path, the second arriving while the first was still
+/// open: for Twilio's media, one recording downloaded twice at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlap {
+    /// The request that was still open.
+    pub first: u64,
+    /// The request that arrived meanwhile.
+    pub second: u64,
+    /// Their method.
+    pub method: String,
+    /// Their path and query.
+    pub path: String,
+}
+
+/// When a request was open.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    arrived: Instant,
+    /// The latest write of its response began here.
+    last_write: Option<Instant>,
+    /// It ended here: answered, cut, refused, or abandoned by its client.
+    ended: Option<Instant>,
+}
+
+impl Span {
+    /// The last moment the client could not yet have had the whole answer: the start of the
+    /// final write (a client only asks again after reading it), else the end. `None`: still open.
+    fn closed_at(&self) -> Option<Instant> {
+        self.ended.map(|e| self.last_write.unwrap_or(e))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: Vec<JournalEntry>,
+    spans: Vec<Span>,
+}
+
+/// An append-only list of [`JournalEntry`], with when each request was open.
 #[derive(Debug, Default)]
 pub struct Journal {
-    entries: Mutex<Vec<JournalEntry>>,
+    inner: Mutex<Inner>,
 }
 
 impl Journal {
-    /// Appends an entry, numbering it; returns its number.
+    /// Appends an entry, numbering it and marking it open from now; returns its number.
     pub fn push(&self, mut entry: JournalEntry) -> u64 {
-        let mut entries = self.entries.lock().unwrap();
-        entry.seq = entries.len() as u64 + 1;
-        entries.push(entry);
-        entries.len() as u64
+        let mut inner = self.inner.lock().unwrap();
+        entry.seq = inner.entries.len() as u64 + 1;
+        inner.entries.push(entry);
+        inner.spans.push(Span {
+            arrived: Instant::now(),
+            last_write: None,
+            ended: None,
+        });
+        inner.entries.len() as u64
     }
 
     /// Changes entry number `seq`, if it is still there.
     pub fn update(&self, seq: u64, change: impl FnOnce(&mut JournalEntry)) {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(e) = entries.iter_mut().find(|e| e.seq == seq) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(e) = inner.entries.get_mut(index(seq)) {
             change(e);
+        }
+    }
+
+    /// Notes that a write of entry `seq`'s response is starting (any write may be the last).
+    pub fn writing(&self, seq: u64) {
+        if let Some(s) = self.inner.lock().unwrap().spans.get_mut(index(seq)) {
+            s.last_write = Some(Instant::now());
+        }
+    }
+
+    /// Marks entry `seq` as no longer open. Call it before the client can learn of the end
+    /// (before a reset or close), or after the final write.
+    pub fn end(&self, seq: u64) {
+        if let Some(s) = self.inner.lock().unwrap().spans.get_mut(index(seq)) {
+            s.ended.get_or_insert_with(Instant::now);
         }
     }
 
     /// A copy of every entry so far.
     pub fn entries(&self) -> Vec<JournalEntry> {
-        self.entries.lock().unwrap().clone()
+        self.inner.lock().unwrap().entries.clone()
+    }
+
+    /// The entries still open (asked, and neither answered in full nor abandoned).
+    pub fn open(&self) -> Vec<JournalEntry> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .entries
+            .iter()
+            .zip(&inner.spans)
+            .filter(|(_, s)| s.ended.is_none())
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+
+    /// Every pair of requests for the same method and path where the second arrived while the
+    /// first was open, in the order the second ones arrived.
+    ///
+    /// A request counts as open until the start of its final write, so a client that asks again
+    /// after reading a whole answer (a retry after a 503, a second download after a cut) never
+    /// counts, whatever the scheduling; a request still open counts until now.
+    pub fn overlaps(&self) -> Vec<Overlap> {
+        let inner = self.inner.lock().unwrap();
+        let mut by_path: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, e) in inner.entries.iter().enumerate() {
+            by_path
+                .entry((e.method.as_str(), e.path.as_str()))
+                .or_default()
+                .push(i);
+        }
+        let mut found = Vec::new();
+        for ((method, path), seen) in by_path {
+            // In order of arrival (which is the order of `seq`).
+            for (n, &later) in seen.iter().enumerate() {
+                let arrived = inner.spans[later].arrived;
+                for &earlier in &seen[..n] {
+                    let open = inner.spans[earlier]
+                        .closed_at()
+                        .is_none_or(|closed| closed > arrived);
+                    if open {
+                        found.push(Overlap {
+                            first: inner.entries[earlier].seq,
+                            second: inner.entries[later].seq,
+                            method: method.to_string(),
+                            path: path.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        found.sort_by_key(|o| (o.second, o.first));
+        found
     }
 
     /// Forgets every entry.
     pub fn clear(&self) {
-        self.entries.lock().unwrap().clear();
+        let mut inner = self.inner.lock().unwrap();
+        inner.entries.clear();
+        inner.spans.clear();
+    }
+}
+
+/// Entry `seq`'s index (`seq` counts from 1; 0 matches nothing).
+fn index(seq: u64) -> usize {
+    (seq as usize).wrapping_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> JournalEntry {
+        JournalEntry {
+            seq: 0,
+            method: "GET".into(),
+            path: path.into(),
+            range: None,
+            auth: None,
+            faults: Vec::new(),
+            status: None,
+            body_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_asked_again_while_open_overlaps_and_one_asked_after_does_not() {
+        let j = Journal::default();
+        let a = j.push(entry("/r.mp3"));
+        let b = j.push(entry("/r.mp3")); // a still open
+        let other = j.push(entry("/s.mp3"));
+        j.writing(a);
+        j.end(a);
+        j.writing(b);
+        j.end(b);
+        j.end(other);
+        let c = j.push(entry("/r.mp3")); // after both ended
+        j.end(c);
+        let found = j.overlaps();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].first, found[0].second), (a, b));
+        assert!(j.open().is_empty());
+    }
+
+    #[test]
+    fn the_final_write_closes_a_request_even_when_its_end_is_noted_late() {
+        let j = Journal::default();
+        let a = j.push(entry("/r.mp3"));
+        j.writing(a); // the final write: the client may ask again as soon as it has read it
+        let b = j.push(entry("/r.mp3")); // a retry that won the race with end()
+        j.end(a);
+        j.end(b);
+        assert!(j.overlaps().is_empty(), "{:?}", j.overlaps());
+    }
+
+    #[test]
+    fn a_request_still_open_overlaps_every_later_one() {
+        let j = Journal::default();
+        let hung = j.push(entry("/r.mp3"));
+        let b = j.push(entry("/r.mp3"));
+        j.end(b);
+        assert_eq!(j.open().len(), 1);
+        assert_eq!(j.overlaps()[0].first, hung);
     }
 }

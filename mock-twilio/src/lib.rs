@@ -39,7 +39,7 @@ pub mod webhook;
 
 pub use admin::parse_json;
 pub use fault::{Fault, FaultMatch, FaultRule, FaultSet, Plan};
-pub use journal::{Journal, JournalEntry};
+pub use journal::{Journal, JournalEntry, Overlap};
 pub use media::{Media, MediaFormat};
 pub use proxy::{FaultProxy, ProxyConfig};
 pub use twilio::{

@@ -373,11 +373,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             status: None,
             body_bytes: 0,
         });
-        let seq = entry.map(|e| shared.journal.push(e));
-        let on_head = |status: u16| {
-            if let Some(seq) = seq {
-                shared.journal.update(seq, |e| e.status = Some(status));
-            }
+        let progress = Progress {
+            journal: &shared.journal,
+            seq: entry.map(|e| shared.journal.push(e)),
         };
         let result = handle(
             &mut conn,
@@ -386,18 +384,21 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             &head,
             body,
             &plan,
-            &on_head,
+            &progress,
         )
         .await;
-        if let (Some(seq), Some((status, sent))) = (seq, result.sent) {
-            shared.journal.update(seq, |e| {
+        if let Some((status, sent)) = result.sent {
+            progress.update(|e| {
                 e.status = Some(status);
                 e.body_bytes = sent;
             });
         }
+        // The request ends (its progress is dropped) before the client can learn of it,
+        // except for a hang, which ends when the client gives up.
         match result.next {
             Next::KeepAlive if !head.wants_close() => continue,
             Next::Reset => {
+                drop(progress);
                 reset(conn.into_inner());
                 return;
             }
@@ -410,6 +411,40 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     }
     let mut stream = conn.into_inner();
     let _ = stream.shutdown().await;
+}
+
+/// One request's progress, told to the journal: its status once the head goes out, every
+/// write of its response (any may be the last), and its end, when this is dropped.
+struct Progress<'a> {
+    journal: &'a Journal,
+    /// Its journal entry; `None` for requests that are not journaled.
+    seq: Option<u64>,
+}
+
+impl Progress<'_> {
+    fn update(&self, change: impl FnOnce(&mut JournalEntry)) {
+        if let Some(seq) = self.seq {
+            self.journal.update(seq, change);
+        }
+    }
+
+    fn head(&self, status: u16) {
+        self.update(|e| e.status = Some(status));
+    }
+
+    fn writing(&self) {
+        if let Some(seq) = self.seq {
+            self.journal.writing(seq);
+        }
+    }
+}
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq {
+            self.journal.end(seq);
+        }
+    }
 }
 
 enum Next {
@@ -453,7 +488,7 @@ async fn handle(
     head: &Head,
     body: Vec<u8>,
     plan: &Plan,
-    on_head: &(dyn Fn(u16) + Sync),
+    progress: &Progress<'_>,
 ) -> Handled {
     if !plan.delay.is_zero() {
         tokio::time::sleep(plan.delay).await;
@@ -463,6 +498,7 @@ async fn handle(
         Some(Fault::Hang) => return Handled::no_response(Next::Hang),
         Some(Fault::KeepaliveRace) => return Handled::no_response(Next::Close),
         Some(Fault::Garbage) => {
+            progress.writing();
             let _ = conn
                 .get_mut()
                 .write_all(b"\x16\x03\x01garbage: this is not HTTP \xff\xfe\x00\r\n\r\n")
@@ -484,7 +520,8 @@ async fn handle(
                 reason(*status),
                 body.len()
             );
-            on_head(*status);
+            progress.head(*status);
+            progress.writing();
             let w = conn.get_mut();
             let ok = w.write_all(head_bytes.as_bytes()).await.is_ok()
                 && (head.method == "HEAD" || w.write_all(&body).await.is_ok());
@@ -578,7 +615,8 @@ async fn handle(
         out.push_str("connection: close\r\n");
     }
     out.push_str("\r\n");
-    on_head(status);
+    progress.head(status);
+    progress.writing();
     let w = conn.get_mut();
     if w.write_all(out.as_bytes()).await.is_err() {
         return Handled::no_response(Next::Close);
@@ -594,7 +632,7 @@ async fn handle(
         };
     }
 
-    let mut shaper = Shaper::new(plan);
+    let mut shaper = Shaper::new(plan, progress);
     let outcome = match media {
         Some(m) => {
             // Drain the (empty) placeholder body so the upstream connection stays usable.
@@ -629,6 +667,7 @@ async fn handle(
                 }
             }
             if res.is_ok() && chunked {
+                progress.writing();
                 res = w.write_all(b"0\r\n\r\n").await.map_err(|_| Cut);
             }
             res
@@ -659,7 +698,8 @@ fn parse_media_header(v: &str) -> Option<Media> {
 struct Cut;
 
 /// Applies throttle, dribble and close_after to a body as it is written.
-struct Shaper {
+struct Shaper<'p, 'j> {
+    progress: &'p Progress<'j>,
     sent: u64,
     start: Instant,
     throttle: Option<u64>,
@@ -667,9 +707,10 @@ struct Shaper {
     close_after: Option<u64>,
 }
 
-impl Shaper {
-    fn new(plan: &Plan) -> Self {
+impl<'p, 'j> Shaper<'p, 'j> {
+    fn new(plan: &Plan, progress: &'p Progress<'j>) -> Self {
         Shaper {
+            progress,
             sent: 0,
             start: Instant::now(),
             throttle: plan.throttle,
@@ -688,6 +729,7 @@ impl Shaper {
             }
         }
         if chunked && !data.is_empty() {
+            self.progress.writing();
             w.write_all(format!("{:x}\r\n", data.len()).as_bytes())
                 .await
                 .map_err(|_| Cut)?;
@@ -707,10 +749,12 @@ impl Shaper {
                 let due = self.start + Duration::from_secs_f64(self.sent as f64 / rate as f64);
                 tokio::time::sleep_until(due.into()).await;
             }
+            self.progress.writing();
             w.write_all(part).await.map_err(|_| Cut)?;
             self.sent += part.len() as u64;
         }
         if chunked && !data.is_empty() && !cut {
+            self.progress.writing();
             w.write_all(b"\r\n").await.map_err(|_| Cut)?;
         }
         if cut {

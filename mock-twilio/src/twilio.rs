@@ -2,7 +2,7 @@
 
 use crate::admin;
 use crate::fault::{FaultRule, FaultSet};
-use crate::journal::{Journal, JournalEntry};
+use crate::journal::{Journal, JournalEntry, Overlap};
 use crate::media::{Media, MediaFormat};
 use crate::proxy::{FaultProxy, ProxyConfig, MEDIA_HEADER};
 use crate::webhook::{Signing, StatusCallback};
@@ -389,6 +389,17 @@ impl MockTwilio {
     /// Every request that reached the fake (admin requests excluded), in order.
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.state.journal.entries()
+    }
+
+    /// Requests asked again while the first for the same method and path was still being
+    /// answered: one recording downloaded twice at once (see [`Journal::overlaps`]).
+    pub fn overlaps(&self) -> Vec<Overlap> {
+        self.state.journal.overlaps()
+    }
+
+    /// Requests not answered in full yet (a download under way, a hang its client still waits on).
+    pub fn open_requests(&self) -> Vec<JournalEntry> {
+        self.state.journal.open()
     }
 
     /// Forgets recordings, faults and the journal.

@@ -121,6 +121,11 @@ async fn admin_api_adds_recordings_arms_faults_and_reports_requests() {
     assert_eq!(requests[0]["faults"], json!(["status"]));
     assert_eq!(requests[0]["status"], 503);
     assert_eq!(requests[1]["auth"], "valid");
+    assert_eq!(
+        journal["overlaps"],
+        json!([]),
+        "a retry after a 503 is not the recording asked twice at once"
+    );
 
     server
         .post("/__admin/faults", json!({"fault": {"kind": "reset"}}))

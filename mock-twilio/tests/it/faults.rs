@@ -460,3 +460,88 @@ async fn large_media_streams_at_once() {
     }
     assert_eq!(pos, 50_000_000);
 }
+
+/// Polls `done` until it holds, failing after `deadline`.
+async fn eventually(deadline: Duration, what: &str, done: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + deadline;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < until,
+            "not within {deadline:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_recording_asked_for_while_its_download_is_under_way_is_an_overlap() {
+    let f = fixture(200_000).await;
+    // The first download takes about 2 s; the second comes while it is under way.
+    f.twilio
+        .arm(
+            FaultRule::new(Fault::Throttle {
+                bytes_per_sec: 100_000,
+            })
+            .times(1),
+        )
+        .unwrap();
+    let url = format!("{}{}", f.twilio.uri(), f.path);
+    let auth = (
+        f.twilio.account_sid().to_string(),
+        f.twilio.auth_token().to_string(),
+    );
+    let first = client()
+        .get(&url)
+        .basic_auth(&auth.0, Some(&auth.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(f.twilio.open_requests().len(), 1, "the first is under way");
+    let second = f.get(LONG).await;
+    assert_eq!(second.body().len(), 200_000);
+    assert_eq!(first.bytes().await.unwrap().len(), 200_000);
+    eventually(LONG, "both end", || f.twilio.open_requests().is_empty()).await;
+    // After both: a third download of it overlaps nothing.
+    assert_eq!(f.get(LONG).await.body().len(), 200_000);
+    let overlaps = f.twilio.overlaps();
+    assert_eq!(overlaps.len(), 1, "{overlaps:?}");
+    assert_eq!((overlaps[0].first, overlaps[0].second), (1, 2));
+    assert_eq!(overlaps[0].path, f.path);
+}
+
+#[tokio::test]
+async fn a_retry_after_an_error_answer_is_not_an_overlap_and_a_hang_is_open_until_given_up() {
+    let f = fixture(1000).await;
+    f.twilio
+        .arm(
+            FaultRule::new(Fault::Status {
+                status: 503,
+                retry_after: Some(0),
+            })
+            .times(5),
+        )
+        .unwrap();
+    // Five 503s, each asked again at once after it.
+    for _ in 0..5 {
+        assert!(f.get(LONG).await.head().starts_with("HTTP/1.1 503"));
+    }
+    assert!(f.twilio.open_requests().is_empty());
+    f.arm(Fault::Hang);
+    let addr = f.twilio.addr();
+    let (path, auth) = (f.path.clone(), basic(&f.twilio));
+    let waiting =
+        tokio::spawn(
+            async move { raw_get(addr, &path, Some(&auth), Duration::from_millis(500)).await },
+        );
+    eventually(LONG, "the hang is open while its client waits", || {
+        f.twilio.open_requests().len() == 1
+    })
+    .await;
+    assert!(waiting.await.unwrap().timed_out);
+    eventually(LONG, "the hang ends when its client gives up", || {
+        f.twilio.open_requests().is_empty()
+    })
+    .await;
+    assert_eq!(f.twilio.journal().len(), 6);
+    assert!(f.twilio.overlaps().is_empty(), "{:?}", f.twilio.overlaps());
+}
