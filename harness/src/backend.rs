@@ -86,6 +86,9 @@ pub struct StackFile {
     /// The folder the file is in (paths are relative to it).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The file itself, as it was named when loaded.
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 impl StackFile {
@@ -124,6 +127,7 @@ impl StackFile {
             });
         }
         file.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        file.path = path.to_path_buf();
         Ok(file)
     }
 }

@@ -38,6 +38,7 @@ pub mod stack;
 
 pub use error::HarnessError;
 pub use gateway::{classify, GatewayCause, GatewayError};
+pub use mock_twilio::MediaFormat;
 pub use outcome::{AnsweredBy, BodyCheck, Outcome};
 pub use runner::{run, run_profile, ProfileRun, ScenarioRun};
 pub use scenario::{Expect, FaultPoint, RecordingSpec, RequestStep, Scenario, Step};

@@ -138,6 +138,19 @@ enum Command {
         /// Replay one step alone on a fresh stack.
         #[arg(long)]
         only_step: Option<u64>,
+        /// A stack file: soak another backend.
+        #[arg(long)]
+        stack: Option<PathBuf>,
+        /// The formats recordings are made in (mp3 only, for a backend without ?format=wav).
+        #[arg(long, value_delimiter = ',', default_value = "mp3,wav", value_parser = parse_format)]
+        formats: Vec<harness::MediaFormat>,
+        /// How far (MiB) the backend's memory may rise within one process life.
+        #[arg(long, default_value_t = 64)]
+        max_rss_growth_mb: u64,
+        /// How many more open fds than at its start a backend process may hold when its life
+        /// ends, beyond 4 per client for requests in flight.
+        #[arg(long, default_value_t = 64)]
+        max_fd_growth: u64,
         /// Also write the report as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -165,6 +178,33 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `harness … | head` (or `| grep -q`) closes our stdout early, and the next print panics.
+    // Unwinding tears every stack down; then exit quietly, with the status a shell gives a
+    // program that SIGPIPE ended.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default_hook(info)
+        }
+    }));
+    match std::panic::catch_unwind(harness) {
+        Ok(code) => code,
+        Err(payload) if is_broken_pipe(&*payload) => ExitCode::from(141),
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// The panic of a print to a closed stdout.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+fn harness() -> ExitCode {
     let cli = Cli::parse();
     if let Some(r) = &cli.runtime {
         // Before any thread starts: the library reads HARNESS_RUNTIME.
@@ -187,17 +227,26 @@ fn main() -> ExitCode {
                 fault_rate,
                 restart_every,
                 only_step,
+                stack,
+                formats,
+                max_rss_growth_mb,
+                max_fd_growth,
                 json,
             } => {
+                let mut spec = StackSpec::new(profile);
+                spec.runtime = Runtime::from_env()?;
+                spec.backend = backend_spec(stack.as_deref())?;
                 let config = harness::soak::SoakConfig {
                     duration: Duration::from_secs_f64(minutes * 60.0),
                     seed,
-                    profile,
-                    runtime: Runtime::from_env()?,
+                    stack: spec,
                     clients,
                     fault_rate,
+                    formats,
                     restart_every: (restart_every > 0).then(|| Duration::from_secs(restart_every)),
                     only_step,
+                    rss_budget_kb: max_rss_growth_mb * 1024,
+                    fd_budget: max_fd_growth,
                 };
                 tokio::select! {
                     r = soak(config, json) => r,
@@ -270,6 +319,10 @@ impl Signals {
             _ = self.term.recv() => "SIGTERM",
         }
     }
+}
+
+fn parse_format(s: &str) -> Result<harness::MediaFormat, String> {
+    harness::MediaFormat::from_extension(s).ok_or_else(|| format!("{s:?}: mp3 or wav"))
 }
 
 fn backend_spec(stack: Option<&Path>) -> anyhow::Result<BackendSpec> {
@@ -929,19 +982,39 @@ async fn soak(
         "  requests failed by a backend restart (502/504, refused, cut by the drain; not violations): {}",
         r.failed_during_restart
     );
+    if r.lives.is_empty() {
+        println!("  backend RSS and fds: not measured (no backend process on this host)");
+    } else {
+        println!(
+            "  backend RSS kB start/peak/end: {}/{}/{}; open fds: {}/{}/{} (across {} backend process{})",
+            r.backend_rss_kb.start,
+            r.backend_rss_kb.peak,
+            r.backend_rss_kb.end,
+            r.backend_fds.start,
+            r.backend_fds.peak,
+            r.backend_fds.end,
+            r.lives.len(),
+            if r.lives.len() == 1 { "" } else { "es" }
+        );
+        let rss = r
+            .lives
+            .iter()
+            .map(|l| l.rss_kb.peak.saturating_sub(l.rss_kb.start));
+        let fds = r
+            .lives
+            .iter()
+            .map(|l| l.fds.end as i64 - l.fds.start as i64);
+        println!(
+            "  within one life, at most: RSS +{} kB (peak over start), fds {:+} (end over start)",
+            rss.max().unwrap_or(0),
+            fds.max().unwrap_or(0)
+        );
+    }
     println!(
-        "  backend RSS kB start/peak/end: {}/{}/{}; open fds: {}/{}/{}",
-        r.backend_rss_kb.start,
-        r.backend_rss_kb.peak,
-        r.backend_rss_kb.end,
-        r.backend_fds.start,
-        r.backend_fds.peak,
-        r.backend_fds.end
+        "  cache files checked byte for byte: {}; Twilio asked again for a recording it was still sending: {}",
+        r.cache_files_checked, r.twilio_overlaps
     );
-    println!(
-        "  cache files checked byte for byte: {}",
-        r.cache_files_checked
-    );
+    let json_written = json.is_some();
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&r)?)
             .with_context(|| format!("write {}", path.display()))?;
@@ -951,8 +1024,20 @@ async fn soak(
         Ok(ExitCode::SUCCESS)
     } else {
         println!("{} violations:", r.violations.len());
-        for v in &r.violations {
+        const SHOWN: usize = 40;
+        for v in r.violations.iter().take(SHOWN) {
             println!("  {}\n    reproduce: {}", v.what, v.reproduce);
+        }
+        if r.violations.len() > SHOWN {
+            println!(
+                "  … and {} more ({})",
+                r.violations.len() - SHOWN,
+                if json_written {
+                    "every one is in the JSON report"
+                } else {
+                    "--json FILE writes every one"
+                }
+            );
         }
         Ok(ExitCode::FAILURE)
     }

@@ -10,7 +10,8 @@
 use crate::error::HarnessError;
 use crate::gateway::classify;
 use crate::outcome::{AnsweredBy, BodyCheck, Outcome};
-use crate::stack::{Profile, Runtime, Stack, StackSpec};
+use crate::runner::backend_event;
+use crate::stack::{BackendSpec, Profile, Runtime, Stack, StackSpec};
 use mock_twilio::{sid, Fault, FaultMatch, FaultRule, MediaFormat, Recording, Signing};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -25,34 +26,83 @@ pub struct SoakConfig {
     pub duration: Duration,
     /// The seed every plan derives from.
     pub seed: u64,
-    /// nginx configuration.
-    pub profile: Profile,
-    /// Where the stack runs.
-    pub runtime: Runtime,
+    /// The stack soaked: profile, runtime, and backend (the reference, or a stack file's).
+    pub stack: StackSpec,
     /// Concurrent clients.
     pub clients: usize,
     /// Share of steps that download a fresh recording through an armed Twilio fault.
     pub fault_rate: f64,
+    /// The formats recordings are made in; a plan's other format becomes the first of these
+    /// (for a backend that serves mp3 only: `[Mp3]`).
+    pub formats: Vec<MediaFormat>,
     /// Backend restarts (SIGTERM, drain, start) this often during load; `None`: never.
     pub restart_every: Option<Duration>,
     /// Run only this step, alone, on a fresh stack.
     pub only_step: Option<u64>,
+    /// How far the backend's resident memory may rise above its start within one process life
+    /// (kB). The soak's largest recording is 50 MB: a backend that holds one whole in memory
+    /// goes over the default, 64 MiB.
+    pub rss_budget_kb: u64,
+    /// How many more open fds than at its start a backend process may hold when its life ends,
+    /// beyond [`FDS_PER_CLIENT`] for each client's request in flight (default 64: more than
+    /// nginx's idle upstream pool and Twilio's, far less than one leaked fd per request).
+    pub fd_budget: u64,
 }
 
+/// How long the end of a soak waits for the downloads under way to end.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Open fds one client's request in flight may hold in the backend: nginx's connection,
+/// Twilio's, the cache file and its temp file.
+pub const FDS_PER_CLIENT: u64 = 4;
+
 impl SoakConfig {
-    /// A soak of `duration` with `seed` on the fixed profile: 4 clients, 20 % faults, a restart
-    /// every 15 s.
+    /// A soak of `duration` with `seed` on the fixed profile against the reference backend:
+    /// 4 clients, 20 % faults, mp3 and wav, a restart every 15 s, 64 MiB and 64 fds of budget.
     pub fn new(duration: Duration, seed: u64) -> Self {
         SoakConfig {
             duration,
             seed,
-            profile: Profile::Fixed,
-            runtime: Runtime::Processes,
+            stack: StackSpec::new(Profile::Fixed),
             clients: 4,
             fault_rate: 0.2,
+            formats: vec![MediaFormat::Mp3, MediaFormat::Wav],
             restart_every: Some(Duration::from_secs(15)),
             only_step: None,
+            rss_budget_kb: 64 * 1024,
+            fd_budget: 64,
         }
+    }
+
+    /// `format`, if the soak makes recordings in it; else the first format it does.
+    fn format(&self, format: MediaFormat) -> MediaFormat {
+        if self.formats.contains(&format) || self.formats.is_empty() {
+            format
+        } else {
+            self.formats[0]
+        }
+    }
+
+    /// The command that runs this soak again (every plan with it), without `--only-step`.
+    pub fn command(&self) -> String {
+        let mut c = String::from("harness ");
+        if self.stack.runtime == Runtime::Containers {
+            c.push_str("--runtime containers ");
+        }
+        c.push_str(&format!(
+            "soak --seed {} --profile {} --fault-rate {}",
+            self.seed,
+            self.stack.profile.name(),
+            self.fault_rate
+        ));
+        if let BackendSpec::File(f) = &self.stack.backend {
+            c.push_str(&format!(" --stack {}", f.path.display()));
+        }
+        if self.formats != [MediaFormat::Mp3, MediaFormat::Wav] {
+            let names: Vec<&str> = self.formats.iter().map(|f| f.extension()).collect();
+            c.push_str(&format!(" --formats {}", names.join(",")));
+        }
+        c
     }
 }
 
@@ -86,7 +136,8 @@ impl Draws {
     }
 }
 
-/// The recordings every soak of a seed shares (cached on first use): 1 KB to 50 MB, mp3 and wav.
+/// The recordings every soak of a seed shares (cached on first use): 1 KB to 50 MB, mp3 and wav
+/// (before [`SoakConfig::formats`] applies).
 fn pool(seed: u64) -> Vec<Recording> {
     let mut d = Draws(mix(seed));
     let mut sizes: Vec<u64> = (0..6).map(|_| d.size(1_000, 2_000_000)).collect();
@@ -257,6 +308,18 @@ impl Gauge {
     }
 }
 
+/// One backend process's life, from its first sample to its last (its restart, or the end of
+/// the soak once every download has settled).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Life {
+    /// Its process id.
+    pub pid: u32,
+    /// Its resident memory (kB).
+    pub rss_kb: Gauge,
+    /// Its open file descriptors.
+    pub fds: Gauge,
+}
+
 /// What a soak found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SoakReport {
@@ -279,10 +342,15 @@ pub struct SoakReport {
     pub gateway_causes: BTreeMap<String, u64>,
     /// Cache files compared byte for byte with their recordings at the end.
     pub cache_files_checked: u64,
-    /// The backend's resident memory (kB).
+    /// The backend's resident memory (kB) over the whole soak, across its restarts.
     pub backend_rss_kb: Gauge,
-    /// The backend's open file descriptors.
+    /// The backend's open file descriptors over the whole soak, across its restarts.
     pub backend_fds: Gauge,
+    /// Each backend process's own memory and fds, in order (none under containers).
+    pub lives: Vec<Life>,
+    /// Twilio's requests for a path it was still answering (the same recording downloaded
+    /// twice at once), as mock-twilio saw them.
+    pub twilio_overlaps: u64,
     /// Every violation.
     pub violations: Vec<Violation>,
 }
@@ -328,12 +396,7 @@ impl Shared {
     }
 
     fn reproduce(&self, step: u64) -> String {
-        format!(
-            "harness soak --seed {} --profile {} --fault-rate {} --only-step {step}",
-            self.config.seed,
-            self.config.profile.name(),
-            self.config.fault_rate
-        )
+        format!("{} --only-step {step}", self.config.command())
     }
 
     fn violation(&self, step: u64, what: String) {
@@ -363,12 +426,13 @@ async fn step(shared: &Shared, k: u64) {
     let (rec, kind) = match (&p.fresh, &p.fault) {
         (Some((size, format)), Some(f)) => {
             let n = 10_000 + k;
+            let format = shared.config.format(*format);
             let rec = shared
                 .stack
                 .lock()
                 .await
                 .twilio()
-                .add_recording(Recording::new(sid("RE", n), sid("CA", n), *format, *size));
+                .add_recording(Recording::new(sid("RE", n), sid("CA", n), format, *size));
             let rule = FaultRule {
                 matcher: FaultMatch {
                     recording_sid: Some(rec.sid.clone()),
@@ -463,32 +527,56 @@ async fn step(shared: &Shared, k: u64) {
         shared.report.lock().unwrap().failed_during_restart += 1;
         return;
     }
-    let fixed = shared.config.profile == Profile::Fixed;
+    let fixed = shared.config.stack.profile == Profile::Fixed;
+    let what = format!(
+        "{} {}{}{}",
+        p.method,
+        rec.sid,
+        p.range
+            .as_deref()
+            .map(|r| format!(" (Range: {r})"))
+            .unwrap_or_default(),
+        p.fault
+            .as_ref()
+            .map(|f| format!(" [Twilio {}]", fault_name(f)))
+            .unwrap_or_default()
+    );
     if let BodyCheck::Differs { at } = outcome.body.check {
         shared.violation(
             k,
-            format!(
-                "{} {}: body differs from the recording at byte {at}",
-                p.method, rec.sid
-            ),
+            format!("{what}: body differs from the recording at byte {at}"),
         );
     }
     if gateway {
         if fixed {
-            shared.violation(
-                k,
-                format!("{} {}: {}", p.method, rec.sid, outcome.summary()),
-            );
+            shared.violation(k, format!("{what}: {}", outcome.summary()));
         }
         return;
     }
     let code = outcome.status.unwrap_or(0);
-    let ok = match (p.method.as_str(), &p.fault) {
-        ("WEBHOOK", _) => code == if p.forged { 403 } else { 204 },
-        (_, None) => matches!(code, 200 | 206 | 416),
+    // A Twilio failure: the reference backend answers 503 (with Retry-After); another backend
+    // passes with any 5xx of its own (not nginx's).
+    let failure_answer = match shared.config.stack.backend {
+        BackendSpec::Reference => code == 503,
+        BackendSpec::File(_) => {
+            outcome.answered_by == AnsweredBy::Backend && (500..=599).contains(&code)
+        }
+    };
+    let (ok, expected) = match (p.method.as_str(), &p.fault) {
+        ("WEBHOOK", _) if p.forged => (code == 403, "403 for a forged signature"),
+        ("WEBHOOK", _) => (code == 204, "204"),
+        (_, None) => (matches!(code, 200 | 206 | 416), "200, 206 or 416"),
         // A fault: a clean answer from the backend, or a body cut after the headers.
-        (_, Some(Fault::Status { status: 404, .. })) => matches!(code, 200 | 404),
-        (_, Some(_)) => matches!(code, 200 | 503),
+        (_, Some(Fault::Status { status: 404, .. })) => {
+            (matches!(code, 200 | 404), "200 or 404 after Twilio's 404")
+        }
+        (_, Some(_)) => (
+            code == 200 || failure_answer,
+            match shared.config.stack.backend {
+                BackendSpec::Reference => "200 or 503 after a Twilio fault",
+                BackendSpec::File(_) => "200 or the backend's own 5xx after a Twilio fault",
+            },
+        ),
     };
     let truncated_ok = matches!(
         p.fault,
@@ -497,28 +585,59 @@ async fn step(shared: &Shared, k: u64) {
     if !ok {
         shared.violation(
             k,
-            format!(
-                "{} {} {:?}: {}",
-                p.method,
-                rec.sid,
-                p.range,
-                outcome.summary()
-            ),
+            format!("{what}: {}, expected {expected}", outcome.summary()),
         );
     } else if cut && !truncated_ok {
-        shared.violation(
-            k,
-            format!("{} {} {:?}: body cut short", p.method, rec.sid, p.range),
-        );
+        shared.violation(k, format!("{what}: body cut short"));
+    }
+}
+
+/// Samples the backend process's memory and fds into the life it belongs to (a new one when the
+/// process is new) and into the whole-soak gauges.
+#[derive(Default)]
+struct Sampler {
+    rss: Gauge,
+    fds: Gauge,
+    lives: Vec<Life>,
+}
+
+impl Sampler {
+    fn sample(&mut self, pid: Option<u32>) {
+        let Some((pid, (rss, fds))) = pid.and_then(|p| Some((p, proc_gauges(p)?))) else {
+            return;
+        };
+        if self.lives.last().is_none_or(|l| l.pid != pid) {
+            self.lives.push(Life {
+                pid,
+                ..Default::default()
+            });
+        }
+        let life = self.lives.last_mut().expect("pushed");
+        life.rss_kb.see(rss);
+        life.fds.see(fds);
+        self.rss.see(rss);
+        self.fds.see(fds);
+    }
+}
+
+/// The recording a Twilio path names, shortened for a report (`…/Recordings/RE….mp3`).
+fn twilio_path(path: &str) -> String {
+    match path.find("/Recordings/").or_else(|| path.find("/Calls/")) {
+        Some(i) => format!("…{}", &path[i..]),
+        None => path.to_string(),
     }
 }
 
 /// Runs a soak (or, with `only_step`, one step on a fresh stack).
 pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
-    let mut spec = StackSpec::new(config.profile);
-    spec.runtime = config.runtime;
-    let stack = Stack::start(spec).await?;
-    let pool = pool(config.seed);
+    let stack = Stack::start(config.stack.clone()).await?;
+    let pool: Vec<Recording> = pool(config.seed)
+        .into_iter()
+        .map(|mut r| {
+            r.format = config.format(r.format);
+            r
+        })
+        .collect();
     for r in &pool {
         stack.twilio().add_recording(r.clone());
     }
@@ -539,7 +658,7 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
         restarts: Mutex::default(),
         report: Mutex::new(SoakReport {
             seed: config.seed,
-            profile: config.profile.name().into(),
+            profile: config.stack.profile.name().into(),
             ..Default::default()
         }),
         stack: tokio::sync::Mutex::new(stack),
@@ -551,6 +670,8 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     } else {
         config.clients.max(1)
     };
+    let mut sampler = Sampler::default();
+    sampler.sample(shared.stack.lock().await.backend_pid());
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..clients {
         let shared = shared.clone();
@@ -569,8 +690,6 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
         });
     }
     // The controller: samples the backend, restarts it on schedule, until the clients are done.
-    let mut rss = Gauge::default();
-    let mut fds = Gauge::default();
     let mut next_restart = config
         .restart_every
         .filter(|_| config.only_step.is_none())
@@ -584,60 +703,53 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
             }
             _ = tick.tick() => {}
         }
-        if let Some((r, f)) = shared
-            .stack
-            .lock()
-            .await
-            .backend_pid()
-            .and_then(proc_gauges)
-        {
-            rss.see(r);
-            fds.see(f);
-        }
+        sampler.sample(shared.stack.lock().await.backend_pid());
         if let Some(at) = next_restart {
             if Instant::now() >= at && Instant::now() < deadline {
+                let mut stack = shared.stack.lock().await;
+                // The life's last sample, then the next one's first.
+                sampler.sample(stack.backend_pid());
                 shared.restarts.lock().unwrap().push((Instant::now(), None));
-                let result = shared.stack.lock().await.restart_backend().await;
+                let result = stack.restart_backend().await;
                 if let Some(w) = shared.restarts.lock().unwrap().last_mut() {
                     w.1 = Some(Instant::now());
                 }
                 result?;
+                sampler.sample(stack.backend_pid());
+                drop(stack);
                 shared.report.lock().unwrap().restarts += 1;
                 next_restart = config.restart_every.map(|e| Instant::now() + e);
             }
         }
     }
     let stack = shared.stack.lock().await;
-    // Downloads the clients started may still be filling the cache: wait until every one ended.
+    // Downloads the clients started may still be filling the cache: wait until Twilio answers
+    // nothing more (what mock-twilio saw, for any backend), and the backend logged the end of
+    // every download it began (what the reference backend, and a backend that keeps its log
+    // contract, says).
     let settle = Instant::now();
     loop {
         let (lines, _) = stack.backend_log().lines_since(start_backend_log);
-        let count = |p: &str| lines.iter().filter(|l| l.contains(p)).count();
-        let started = count("Cache miss - downloading");
-        let ended = count("Recording saved")
-            + count("Recording file not found at Twilio")
-            + lines
-                .iter()
-                .filter(|l| l.contains("Failed to fetch recording") && l.contains("\"cause\""))
-                .count();
-        if ended >= started || settle.elapsed() > Duration::from_secs(60) {
+        let (mut started, mut ended) = (0, 0);
+        for event in lines.iter().filter_map(|l| backend_event(l)) {
+            match event {
+                "cache_miss" => started += 1,
+                "saved" | "not_found_at_twilio" | "fetch_failed" => ended += 1,
+                _ => {}
+            }
+        }
+        let quiet = stack.twilio().open_requests().is_empty();
+        if (quiet && ended >= started) || settle.elapsed() > SETTLE_DEADLINE {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if let Some((r, f)) = stack.backend_pid().and_then(proc_gauges) {
-        rss.see(r);
-        fds.see(f);
-    }
+    sampler.sample(stack.backend_pid());
     let mut report = shared.report.lock().unwrap().clone();
-    report.backend_rss_kb = rss;
-    report.backend_fds = fds;
-    let reproduce_all = format!(
-        "harness soak --seed {} --profile {} --fault-rate {}",
-        config.seed,
-        config.profile.name(),
-        config.fault_rate
-    );
+    report.backend_rss_kb = sampler.rss;
+    report.backend_fds = sampler.fds;
+    report.lives = sampler.lives;
+    let reproduce_all = config.command();
     // nginx's account of its gateway errors.
     let (lines, _) = stack.error_log().lines_since(start_error_log);
     for e in lines.iter().filter_map(|l| classify(l)) {
@@ -646,34 +758,48 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
             .entry(e.cause.name().to_string())
             .or_default() += 1;
     }
-    // Twilio was never asked for one recording twice at once (the backend's log, in order).
-    let (lines, _) = stack.backend_log().lines_since(start_backend_log);
-    let mut in_flight: HashMap<String, i64> = HashMap::new();
-    for line in &lines {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+    // Twilio was never asked for one recording twice at once: what mock-twilio saw, so it holds
+    // for any backend. A request counts as open until its final write began.
+    for o in stack.twilio().overlaps() {
+        if o.method != "GET" {
             continue;
-        };
-        let (Some(msg), Some(call)) = (
-            v.get("message").and_then(|m| m.as_str()),
-            v.get("call_sid").and_then(|c| c.as_str()),
-        ) else {
-            continue;
-        };
-        let n = in_flight.entry(call.to_string()).or_default();
-        if msg.starts_with("Cache miss") {
-            *n += 1;
-            if *n > 1 {
-                report.violations.push(Violation {
-                    step: None,
-                    what: format!("two downloads of {call} from Twilio at once"),
-                    reproduce: reproduce_all.clone(),
-                });
-            }
-        } else if msg.starts_with("Recording saved")
-            || msg.starts_with("Recording file not found")
-            || (msg.starts_with("Failed to fetch recording") && v.get("cause").is_some())
-        {
-            *n = (*n - 1).max(0);
+        }
+        report.twilio_overlaps += 1;
+        report.violations.push(Violation {
+            step: None,
+            what: format!(
+                "Twilio was asked for {} (request #{}) while still answering request #{} for it",
+                twilio_path(&o.path),
+                o.second,
+                o.first
+            ),
+            reproduce: reproduce_all.clone(),
+        });
+    }
+    // Memory and fds stay flat within each backend process's life.
+    let fd_allowance = config.fd_budget + FDS_PER_CLIENT * clients as u64;
+    for life in &report.lives {
+        let grew = life.rss_kb.peak.saturating_sub(life.rss_kb.start);
+        if grew > config.rss_budget_kb {
+            report.violations.push(Violation {
+                step: None,
+                what: format!(
+                    "backend pid {}: resident memory rose {grew} kB ({} → peak {} kB), over the budget of {} kB",
+                    life.pid, life.rss_kb.start, life.rss_kb.peak, config.rss_budget_kb
+                ),
+                reproduce: reproduce_all.clone(),
+            });
+        }
+        let held = life.fds.end.saturating_sub(life.fds.start);
+        if held > fd_allowance {
+            report.violations.push(Violation {
+                step: None,
+                what: format!(
+                    "backend pid {}: {held} more open fds at the end of its life than at its start ({} → {}), over the allowance of {fd_allowance}",
+                    life.pid, life.fds.start, life.fds.end
+                ),
+                reproduce: reproduce_all.clone(),
+            });
         }
     }
     // Every cache file is its recording, byte for byte.

@@ -478,3 +478,78 @@ fn a_missing_browser_says_how_to_install_it() {
         "{stdout}"
     );
 }
+
+#[test]
+fn soak_of_a_broken_backend_exits_1_naming_each_violation_and_its_replay() {
+    if !tools_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The reference backend with a Twilio budget no download fits in: every first play of a
+    // recording fails with a 503, which a soak must call out.
+    let backend = harness::stack::find_backend().unwrap();
+    let stack = write(
+        dir.path(),
+        "tight-budget.toml",
+        &format!(
+            "name = \"tight-budget\"\n[backend]\ncommand = [{:?}, \"--twilio-timeout-secs\", \"0.001\"]\n",
+            backend.display().to_string()
+        ),
+    );
+    let out = harness()
+        .args([
+            "soak",
+            "--minutes",
+            "0.15",
+            "--clients",
+            "2",
+            "--restart-every",
+            "0",
+        ])
+        .args(["--formats", "mp3", "--json"])
+        .arg(dir.path().join("report.json"))
+        .arg("--stack")
+        .arg(&stack)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("soak: seed 1, profile fixed"), "{stdout}");
+    assert!(stdout.contains(" violations:"), "{stdout}");
+    let replay = format!(
+        "reproduce: harness soak --seed 1 --profile fixed --fault-rate 0.2 --stack {} --formats mp3 --only-step ",
+        stack.display()
+    );
+    assert!(stdout.contains(&replay), "{stdout}");
+    assert!(
+        stdout.contains(": 503, expected 200, 206 or 416"),
+        "the 503s are named: {stdout}"
+    );
+    // The JSON report holds every violation, each with its step.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    let violations = json["violations"].as_array().unwrap();
+    assert!(!violations.is_empty());
+    assert!(violations.iter().any(|v| v["step"].is_u64()), "{json}");
+}
+
+#[test]
+fn a_closed_stdout_ends_the_harness_quietly_as_sigpipe_would() {
+    // As `harness schema | head -c0`: the reader is gone before the harness writes.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = harness()
+        .arg("schema")
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no panic message");
+}

@@ -28,17 +28,41 @@ fn a_short_soak_on_the_fixed_profile_finds_no_violation() {
     if !tools_present() {
         return;
     }
-    let mut config = SoakConfig::new(Duration::from_secs(20), 1);
+    // About a minute, as CI's short soak; four restarts.
+    let mut config = SoakConfig::new(Duration::from_secs(60), 1);
     config.clients = 2;
-    config.restart_every = Some(Duration::from_secs(8));
-    config.runtime = harness::Runtime::from_env().unwrap();
+    config.restart_every = Some(Duration::from_secs(12));
+    config.stack.runtime = harness::Runtime::from_env().unwrap();
     let report = rt().block_on(soak(config)).unwrap();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
-    assert!(report.steps > 20, "{report:?}");
-    assert!(report.restarts >= 1, "{report:?}");
+    assert!(report.steps > 100, "{report:?}");
+    assert!(report.restarts >= 3, "{report:?}");
     assert!(report.cache_files_checked > 0, "{report:?}");
+    assert_eq!(report.twilio_overlaps, 0);
+    for kind in ["GET", "HEAD", "WEBHOOK"] {
+        assert!(report.kinds.contains_key(kind), "{kind}: {report:?}");
+    }
     assert!(
-        report.kinds.keys().any(|k| k.starts_with("fault:")),
+        report
+            .kinds
+            .keys()
+            .filter(|k| k.starts_with("fault:"))
+            .count()
+            >= 5,
         "{report:?}"
     );
+    if report.lives.is_empty() {
+        // Containers: no backend process on this host to measure.
+        assert_eq!(
+            harness::Runtime::from_env().unwrap(),
+            harness::Runtime::Containers
+        );
+    } else {
+        // Every restart began a new, measured life.
+        assert_eq!(report.lives.len() as u64, report.restarts + 1, "{report:?}");
+        assert!(report
+            .lives
+            .iter()
+            .all(|l| l.rss_kb.start > 0 && l.fds.start > 0));
+    }
 }
