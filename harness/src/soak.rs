@@ -351,6 +351,8 @@ pub struct SoakReport {
     /// Twilio's requests for a path it was still answering (the same recording downloaded
     /// twice at once), as mock-twilio saw them.
     pub twilio_overlaps: u64,
+    /// How long the downloads under way took to end once the load stopped (seconds).
+    pub settle_secs: f64,
     /// Every violation.
     pub violations: Vec<Violation>,
 }
@@ -556,11 +558,12 @@ async fn step(shared: &Shared, k: u64) {
     let code = outcome.status.unwrap_or(0);
     // A Twilio failure: the reference backend answers 503 (with Retry-After); another backend
     // passes with any 5xx of its own (not nginx's).
-    let failure_answer = match shared.config.stack.backend {
-        BackendSpec::Reference => code == 503,
-        BackendSpec::File(_) => {
-            outcome.answered_by == AnsweredBy::Backend && (500..=599).contains(&code)
-        }
+    let (failure_answer, after_failure) = match shared.config.stack.backend {
+        BackendSpec::Reference => (code == 503, "200 or 503 after a Twilio fault"),
+        BackendSpec::File(_) => (
+            outcome.answered_by == AnsweredBy::Backend && (500..=599).contains(&code),
+            "200 or the backend's own 5xx after a Twilio fault",
+        ),
     };
     let (ok, expected) = match (p.method.as_str(), &p.fault) {
         ("WEBHOOK", _) if p.forged => (code == 403, "403 for a forged signature"),
@@ -570,13 +573,7 @@ async fn step(shared: &Shared, k: u64) {
         (_, Some(Fault::Status { status: 404, .. })) => {
             (matches!(code, 200 | 404), "200 or 404 after Twilio's 404")
         }
-        (_, Some(_)) => (
-            code == 200 || failure_answer,
-            match shared.config.stack.backend {
-                BackendSpec::Reference => "200 or 503 after a Twilio fault",
-                BackendSpec::File(_) => "200 or the backend's own 5xx after a Twilio fault",
-            },
-        ),
+        (_, Some(_)) => (code == 200 || failure_answer, after_failure),
     };
     let truncated_ok = matches!(
         p.fault,
@@ -694,6 +691,9 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
         .restart_every
         .filter(|_| config.only_step.is_none())
         .map(|every| Instant::now() + every);
+    // Where the current backend process's log begins: a download that a restart cut short
+    // never logs its end, so only the last life's downloads are waited for.
+    let mut life_log = start_backend_log;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -715,6 +715,7 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
                     w.1 = Some(Instant::now());
                 }
                 result?;
+                life_log = stack.backend_log().len();
                 sampler.sample(stack.backend_pid());
                 drop(stack);
                 shared.report.lock().unwrap().restarts += 1;
@@ -724,12 +725,12 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     }
     let stack = shared.stack.lock().await;
     // Downloads the clients started may still be filling the cache: wait until Twilio answers
-    // nothing more (what mock-twilio saw, for any backend), and the backend logged the end of
-    // every download it began (what the reference backend, and a backend that keeps its log
-    // contract, says).
+    // nothing more (what mock-twilio saw, for any backend), and the backend process logged the
+    // end of every download it began (what the reference backend, and a backend that keeps its
+    // log contract, says).
     let settle = Instant::now();
     loop {
-        let (lines, _) = stack.backend_log().lines_since(start_backend_log);
+        let (lines, _) = stack.backend_log().lines_since(life_log);
         let (mut started, mut ended) = (0, 0);
         for event in lines.iter().filter_map(|l| backend_event(l)) {
             match event {
@@ -749,7 +750,22 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     report.backend_rss_kb = sampler.rss;
     report.backend_fds = sampler.fds;
     report.lives = sampler.lives;
+    report.settle_secs = settle.elapsed().as_secs_f64();
     let reproduce_all = config.command();
+    // A backend must give up on a Twilio that never finishes; the load has long stopped.
+    for e in stack.twilio().open_requests() {
+        report.violations.push(Violation {
+            step: None,
+            what: format!(
+                "Twilio request #{} ({} {}) still open {}s after the load stopped",
+                e.seq,
+                e.method,
+                twilio_path(&e.path),
+                SETTLE_DEADLINE.as_secs()
+            ),
+            reproduce: reproduce_all.clone(),
+        });
+    }
     // nginx's account of its gateway errors.
     let (lines, _) = stack.error_log().lines_since(start_error_log);
     for e in lines.iter().filter_map(|l| classify(l)) {
