@@ -16,16 +16,13 @@
 //! ```
 
 use crate::error::HarnessError;
-use crate::process::{ChildGuard, LogFile};
 use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// How a backend gets its listening socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -96,29 +93,8 @@ impl StackFile {
     pub fn load(path: &Path) -> Result<Self, HarnessError> {
         let text = std::fs::read_to_string(path)
             .map_err(HarnessError::io(format!("read {}", path.display())))?;
-        let de = toml::Deserializer::new(&text);
-        let mut file: StackFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner
-                .span()
-                .map(|s| {
-                    let before = &text[..s.start.min(text.len())];
-                    (
-                        before.matches('\n').count() + 1,
-                        before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1,
-                    )
-                })
-                .unwrap_or((0, 0));
-            HarnessError::Scenario {
-                file: path.display().to_string(),
-                line,
-                column,
-                field,
-                message: inner.message().to_string(),
-                hint: None,
-            }
-        })?;
+        let mut file: StackFile =
+            crate::toml_file::parse(&path.display().to_string(), &text, |_, _| None)?;
         if file.backend.command.is_empty() {
             return Err(HarnessError::Config {
                 file: path.display().to_string(),
@@ -216,6 +192,9 @@ pub struct Launch {
     pub listen_regex: Regex,
     /// Health path.
     pub health: String,
+    /// The listener is handed to the first process only (nginx); a backend's is kept across
+    /// restarts, so its port stays the same.
+    pub hand_over_once: bool,
 }
 
 impl Launch {
@@ -239,7 +218,7 @@ impl Launch {
         };
         let fd = listener.as_ref().map(|l| l.as_raw_fd());
         let bind = "127.0.0.1:0";
-        let regex = listen_regex.unwrap_or(r"listening on http://([0-9.]+:\d+)");
+        let regex = listen_regex.unwrap_or(DEFAULT_LISTEN_REGEX);
         Ok(Launch {
             command: command.iter().map(|c| values.fill(c, bind, fd)).collect(),
             cwd,
@@ -248,126 +227,49 @@ impl Launch {
                 .map(|(k, v)| (k.clone(), values.fill(v, bind, fd)))
                 .collect(),
             listener,
-            listen_regex: Regex::new(regex)
-                .map_err(|e| HarnessError::Other(format!("listen_regex {regex:?}: {e}")))?,
+            listen_regex: Regex::new(regex).map_err(|e| HarnessError::Config {
+                file: "stack file".into(),
+                line: 0,
+                message: format!("backend.listen_regex {regex:?}: {e}"),
+            })?,
             health: health.to_string(),
+            hand_over_once: false,
         })
+    }
+
+    /// A launch that hands `listener` over to the process it starts (nginx), once.
+    pub fn handing_over(
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        listener: TcpListener,
+    ) -> Launch {
+        Launch {
+            command,
+            cwd: None,
+            env,
+            listener: Some(Arc::new(listener)),
+            listen_regex: Regex::new(DEFAULT_LISTEN_REGEX).expect("valid regex"),
+            health: String::new(),
+            hand_over_once: true,
+        }
+    }
+
+    /// After the first start: the address it bound (`{bind}` was `127.0.0.1:0`) is bound
+    /// again on a restart, so nginx's upstream stays right.
+    pub fn pin_address(&mut self, addr: SocketAddr) {
+        let bind = addr.to_string();
+        for (k, v) in self.env.iter_mut() {
+            if k == "BIND" && v == "127.0.0.1:0" {
+                *v = bind.clone();
+            }
+        }
+        for a in self.command.iter_mut() {
+            if a == "127.0.0.1:0" {
+                *a = bind.clone();
+            }
+        }
     }
 }
 
-/// A running backend.
-pub struct RunningBackend {
-    /// Its process (group).
-    pub process: ChildGuard,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// How to start it again (same address).
-    pub launch: Launch,
-}
-
-/// Starts a backend and waits until its health URL answers 200.
-pub async fn start(
-    launch: &Launch,
-    log: &LogFile,
-    deadline: Duration,
-) -> Result<RunningBackend, HarnessError> {
-    let mut cmd = Command::new(&launch.command[0]);
-    cmd.args(&launch.command[1..])
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for key in ["HOME", "LANG", "VIRTUAL_ENV", "PYTHONPATH"] {
-        if let Some(v) = std::env::var_os(key) {
-            cmd.env(key, v);
-        }
-    }
-    if let Some(dir) = &launch.cwd {
-        cmd.current_dir(dir);
-    }
-    if let Some(listener) = &launch.listener {
-        crate::process::inherit_fd(&mut cmd, listener.as_raw_fd());
-    }
-    let offset = log.len();
-    let mut process = ChildGuard::spawn("backend", cmd, log.path())?;
-    let start = Instant::now();
-    let fail = |process: &mut ChildGuard, what: &str| -> Option<HarnessError> {
-        let logs = format!(
-            "--- backend ({}) ---\n{}",
-            log.path().display(),
-            log.tail(25)
-        );
-        if let Some(status) = process.try_exit() {
-            return Some(HarnessError::Exited {
-                component: "backend".into(),
-                status: status.to_string(),
-                logs,
-            });
-        }
-        (start.elapsed() > deadline).then(|| HarnessError::NotReady {
-            component: "backend".into(),
-            url: what.to_string(),
-            waited: start.elapsed(),
-            logs,
-        })
-    };
-    let addr = match &launch.listener {
-        Some(l) => l
-            .local_addr()
-            .map_err(HarnessError::io("backend socket address"))?,
-        None => loop {
-            let (lines, _) = log.lines_since(offset);
-            if let Some(addr) = lines.iter().find_map(|l| {
-                launch
-                    .listen_regex
-                    .captures(l)
-                    .and_then(|c| c.get(1))
-                    .and_then(|m| m.as_str().parse().ok())
-            }) {
-                break addr;
-            }
-            if let Some(e) = fail(
-                &mut process,
-                &format!("(a log line matching {})", launch.listen_regex),
-            ) {
-                return Err(e);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        },
-    };
-    let url = format!("http://{addr}{}", launch.health);
-    let client = reqwest::Client::new();
-    loop {
-        if let Ok(r) = client
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if let Some(e) = fail(&mut process, &url) {
-            return Err(e);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut launch = launch.clone();
-    // Restarts bind the same address again, so nginx's upstream stays right.
-    let bind = addr.to_string();
-    for (k, v) in launch.env.iter_mut() {
-        if k == "BIND" && v == "127.0.0.1:0" {
-            *v = bind.clone();
-        }
-    }
-    for a in launch.command.iter_mut() {
-        if a == "127.0.0.1:0" {
-            *a = bind.clone();
-        }
-    }
-    Ok(RunningBackend {
-        process,
-        addr,
-        launch,
-    })
-}
+/// How a backend in `listen = "log"` mode says where it listens, by default.
+pub const DEFAULT_LISTEN_REGEX: &str = r"listening on http://([0-9.]+:\d+)";

@@ -3,20 +3,20 @@
 //! (`web/player.html`), presses Play, seeks near the end and back, and reports what the page saw.
 //! Which Range requests it made is read from nginx's access log (see [`BrowserRequest`]).
 
+use crate::access::AccessLine;
 use crate::error::HarnessError;
 use crate::process::ChildGuard;
+use crate::ready::{poll, wait_ready, Probe};
+use crate::tcp::{self, TcpState};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How to install the browser.
 pub const INSTALL_HINT: &str =
     "install Debian's packages: `apt-get install chromium chromium-driver` \
      (or point HARNESS_CHROMIUM and HARNESS_CHROMEDRIVER at the binaries)";
-
-/// The player page, as the front end serves it from nginx's static root (`/player.html`).
-pub const PLAYER_PAGE: &str = include_str!("../../web/player.html");
 
 /// How long chromedriver and Chromium get to start.
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(30);
@@ -98,24 +98,68 @@ impl PageOutcome {
     }
 }
 
+/// How much of what a request asked for arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivered {
+    /// All the range asked for.
+    Complete,
+    /// Less: cut short by the browser (a cancelled read) or by the stack.
+    Partial,
+    /// An error answer (nginx's 502/504 page, a backend 5xx, a 416).
+    Error,
+}
+
+impl std::fmt::Display for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Delivered::Complete => "complete",
+            Delivered::Partial => "partial",
+            Delivered::Error => "error",
+        })
+    }
+}
+
 /// One request the browser made for the recording, as nginx logged it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrowserRequest {
-    /// When it started (`$msec` − `$request_time`), in ms since the first one started.
+    /// When it started, in ms since the first one started.
     pub at_ms: u64,
     /// `$request_time` in ms.
     pub took_ms: u64,
-    /// The Range header the browser chose (`bytes=0-`), empty when none.
-    pub range: String,
+    /// The Range header the browser chose (`bytes=0-`), `None` when it sent none.
+    pub range: Option<String>,
     /// nginx's status.
-    pub status: String,
+    pub status: u16,
     /// `$body_bytes_sent`.
     pub bytes_sent: u64,
     /// `$upstream_status`.
     pub upstream_status: String,
-    /// Whether the body was all the range asked for (`complete`), cut short by the browser or
-    /// the stack (`partial`), or an error answer (`error`: nginx's 502/504 page, a backend 5xx).
-    pub body: String,
+    /// How much of what it asked for arrived.
+    pub body: Delivered,
+}
+
+impl BrowserRequest {
+    /// The request an access-log line records, for a recording of `size` bytes (`at_ms` still
+    /// absolute: when it started, in ms since the epoch).
+    pub fn from_access(a: &AccessLine, size: u64) -> BrowserRequest {
+        let body = match a.status {
+            200 | 206 if Some(a.bytes_sent) == expected_len(a.range.as_deref(), size, a.status) => {
+                Delivered::Complete
+            }
+            200 | 206 => Delivered::Partial,
+            _ => Delivered::Error,
+        };
+        BrowserRequest {
+            at_ms: a.started_at_ms().unwrap_or(0),
+            took_ms: a.request_time_ms,
+            range: a.range.clone(),
+            status: a.status,
+            bytes_sent: a.bytes_sent,
+            upstream_status: a.upstream_status.clone(),
+            body,
+        }
+    }
 }
 
 /// What a `play` step observed in the browser.
@@ -149,7 +193,10 @@ impl BrowserSlot {
             .acquire_owned()
             .await
             .map(BrowserSlot)
-            .map_err(|_| HarnessError::Other("browser slots closed".into()))
+            .map_err(|_| HarnessError::Browser {
+                what: "take a browser slot".into(),
+                message: "the slots are closed".into(),
+            })
     }
 }
 
@@ -169,8 +216,8 @@ pub fn browser_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
 }
 
 impl Browser {
-    /// Starts chromedriver (on a port the OS picks) and a headless Chromium session. Logs go to
-    /// `log_dir/chromedriver-N-ATTEMPT.log`.
+    /// Starts chromedriver (on a port the OS picks) and a headless Chromium session, taking a
+    /// browser slot of its own. Logs go to `log_dir/chromedriver-N-ATTEMPT.log`.
     pub async fn launch(log_dir: &Path) -> Result<Browser, HarnessError> {
         find_browser()?;
         let slot = BrowserSlot::acquire().await?;
@@ -182,78 +229,24 @@ impl Browser {
     /// Like [`Browser::launch`], within a slot the caller holds.
     pub async fn launch_in(log_dir: &Path, _slot: &BrowserSlot) -> Result<Browser, HarnessError> {
         let tools = find_browser()?;
-        // One log per launch: a stack plays several times.
-        static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        // chromedriver binds the port the OS gave it on IPv4 on IPv6 too; where that port is
-        // taken on IPv6 it gives up, so a failed start is tried again (on another port).
-        let mut attempt = 0;
-        let (driver, port) = loop {
-            attempt += 1;
-            let log = log_dir.join(format!("chromedriver-{n}-{attempt}.log"));
-            let mut cmd = Command::new(&tools.chromedriver);
-            cmd.arg("--port=0");
-            let mut driver = ChildGuard::spawn("chromedriver", cmd, &log)?;
-            match wait_driver_port(&mut driver).await {
-                Ok(port) => break (driver, port),
-                Err(e) if attempt >= 3 => return Err(e),
-                Err(_) => continue,
-            }
-        };
-        // It announces the port a moment before it accepts on it.
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if start.elapsed() > LAUNCH_DEADLINE {
-                return Err(HarnessError::NotReady {
-                    component: "chromedriver".into(),
-                    url: format!("http://127.0.0.1:{port}"),
-                    waited: LAUNCH_DEADLINE,
-                    logs: driver.log().tail(20),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let (driver, port) = start_driver(&tools, log_dir).await?;
         let profile = tempfile::Builder::new()
             .prefix("harness-chromium-")
             .tempdir()
             .map_err(HarnessError::io("create a Chromium profile dir"))?;
-        let mut args = vec![
-            "--headless=new".to_string(),
-            "--autoplay-policy=no-user-gesture-required".to_string(),
-            "--mute-audio".to_string(),
-            "--disable-gpu".to_string(),
-            "--disable-dev-shm-usage".to_string(),
-            "--no-first-run".to_string(),
-            "--disable-background-networking".to_string(),
-            "--window-size=1280,900".to_string(),
-            format!("--user-data-dir={}", profile.path().display()),
-        ];
-        // Chromium refuses to start as root with its sandbox on; only then is it turned off.
-        if nix::unistd::geteuid().is_root() {
-            args.push("--no-sandbox".to_string());
-        }
-        let mut caps = serde_json::Map::new();
-        caps.insert("browserName".into(), "chrome".into());
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({ "binary": tools.chromium, "args": args }),
-        );
         let url = format!("http://127.0.0.1:{port}");
         let client = fantoccini::ClientBuilder::new(
             hyper_util::client::legacy::connect::HttpConnector::new(),
         )
-        .capabilities(caps)
+        .capabilities(chromium_capabilities(&tools, profile.path()))
         .connect(&url)
         .await
-        .map_err(|e| {
-            HarnessError::Other(format!(
-                "start headless Chromium ({}) through chromedriver at {url}: {e}\n{}",
-                tools.chromium.display(),
-                driver.log().tail(20)
-            ))
+        .map_err(|e| HarnessError::Browser {
+            what: format!(
+                "start headless Chromium ({}) through chromedriver at {url}",
+                tools.chromium.display()
+            ),
+            message: format!("{e}\n{}", driver.log().tail(20)),
         })?;
         Ok(Browser {
             client,
@@ -271,8 +264,9 @@ impl Browser {
         seek: bool,
         wait: Duration,
     ) -> Result<PageOutcome, HarnessError> {
-        let ctx = |what: &str, e: &dyn std::fmt::Display| {
-            HarnessError::Other(format!("browser: {what} {page_url}: {e}"))
+        let fail = |what: &str, e: &dyn std::fmt::Display| HarnessError::Browser {
+            what: format!("{what} {page_url}"),
+            message: e.to_string(),
         };
         let script_ms = wait.as_millis() as u64 * 4;
         self.client
@@ -283,11 +277,11 @@ impl Browser {
                 None,
             ))
             .await
-            .map_err(|e| ctx("set timeouts for", &e))?;
+            .map_err(|e| fail("set timeouts for", &e))?;
         self.client
             .goto(page_url)
             .await
-            .map_err(|e| ctx("open", &e))?;
+            .map_err(|e| fail("open", &e))?;
         let value = self
             .client
             .execute_async(
@@ -296,9 +290,9 @@ impl Browser {
                 vec![serde_json::json!({ "seek": seek, "wait_ms": wait.as_millis() as u64 })],
             )
             .await
-            .map_err(|e| ctx("play on", &e))?;
+            .map_err(|e| fail("play on", &e))?;
         serde_json::from_value(value.clone())
-            .map_err(|e| ctx(&format!("read the page's result {value} from"), &e))
+            .map_err(|e| fail(&format!("read the page's result {value} from"), &e))
     }
 
     /// Opens `url` in the window.
@@ -306,7 +300,10 @@ impl Browser {
         self.client
             .goto(url)
             .await
-            .map_err(|e| HarnessError::Other(format!("browser: open {url}: {e}")))
+            .map_err(|e| HarnessError::Browser {
+                what: format!("open {url}"),
+                message: e.to_string(),
+            })
     }
 
     /// A PNG screenshot of the window.
@@ -314,7 +311,10 @@ impl Browser {
         self.client
             .screenshot()
             .await
-            .map_err(|e| HarnessError::Other(format!("browser: screenshot: {e}")))
+            .map_err(|e| HarnessError::Browser {
+                what: "take a screenshot".into(),
+                message: e.to_string(),
+            })
     }
 
     /// Chromium's profile folder (`--user-data-dir`), removed when the browser drops: every
@@ -328,51 +328,87 @@ impl Browser {
         self.client
             .execute(script, vec![])
             .await
-            .map_err(|e| HarnessError::Other(format!("browser: run a script: {e}")))
+            .map_err(|e| HarnessError::Browser {
+                what: "run a script".into(),
+                message: e.to_string(),
+            })
     }
 
     /// Ends the session (Chromium exits) and stops chromedriver.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.client.clone().close()).await;
         self.driver.kill();
     }
 }
 
-/// Waits for chromedriver's "started successfully on port N" line.
-async fn wait_driver_port(driver: &mut ChildGuard) -> Result<u16, HarnessError> {
-    let log = driver.log().clone();
-    let start = Instant::now();
+/// Starts chromedriver on a port the OS picks, and returns once it accepts connections.
+/// chromedriver binds the port the OS gave it on IPv4 on IPv6 too; where that port is taken on
+/// IPv6 it gives up, so a failed start is tried again (on another port), up to three times.
+async fn start_driver(
+    tools: &BrowserTools,
+    log_dir: &Path,
+) -> Result<(ChildGuard, u16), HarnessError> {
+    // One log per launch: a stack plays several times.
+    static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let port_line =
+        regex::Regex::new(r"started successfully on port (\d+)\.").expect("valid regex");
+    let mut attempt = 0;
     loop {
-        if let Some(status) = driver.try_exit() {
-            return Err(HarnessError::Exited {
-                component: "chromedriver".into(),
-                status: status.to_string(),
-                logs: log.tail(20),
-            });
-        }
-        // The line may not be terminated yet: read the raw text.
-        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-        if let Some(port) = text
-            .split("started successfully on port ")
-            .nth(1)
-            .and_then(|rest| {
-                // Only once the number is complete (followed by its full stop).
-                let (digits, after) = rest.split_at(rest.find(|c: char| !c.is_ascii_digit())?);
-                after.starts_with('.').then(|| digits.parse::<u16>().ok())?
-            })
-        {
-            return Ok(port);
-        }
-        if start.elapsed() > LAUNCH_DEADLINE {
-            return Err(HarnessError::NotReady {
-                component: "chromedriver".into(),
-                url: log.path().display().to_string(),
-                waited: LAUNCH_DEADLINE,
-                logs: log.tail(20),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        attempt += 1;
+        let log = log_dir.join(format!("chromedriver-{n}-{attempt}.log"));
+        let mut cmd = Command::new(&tools.chromedriver);
+        cmd.arg("--port=0");
+        let driver = ChildGuard::spawn("chromedriver", cmd, &log)?;
+        // Only once the number is complete (followed by its full stop).
+        let announced = Probe::LogLine {
+            log: driver.log().clone(),
+            offset: 0,
+            pattern: port_line.clone(),
+        };
+        let exited = || async { driver.try_exit().map(|s| s.to_string()) };
+        let port =
+            match wait_ready("chromedriver", &announced, exited, || driver.log().tail(20)).await {
+                Ok(port) => port.parse::<u16>().unwrap_or(0),
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(_) => continue,
+            };
+        // It announces the port a moment before it accepts on it.
+        let accepts = Probe::Connect {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        wait_ready("chromedriver", &accepts, exited, || driver.log().tail(20)).await?;
+        return Ok((driver, port));
     }
+}
+
+/// The WebDriver capabilities of a headless Chromium with its own profile folder.
+fn chromium_capabilities(
+    tools: &BrowserTools,
+    profile: &Path,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut args = vec![
+        "--headless=new".to_string(),
+        "--autoplay-policy=no-user-gesture-required".to_string(),
+        "--mute-audio".to_string(),
+        "--disable-gpu".to_string(),
+        "--disable-dev-shm-usage".to_string(),
+        "--no-first-run".to_string(),
+        "--disable-background-networking".to_string(),
+        "--window-size=1280,900".to_string(),
+        format!("--user-data-dir={}", profile.display()),
+    ];
+    // Chromium refuses to start as root with its sandbox on; only then is it turned off.
+    if nix::unistd::geteuid().is_root() {
+        args.push("--no-sandbox".to_string());
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), "chrome".into());
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "binary": tools.chromium, "args": args }),
+    );
+    caps
 }
 
 /// Is a browser installed? `Err` carries the install command (for skip messages).
@@ -380,46 +416,11 @@ pub fn available() -> Result<(), String> {
     find_browser().map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Parses a `timing` access-log line for `path` into a [`BrowserRequest`] (with `at_ms` holding
-/// the absolute `$msec` in ms), given the recording's size to judge the body.
-pub fn parse_request_line(line: &str, path: &str, size: u64) -> Option<BrowserRequest> {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| {
-        regex::Regex::new(
-            r#""GET (\S+) HTTP/[\d.]+" status=(\S+) bytes=(\d+) range="([^"]*)" upstream_status="([^"]*)" .*request_time=([\d.]+) .*msec=([\d.]+)"#,
-        )
-        .expect("valid regex")
-    });
-    let c = re.captures(line)?;
-    if &c[1] != path {
-        return None;
-    }
-    let secs_to_ms = |s: &str| (s.parse::<f64>().unwrap_or(0.0) * 1000.0).round() as u64;
-    let status = c[2].to_string();
-    let bytes_sent: u64 = c[3].parse().ok()?;
-    let range = c[4].to_string();
-    let range = if range == "-" { String::new() } else { range };
-    let body = match status.as_str() {
-        "200" | "206" if Some(bytes_sent) == expected_len(&range, size, &status) => "complete",
-        "200" | "206" => "partial",
-        _ => "error",
-    };
-    Some(BrowserRequest {
-        at_ms: secs_to_ms(&c[7]),
-        took_ms: secs_to_ms(&c[6]),
-        range,
-        status,
-        bytes_sent,
-        upstream_status: c[5].to_string(),
-        body: body.to_string(),
-    })
-}
-
 /// How many bytes a full answer to `range` carries for a recording of `size` bytes.
-fn expected_len(range: &str, size: u64, status: &str) -> Option<u64> {
-    if status == "200" || range.is_empty() {
+fn expected_len(range: Option<&str>, size: u64, status: u16) -> Option<u64> {
+    let Some(range) = range.filter(|_| status != 200) else {
         return Some(size);
-    }
+    };
     let spec = range.strip_prefix("bytes=")?;
     let (a, b) = spec.split_once('-')?;
     let (start, end) = match (a.trim(), b.trim()) {
@@ -430,22 +431,17 @@ fn expected_len(range: &str, size: u64, status: &str) -> Option<u64> {
     Some(end + 1 - start)
 }
 
-/// Server-side sockets of the listener on 127.0.0.1:`port` that are still open (ESTABLISHED or
-/// CLOSE_WAIT), by their client's port.
+/// Connections to nginx's port that nginx has not closed yet (ESTABLISHED or CLOSE_WAIT on its
+/// side), by their client's port.
 fn open_client_ports(port: u16) -> std::collections::BTreeSet<u16> {
-    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return Default::default();
-    };
-    let local = format!("0100007F:{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && f[1] == local && (f[3] == "01" || f[3] == "08"))
-                .then(|| u16::from_str_radix(f[2].split(':').nth(1)?, 16).ok())
-                .flatten()
+    tcp::sockets()
+        .iter()
+        .filter(|s| {
+            s.local.port() == port
+                && s.local.ip().is_loopback()
+                && matches!(s.state, TcpState::Established | TcpState::CloseWait)
         })
+        .map(|s| s.remote.port())
         .collect()
 }
 
@@ -472,8 +468,8 @@ impl Default for PlayOptions {
 
 impl Browser {
     /// Plays `recording` through `stack`: the player page from the stack's nginx, its `<audio>`
-    /// element on `/api/calls/{call_sid}/download`. Returns once nginx has logged every request
-    /// the browser made for it (the browser is closed first: `self` is consumed).
+    /// element on the recording's download. Returns once nginx has logged every request the
+    /// browser made for it (the browser is closed first: `self` is consumed).
     pub async fn play_on(
         self,
         stack: &crate::stack::Stack,
@@ -483,43 +479,32 @@ impl Browser {
         let port = stack.nginx_addr().port();
         let before = open_client_ports(port);
         let mark = stack.access_log().len();
-        let format = options.format.unwrap_or(recording.format);
-        let query = if options.format.is_some() {
-            format!("&format={}", format.extension())
-        } else {
-            String::new()
-        };
-        let page = self
-            .play(
-                &stack.url(&format!("/player.html?call={}{query}", recording.call_sid)),
-                options.seek,
-                options.wait,
-            )
-            .await;
+        let page_url = stack.url(&crate::step::player_path(
+            &recording.call_sid,
+            options.format,
+        ));
+        let page = self.play(&page_url, options.seek, options.wait).await;
         self.close().await;
         let page = page?;
         // Every connection the browser opened is closed by nginx once it has logged it.
-        let start = Instant::now();
-        while open_client_ports(port).difference(&before).next().is_some()
-            && start.elapsed() < LAUNCH_DEADLINE
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let path = format!(
-            "/api/calls/{}/download{}",
-            recording.call_sid,
-            query.replacen('&', "?", 1)
-        );
-        let size = recording.media(format).len();
+        poll(LAUNCH_DEADLINE, || async {
+            open_client_ports(port)
+                .difference(&before)
+                .next()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        let path = crate::step::download_path(&recording.call_sid, options.format);
+        let size = recording
+            .media(options.format.unwrap_or(recording.format))
+            .len();
         let (lines, _) = stack.access_log().lines_since(mark);
-        let mut requests: Vec<BrowserRequest> = lines
+        let mut requests: Vec<BrowserRequest> = crate::access::parse_all(&lines)
             .iter()
-            .filter_map(|l| parse_request_line(l, &path, size))
+            .filter(|a| a.method == "GET" && a.path == path)
+            .map(|a| BrowserRequest::from_access(a, size))
             .collect();
-        // From the time nginx logged each (its end) to when it started, relative to the first.
-        for r in &mut requests {
-            r.at_ms = r.at_ms.saturating_sub(r.took_ms);
-        }
         let first = requests.iter().map(|r| r.at_ms).min().unwrap_or(0);
         for r in &mut requests {
             r.at_ms -= first;
@@ -550,30 +535,25 @@ mod tests {
 
     #[test]
     fn expected_lengths_follow_rfc_9110() {
-        assert_eq!(expected_len("", 1000, "206"), Some(1000));
-        assert_eq!(expected_len("bytes=0-", 1000, "206"), Some(1000));
-        assert_eq!(expected_len("bytes=900-", 1000, "206"), Some(100));
-        assert_eq!(expected_len("bytes=-500", 1000, "206"), Some(500));
-        assert_eq!(expected_len("bytes=0-99", 1000, "206"), Some(100));
-        assert_eq!(expected_len("bytes=990-5000", 1000, "206"), Some(10));
-        assert_eq!(expected_len("bytes=0-99", 1000, "200"), Some(1000));
+        assert_eq!(expected_len(None, 1000, 206), Some(1000));
+        assert_eq!(expected_len(Some("bytes=0-"), 1000, 206), Some(1000));
+        assert_eq!(expected_len(Some("bytes=900-"), 1000, 206), Some(100));
+        assert_eq!(expected_len(Some("bytes=-500"), 1000, 206), Some(500));
+        assert_eq!(expected_len(Some("bytes=0-99"), 1000, 206), Some(100));
+        assert_eq!(expected_len(Some("bytes=990-5000"), 1000, 206), Some(10));
+        assert_eq!(expected_len(Some("bytes=0-99"), 1000, 200), Some(1000));
     }
 
     #[test]
     fn access_lines_become_browser_requests() {
         let line = r#"127.0.0.1 [25/Nov/2026:14:00:00 +0000] "GET /api/calls/CA1/download HTTP/1.1" status=206 bytes=600 range="bytes=400-" upstream_status="206" upstream_response_time="0.004" upstream_connect_time="0.000" request_time=0.005 request_id="-" msec=1764079200.123"#;
-        let r = parse_request_line(line, "/api/calls/CA1/download", 1000).unwrap();
-        assert_eq!(r.range, "bytes=400-");
-        assert_eq!(r.body, "complete");
+        let r = BrowserRequest::from_access(&AccessLine::parse(line).unwrap(), 1000);
+        assert_eq!(r.range.as_deref(), Some("bytes=400-"));
+        assert_eq!(r.body, Delivered::Complete);
         assert_eq!(r.took_ms, 5);
-        assert_eq!(r.at_ms, 1_764_079_200_123);
-        assert!(parse_request_line(line, "/api/calls/CA2/download", 1000).is_none());
+        assert_eq!(r.at_ms, 1_764_079_200_118);
         let cut = line.replace("bytes=600", "bytes=100");
-        assert_eq!(
-            parse_request_line(&cut, "/api/calls/CA1/download", 1000)
-                .unwrap()
-                .body,
-            "partial"
-        );
+        let r = BrowserRequest::from_access(&AccessLine::parse(&cut).unwrap(), 1000);
+        assert_eq!(r.body, Delivered::Partial);
     }
 }

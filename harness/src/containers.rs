@@ -2,11 +2,7 @@
 //! driven through the Engine API (`bollard`). mock-twilio and the hop fault point stay in this
 //! process and listen on the network's gateway address, which the containers reach as the host.
 //!
-//! Images are built offline ([`build_images`], `harness images build`): a Debian root filesystem
-//! from `debootstrap` with nginx-light, imported as `recordings-harness/base:…`, and
-//! `docker/Dockerfile.backend` on top of it with this workspace's `recordings-backend`. Both are
-//! tagged by content, so a second build reuses them. Users who can pull name other images with
-//! `HARNESS_NGINX_IMAGE` (e.g. `nginx:stable`) and `HARNESS_BACKEND_IMAGE`.
+//! Its images are built offline by [`crate::images`].
 
 use crate::error::HarnessError;
 use crate::process::LogFile;
@@ -14,9 +10,8 @@ use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -24,23 +19,18 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The label every container and network of ours carries; its value is the owning process id.
 pub const OWNER_LABEL: &str = "recordings-harness.owner-pid";
 
-/// How the base image is made (its tag is this recipe's checksum).
-pub const BASE_RECIPE: &str = "debootstrap --variant=minbase --include=nginx-light bookworm";
-
-/// `docker/Dockerfile.backend`, as the harness builds it.
-pub const BACKEND_DOCKERFILE: &str = include_str!("../../docker/Dockerfile.backend");
-
-/// Where the backend binary sits in the Dockerfile's build context.
-pub const BACKEND_IN_CONTEXT: &str = "target/docker/recordings-backend";
-
-fn err(what: impl std::fmt::Display) -> impl FnOnce(bollard::errors::Error) -> HarnessError {
-    move |e| HarnessError::Other(format!("docker: {what}: {e}"))
+pub(crate) fn err(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(bollard::errors::Error) -> HarnessError {
+    move |e| HarnessError::Docker {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// Connects to the Docker engine (`DOCKER_HOST` or the local socket) and checks it answers.
@@ -71,196 +61,6 @@ pub fn available() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(engine()).map(|_| ()).map_err(|e| e.to_string())
-}
-
-/// The images a container stack runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Images {
-    /// nginx's image (`HARNESS_NGINX_IMAGE`, else the base image, which has nginx-light).
-    pub nginx: String,
-    /// The backend's image (`HARNESS_BACKEND_IMAGE`, else built from Dockerfile.backend).
-    pub backend: String,
-}
-
-async fn image_exists(docker: &Docker, tag: &str) -> bool {
-    docker.inspect_image(tag).await.is_ok()
-}
-
-fn checksum(parts: &[&[u8]]) -> String {
-    let mut h = crc32fast::Hasher::new();
-    for p in parts {
-        h.update(p);
-        h.update(b"\0");
-    }
-    format!("{:08x}", h.finalize())
-}
-
-fn run(cmd: &mut Command, what: &str) -> Result<(), HarnessError> {
-    let out = cmd.output().map_err(HarnessError::io(format!(
-        "{what} ({:?})",
-        cmd.get_program()
-    )))?;
-    if !out.status.success() {
-        let tail: String = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        return Err(HarnessError::Other(format!(
-            "{what} failed ({}):\n{tail}",
-            out.status
-        )));
-    }
-    Ok(())
-}
-
-/// The base image's tag: `recordings-harness/base:bookworm-<checksum of the recipe>`.
-pub fn base_tag() -> String {
-    format!(
-        "recordings-harness/base:bookworm-{}",
-        checksum(&[BASE_RECIPE.as_bytes()])
-    )
-}
-
-/// Builds (or finds, when already built from the same content) the base and backend images.
-/// `say` gets one line per thing done. Older backend images of ours are removed, so rebuilding
-/// after every change leaves no images piling up.
-pub async fn build_images(backend_bin: &Path, say: &dyn Fn(&str)) -> Result<Images, HarnessError> {
-    let docker = engine().await?;
-    // Where a registry is reachable, a standard image may stand in for the debootstrap one.
-    let base = std::env::var("HARNESS_BASE_IMAGE").unwrap_or_else(|_| base_tag());
-    if image_exists(&docker, &base).await {
-        say(&format!("{base}: present"));
-    } else if base != base_tag() {
-        return Err(HarnessError::Other(format!(
-            "HARNESS_BASE_IMAGE={base} is not present: docker pull {base}"
-        )));
-    } else {
-        say(&format!("{base}: {BASE_RECIPE} (about 30 s) …"));
-        let which = |tool: &str| {
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-                .map(|d| d.join(tool))
-                .find(|p| p.is_file())
-        };
-        let debootstrap = which("debootstrap").ok_or(HarnessError::ToolMissing {
-            tool: "debootstrap",
-            hint: "apt-get install debootstrap (it builds the base image from Debian's packages)"
-                .into(),
-        })?;
-        let root = tempfile::Builder::new()
-            .prefix("harness-rootfs-")
-            .tempdir()
-            .map_err(HarnessError::io("create a root filesystem dir"))?;
-        let mut args: Vec<&str> = BASE_RECIPE.split_whitespace().skip(1).collect();
-        let dir = root.path().join("rootfs");
-        let dir_s = dir.display().to_string();
-        args.push(&dir_s);
-        run(Command::new(debootstrap).args(&args), "debootstrap")?;
-        // `docker import` of the tree: the CLI streams it; the same through the API needs it all in memory.
-        let mut import = Command::new("sh");
-        import.args([
-            "-c",
-            "tar -C \"$1\" -c . | docker import --change 'CMD [\"nginx\", \"-g\", \"daemon off;\"]' - \"$2\"",
-            "import",
-            &dir_s,
-            &base,
-        ]);
-        run(&mut import, "docker import of the base root filesystem")?;
-        // The tree is root-owned and large: remove it now rather than leave it in /tmp.
-        drop(root);
-        say(&format!("{base}: built"));
-    }
-    let nginx = std::env::var("HARNESS_NGINX_IMAGE").unwrap_or_else(|_| base.clone());
-    if let Ok(image) = std::env::var("HARNESS_BACKEND_IMAGE") {
-        return Ok(Images {
-            nginx,
-            backend: image,
-        });
-    }
-    let binary = std::fs::read(backend_bin)
-        .map_err(HarnessError::io(format!("read {}", backend_bin.display())))?;
-    let backend = format!(
-        "recordings-harness/backend:{}",
-        checksum(&[&binary, BACKEND_DOCKERFILE.as_bytes(), base.as_bytes()])
-    );
-    if image_exists(&docker, &backend).await {
-        say(&format!("{backend}: present"));
-    } else {
-        let ctx = tempfile::Builder::new()
-            .prefix("harness-build-")
-            .tempdir()
-            .map_err(HarnessError::io("create a build context"))?;
-        let bin = ctx.path().join(BACKEND_IN_CONTEXT);
-        std::fs::create_dir_all(bin.parent().unwrap())
-            .map_err(HarnessError::io("create the build context"))?;
-        std::fs::write(&bin, &binary).map_err(HarnessError::io("copy the backend binary"))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
-            .map_err(HarnessError::io("chmod the backend binary"))?;
-        let dockerfile = ctx.path().join("Dockerfile.backend");
-        std::fs::write(&dockerfile, BACKEND_DOCKERFILE)
-            .map_err(HarnessError::io("write Dockerfile.backend"))?;
-        run(
-            Command::new("docker")
-                .args(["build", "-q", "--build-arg"])
-                .arg(format!("BASE={base}"))
-                .arg("-t")
-                .arg(&backend)
-                .arg("-f")
-                .arg(&dockerfile)
-                .arg(ctx.path()),
-            "docker build of docker/Dockerfile.backend",
-        )?;
-        say(&format!("{backend}: built"));
-    }
-    // Older backend images of ours are of no use: remove them.
-    let listed = docker
-        .list_images(Some(
-            ListImagesOptionsBuilder::default()
-                .filters(&HashMap::from([(
-                    "reference",
-                    vec!["recordings-harness/backend"],
-                )]))
-                .build(),
-        ))
-        .await
-        .map_err(err("list images"))?;
-    for image in listed {
-        if image.repo_tags.contains(&backend) {
-            continue;
-        }
-        for tag in &image.repo_tags {
-            let _ = docker
-                .remove_image(
-                    tag,
-                    Some(RemoveImageOptionsBuilder::default().build()),
-                    None,
-                )
-                .await;
-            say(&format!("{tag}: removed (superseded)"));
-        }
-    }
-    Ok(Images { nginx, backend })
-}
-
-/// The images for `backend_bin`, built at most once per process (stacks start concurrently).
-pub async fn images_once(backend_bin: &Path) -> Result<Images, HarnessError> {
-    static BUILT: tokio::sync::Mutex<Option<(PathBuf, Images)>> =
-        tokio::sync::Mutex::const_new(None);
-    let mut built = BUILT.lock().await;
-    if let Some((bin, images)) = built.as_ref() {
-        if bin == backend_bin {
-            return Ok(images.clone());
-        }
-    }
-    let images = build_images(backend_bin, &|_| {}).await?;
-    *built = Some((backend_bin.to_path_buf(), images.clone()));
-    Ok(images)
 }
 
 /// Removes containers and networks left by harness processes that are gone (killed with
@@ -344,8 +144,8 @@ pub struct ContainerStack {
     pub network: String,
     /// The network's gateway: the host, as the containers reach it.
     pub gateway: IpAddr,
-    containers: Vec<Container>,
-    log_tasks: Vec<tokio::task::JoinHandle<()>>,
+    containers: std::sync::Mutex<Vec<Container>>,
+    log_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl ContainerStack {
@@ -368,8 +168,8 @@ impl ContainerStack {
             docker,
             network: network.clone(),
             gateway: IpAddr::from([127, 0, 0, 1]),
-            containers: Vec::new(),
-            log_tasks: Vec::new(),
+            containers: Default::default(),
+            log_tasks: Default::default(),
         };
         let info = stack
             .docker
@@ -381,13 +181,16 @@ impl ContainerStack {
             .and_then(|i| i.config)
             .and_then(|c| c.into_iter().find_map(|c| c.gateway))
             .and_then(|g| g.parse().ok())
-            .ok_or_else(|| HarnessError::Other(format!("network {network} has no gateway")))?;
+            .ok_or_else(|| HarnessError::Docker {
+                what: format!("inspect network {network}"),
+                message: "it has no gateway".into(),
+            })?;
         Ok(stack)
     }
 
     /// Creates and starts a container on the network, its output appended to `log`.
     pub async fn run(
-        &mut self,
+        &self,
         role: &str,
         spec: &ContainerSpec,
         log: &LogFile,
@@ -459,7 +262,7 @@ impl ContainerStack {
             output_to_file: spec.output_file.is_some(),
         };
         // Owned from here: removed on drop even if starting fails.
-        self.containers.push(container.clone());
+        self.containers.lock().unwrap().push(container.clone());
         self.docker
             .start_container(&container.id, None)
             .await
@@ -471,7 +274,7 @@ impl ContainerStack {
     }
 
     /// Appends the container's output (from now on, following restarts) to `log`.
-    fn follow_logs(&mut self, container: &Container, log: &LogFile) {
+    fn follow_logs(&self, container: &Container, log: &LogFile) {
         let docker = self.docker.clone();
         let id = container.id.clone();
         let path = log.path().to_path_buf();
@@ -479,29 +282,32 @@ impl ContainerStack {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i32)
             .unwrap_or(0);
-        self.log_tasks.push(tokio::spawn(async move {
-            let Ok(mut file) = std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(&path)
-            else {
-                return;
-            };
-            let mut stream = docker.logs(
-                &id,
-                Some(
-                    LogsOptionsBuilder::default()
-                        .follow(true)
-                        .stdout(true)
-                        .stderr(true)
-                        .since(since - 1)
-                        .build(),
-                ),
-            );
-            while let Some(Ok(chunk)) = stream.next().await {
-                let _ = file.write_all(&chunk.into_bytes());
-            }
-        }));
+        self.log_tasks
+            .lock()
+            .unwrap()
+            .push(tokio::spawn(async move {
+                let Ok(mut file) = std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                else {
+                    return;
+                };
+                let mut stream = docker.logs(
+                    &id,
+                    Some(
+                        LogsOptionsBuilder::default()
+                            .follow(true)
+                            .stdout(true)
+                            .stderr(true)
+                            .since(since - 1)
+                            .build(),
+                    ),
+                );
+                while let Some(Ok(chunk)) = stream.next().await {
+                    let _ = file.write_all(&chunk.into_bytes());
+                }
+            }));
     }
 
     /// The container's address on the network.
@@ -516,8 +322,9 @@ impl ContainerStack {
             .and_then(|n| n.get(&self.network).cloned())
             .and_then(|e| e.ip_address)
             .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| {
-                HarnessError::Other(format!("{} has no address on {}", c.name, self.network))
+            .ok_or_else(|| HarnessError::Docker {
+                what: format!("inspect {}", c.name),
+                message: format!("it has no address on {}", self.network),
             })
     }
 
@@ -534,7 +341,10 @@ impl ContainerStack {
             .and_then(|b| b.into_iter().find_map(|b| b.host_port))
             .and_then(|p| p.parse::<u16>().ok())
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-            .ok_or_else(|| HarnessError::Other(format!("{}: port {port} is not published", c.name)))
+            .ok_or_else(|| HarnessError::Docker {
+                what: format!("inspect {}", c.name),
+                message: format!("port {port} is not published"),
+            })
     }
 
     /// Whether it is running (`Err` when it exited: its status).
@@ -591,7 +401,7 @@ impl ContainerStack {
     }
 
     /// Starts a stopped container again (its logs keep following).
-    pub async fn start(&mut self, c: &Container, log: &LogFile) -> Result<(), HarnessError> {
+    pub async fn start(&self, c: &Container, log: &LogFile) -> Result<(), HarnessError> {
         self.docker
             .start_container(&c.id, None)
             .await
@@ -605,11 +415,17 @@ impl ContainerStack {
 
 impl Drop for ContainerStack {
     fn drop(&mut self) {
-        for t in &self.log_tasks {
+        for t in self.log_tasks.lock().unwrap().iter() {
             t.abort();
         }
         let docker = self.docker.clone();
-        let ids: Vec<String> = self.containers.iter().map(|c| c.id.clone()).collect();
+        let ids: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
         let network = self.network.clone();
         // Drop cannot await: remove everything on a thread with a runtime of its own.
         let done = std::thread::spawn(move || {

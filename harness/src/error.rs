@@ -45,7 +45,7 @@ pub enum HarnessError {
         /// The tail of every component's log.
         logs: String,
     },
-    /// A scenario file is invalid.
+    /// A scenario or stack file is invalid.
     #[error("{file}:{line}:{column}: {field}: {message}{}", hint.as_ref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
     Scenario {
         /// The file.
@@ -61,6 +61,69 @@ pub enum HarnessError {
         /// How to fix it.
         hint: Option<String>,
     },
+    /// A scenario built in Rust is invalid (a file's errors are [`HarnessError::Scenario`]).
+    #[error("scenario {scenario}: {field}: {message}")]
+    InvalidScenario {
+        /// The scenario's name.
+        scenario: String,
+        /// The field at fault.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A recording or fault rule was refused by mock-twilio.
+    #[error(transparent)]
+    Invalid(#[from] mock_twilio::InvalidField),
+    /// A step could not be carried out (it names what it needed).
+    #[error("step {step}: {message}")]
+    Step {
+        /// The step's index.
+        step: usize,
+        /// What went wrong.
+        message: String,
+    },
+    /// Something awaited did not happen in time (a log line, a file, a settled log).
+    #[error("{what}: not within {waited:?}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long the harness waited.
+        waited: Duration,
+    },
+    /// The Docker engine refused or failed a request.
+    #[error("docker: {what}: {message}")]
+    Docker {
+        /// What was asked (`create network harness-x`).
+        what: String,
+        /// The engine's answer.
+        message: String,
+    },
+    /// A command the harness ran (debootstrap, docker build) failed.
+    #[error("{what} failed ({status}):\n{output}")]
+    Command {
+        /// What it was for.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// The tail of its output.
+        output: String,
+    },
+    /// The browser (WebDriver, the page) failed.
+    #[error("browser: {what}: {message}")]
+    Browser {
+        /// What was being done.
+        what: String,
+        /// The driver's or page's answer.
+        message: String,
+    },
+    /// A stack failed while a scenario ran; `logs` has every component's log tail.
+    #[error("{source}\n{logs}")]
+    Stack {
+        /// What failed.
+        source: Box<HarnessError>,
+        /// The tail of every component's log.
+        logs: String,
+    },
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -69,9 +132,6 @@ pub enum HarnessError {
         /// The cause.
         source: std::io::Error,
     },
-    /// Anything else.
-    #[error("{0}")]
-    Other(String),
 }
 
 impl HarnessError {
@@ -79,5 +139,13 @@ impl HarnessError {
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
         let what = what.into();
         move |source| HarnessError::Io { what, source }
+    }
+
+    /// A step's error.
+    pub fn step(step: usize, message: impl Into<String>) -> HarnessError {
+        HarnessError::Step {
+            step,
+            message: message.into(),
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Why nginx answered 502 or 504 (or cut a 200 short): its error log, classified.
 //!
-//! The causes and their wording were measured with nginx 1.22 on this machine kind (see
-//! `shared/background/MEASURED.md`); the raw line is always kept.
+//! The wording of each cause is nginx's own (`src/http/ngx_http_upstream.c`,
+//! `src/event/ngx_event_connect.c`); `snapshots/gateway-*.snap` show each line as a real nginx
+//! wrote it. The raw line is always kept.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,19 @@ pub enum Stage {
     ReadingBody,
     /// Anything else.
     Other,
+}
+
+impl Stage {
+    /// The snake_case name used in snapshots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connecting => "connecting",
+            Stage::SendingRequest => "sending_request",
+            Stage::ReadingHeader => "reading_header",
+            Stage::ReadingBody => "reading_body",
+            Stage::Other => "other",
+        }
+    }
 }
 
 /// One classified error-log line.
@@ -170,6 +184,40 @@ pub fn classify(line: &str) -> Option<GatewayError> {
 pub fn line_time(line: &str) -> Option<&str> {
     let t = line.get(..19)?;
     (t.as_bytes()[4] == b'/' && t.as_bytes()[13] == b':').then_some(t)
+}
+
+/// The gateway errors of one cause in a log: how many, when, and one raw line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CauseSummary {
+    /// The cause.
+    pub cause: GatewayCause,
+    /// How many lines.
+    pub count: usize,
+    /// The first one's time.
+    pub first: String,
+    /// The last one's time.
+    pub last: String,
+    /// The first line, as nginx wrote it.
+    pub example: String,
+}
+
+/// Every gateway error in an error log, by cause (in report order).
+pub fn summarize(log: &str) -> Vec<CauseSummary> {
+    let mut by: std::collections::BTreeMap<GatewayCause, CauseSummary> = Default::default();
+    for line in log.lines() {
+        let Some(e) = classify(line) else { continue };
+        let time = line_time(line).unwrap_or("").to_string();
+        let entry = by.entry(e.cause).or_insert_with(|| CauseSummary {
+            cause: e.cause,
+            count: 0,
+            first: time.clone(),
+            last: time.clone(),
+            example: e.raw.clone(),
+        });
+        entry.count += 1;
+        entry.last = time;
+    }
+    by.into_values().collect()
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), harness::HarnessError> {
-//! use harness::{run, Profile, RecordingSpec, RequestStep, Runtime, Scenario};
+//! use harness::{run, RecordingSpec, RequestStep, Runtime, Scenario};
 //! use mock_twilio::{Fault, FaultRule, MediaFormat};
 //!
 //! // A backend that drops the connection before answering: what does each profile show?
@@ -20,26 +20,44 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod assets;
 pub mod backend;
 pub mod bench;
 pub mod browser;
+pub mod check;
 pub mod containers;
 pub mod error;
+pub mod events;
+pub mod expect;
 pub mod gateway;
+pub mod hop;
+pub mod images;
 pub mod nginx;
 pub mod outcome;
 pub mod process;
+pub mod ready;
 pub mod report;
 pub mod runner;
+pub mod runtime;
 pub mod scenario;
 pub mod snapshot;
 pub mod soak;
+pub mod spec;
 pub mod stack;
+pub mod step;
+pub mod summary;
+pub mod tcp;
+pub mod toml_file;
 
 pub use error::HarnessError;
+pub use events::BackendEvent;
+pub use expect::{Expect, StatusMatch};
 pub use gateway::{classify, GatewayCause, GatewayError};
 pub use mock_twilio::MediaFormat;
-pub use outcome::{AnsweredBy, BodyCheck, Outcome};
-pub use runner::{run, run_profile, ProfileRun, ScenarioRun};
-pub use scenario::{Expect, FaultPoint, RecordingSpec, RequestStep, Scenario, Step};
-pub use stack::{Profile, Runtime, Stack, StackSpec, Timeouts};
+pub use outcome::{AnsweredBy, BodyCheck, BodyKind, Outcome};
+pub use runner::{run, run_profile, run_with, ProfileRun, ScenarioRun};
+pub use runtime::Runtime;
+pub use scenario::{FaultPoint, Method, RecordingSpec, RequestStep, Scenario, Step};
+pub use spec::{BackendSpec, Profile, StackSpec, Timeouts};
+pub use stack::Stack;

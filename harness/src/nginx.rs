@@ -1,15 +1,12 @@
-//! nginx: find the binary, render a deployable config (`docker/*.conf`) for one stack, and
-//! start it on a listening socket the OS chose.
+//! nginx: find the binary, and render a deployable config (`docker/*.conf`) for one stack.
 //!
 //! The harness keeps no copy of any nginx config: it rewrites only the directives that must
 //! differ per stack (listen, the upstream server, log/pid/temp paths, the static root) and
 //! scales timeouts on request, keeping their ratios.
 
 use crate::error::HarnessError;
-use crate::process::{ChildGuard, LogFile};
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -141,116 +138,167 @@ pub fn timeouts(config: &str) -> NginxTimeouts {
     t
 }
 
+/// Where the renderer is in the config.
+#[derive(Default)]
+struct Walk {
+    /// Brace depth.
+    depth: usize,
+    /// The depth at which the current upstream block's body is.
+    upstream_depth: Option<usize>,
+    upstream_has_keepalive_timeout: bool,
+    saw_listen: bool,
+    saw_upstream_server: bool,
+    saw_http: bool,
+}
+
+/// One line of a config, split into what the renderer looks at.
+struct Line<'a> {
+    n: usize,
+    text: &'a str,
+    /// Without its comment.
+    code: &'a str,
+    trimmed: &'a str,
+    indent: &'a str,
+    words: Vec<&'a str>,
+}
+
+impl<'a> Line<'a> {
+    fn new(n: usize, text: &'a str) -> Self {
+        let code = text.split('#').next().unwrap_or("");
+        let trimmed = code.trim();
+        Line {
+            n,
+            text,
+            code,
+            trimmed,
+            indent: &text[..text.len() - text.trim_start().len()],
+            words: trimmed.trim_end_matches(';').split_whitespace().collect(),
+        }
+    }
+
+    fn directive(&self) -> &'a str {
+        self.words.first().copied().unwrap_or("")
+    }
+}
+
+/// The line's time value scaled by `scale`, in ms.
+fn scaled(source_name: &str, l: &Line, scale: f64) -> Result<String, HarnessError> {
+    let v = l
+        .words
+        .get(1)
+        .and_then(|v| parse_time(v))
+        .ok_or_else(|| HarnessError::Config {
+            file: source_name.to_string(),
+            line: l.n + 1,
+            message: format!("cannot read the time in `{}`", l.trimmed),
+        })?;
+    Ok(format!("{}{} {};", l.indent, l.directive(), ms(v * scale)))
+}
+
+/// The line as rendered (`None`: dropped).
+fn rewrite(
+    source_name: &str,
+    l: &Line,
+    w: &mut Walk,
+    r: &Render,
+) -> Result<Option<String>, HarnessError> {
+    let sb = r.sandbox.display();
+    let indent = l.indent;
+    Ok(match l.directive() {
+        "user" if w.depth == 0 => None,
+        // One process: with several workers, which one (and so which cached upstream
+        // connection) takes a request is the kernel's choice, and a run could not be replayed.
+        "worker_processes" if w.depth == 0 => Some("worker_processes 1;".to_string()),
+        "pid" if w.depth == 0 => Some(format!("pid {sb}/nginx.pid;")),
+        "error_log" => {
+            let level = l.words.get(2).map(|l| format!(" {l}")).unwrap_or_default();
+            Some(format!("{indent}error_log {sb}/error.log{level};"))
+        }
+        "access_log" if l.words.get(1) != Some(&"off") => {
+            let format = l.words.get(2).map(|f| format!(" {f}")).unwrap_or_default();
+            Some(format!("{indent}access_log {sb}/access.log{format};"))
+        }
+        "listen" => {
+            w.saw_listen = true;
+            Some(format!("{indent}listen {};", r.listen))
+        }
+        // One upstream server: the stack's. Extra servers are dropped.
+        "server" if w.upstream_depth.is_some() && !l.trimmed.ends_with('{') => {
+            let first = !w.saw_upstream_server;
+            w.saw_upstream_server = true;
+            first.then(|| format!("{indent}server {};", r.upstream))
+        }
+        "root" => Some(format!("{indent}root {};", r.static_root.display())),
+        "include" if l.words.get(1).is_some_and(|p| !Path::new(p).exists()) => None,
+        "proxy_read_timeout" | "proxy_send_timeout" | "proxy_connect_timeout" => {
+            Some(scaled(source_name, l, r.timeout_scale)?)
+        }
+        "keepalive_timeout" => {
+            if w.upstream_depth.is_some() {
+                w.upstream_has_keepalive_timeout = true;
+            }
+            Some(scaled(source_name, l, r.keepalive_scale)?)
+        }
+        _ => Some(l.text.to_string()),
+    })
+}
+
+/// What goes after a line: nginx's defaults made explicit (so they scale), and temp files in
+/// the sandbox, at the top of `http`.
+fn after(l: &Line, w: &mut Walk, r: &Render, out: &mut String) {
+    if l.directive() == "upstream" {
+        w.upstream_depth = Some(w.depth + 1);
+        w.upstream_has_keepalive_timeout = false;
+    }
+    if l.directive() == "http" && l.trimmed.ends_with('{') {
+        w.saw_http = true;
+        let t = ms(DEFAULT_PROXY_TIMEOUT_SECS * r.timeout_scale);
+        writeln!(
+            out,
+            "    proxy_read_timeout {t};\n    proxy_send_timeout {t};\n    proxy_connect_timeout {t};"
+        )
+        .unwrap();
+        for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            writeln!(
+                out,
+                "    {kind}_temp_path {}/tmp/{kind};",
+                r.sandbox.display()
+            )
+            .unwrap();
+        }
+    }
+}
+
 /// Renders a deployable config for one stack. Fails, naming the file's problem, when a
 /// directive the harness must rewrite is missing.
 pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, HarnessError> {
-    let sb = r.sandbox.display();
     let mut out = String::new();
     writeln!(out, "# rendered by the harness from {source_name}").unwrap();
     writeln!(out, "daemon off;\nmaster_process on;").unwrap();
-    let (mut saw_listen, mut saw_upstream_server, mut saw_http) = (false, false, false);
-    // Brace depth, and the depth at which an upstream block opened.
-    let mut depth = 0usize;
-    let mut upstream_depth: Option<usize> = None;
-    let mut upstream_has_keepalive_timeout = false;
-    for (n, line) in config.lines().enumerate() {
-        let code = line.split('#').next().unwrap_or("");
-        let trimmed = code.trim();
-        let indent = &line[..line.len() - line.trim_start().len()];
-        let words: Vec<&str> = trimmed.trim_end_matches(';').split_whitespace().collect();
-        let directive = words.first().copied().unwrap_or("");
-        let scaled =
-            |scale: f64| -> Result<String, HarnessError> {
-                let v = words.get(1).and_then(|v| parse_time(v)).ok_or_else(|| {
-                    HarnessError::Config {
-                        file: source_name.to_string(),
-                        line: n + 1,
-                        message: format!("cannot read the time in `{trimmed}`"),
-                    }
-                })?;
-                Ok(format!("{indent}{directive} {};", ms(v * scale)))
-            };
-        let rendered = match directive {
-            "user" if depth == 0 => None,
-            // One process: with several workers, which one (and so which cached upstream
-            // connection) takes a request is the kernel's choice, and a run could not be replayed.
-            "worker_processes" if depth == 0 => Some("worker_processes 1;".to_string()),
-            "pid" if depth == 0 => Some(format!("pid {sb}/nginx.pid;")),
-            "error_log" => {
-                let level = words.get(2).map(|l| format!(" {l}")).unwrap_or_default();
-                Some(format!("{indent}error_log {sb}/error.log{level};"))
-            }
-            "access_log" if words.get(1) != Some(&"off") => {
-                let format = words.get(2).map(|f| format!(" {f}")).unwrap_or_default();
-                Some(format!("{indent}access_log {sb}/access.log{format};"))
-            }
-            "listen" => {
-                saw_listen = true;
-                Some(format!("{indent}listen {};", r.listen))
-            }
-            "server" if upstream_depth.is_some() && !trimmed.ends_with('{') => {
-                if saw_upstream_server {
-                    // One upstream server: the stack's. Extra servers are dropped.
-                    None
-                } else {
-                    saw_upstream_server = true;
-                    Some(format!("{indent}server {};", r.upstream))
-                }
-            }
-            "root" => Some(format!("{indent}root {};", r.static_root.display())),
-            "include" if words.get(1).is_some_and(|p| !Path::new(p).exists()) => None,
-            "proxy_read_timeout" | "proxy_send_timeout" | "proxy_connect_timeout" => {
-                Some(scaled(r.timeout_scale)?)
-            }
-            "keepalive_timeout" => {
-                if upstream_depth.is_some() {
-                    upstream_has_keepalive_timeout = true;
-                }
-                Some(scaled(r.keepalive_scale)?)
-            }
-            _ => Some(line.to_string()),
-        };
+    let mut w = Walk::default();
+    for (n, text) in config.lines().enumerate() {
+        let l = Line::new(n, text);
+        let rendered = rewrite(source_name, &l, &mut w, r)?;
         // Close of an upstream block: make its keep-alive timeout explicit so it scales.
-        if trimmed == "}" && upstream_depth == Some(depth) {
-            if !upstream_has_keepalive_timeout {
-                writeln!(
-                    out,
-                    "{indent}    keepalive_timeout {};",
-                    ms(DEFAULT_UPSTREAM_KEEPALIVE_SECS * r.keepalive_scale)
-                )
-                .unwrap();
+        if l.trimmed == "}" && w.upstream_depth == Some(w.depth) {
+            if !w.upstream_has_keepalive_timeout {
+                let t = ms(DEFAULT_UPSTREAM_KEEPALIVE_SECS * r.keepalive_scale);
+                writeln!(out, "{}    keepalive_timeout {t};", l.indent).unwrap();
             }
-            upstream_depth = None;
+            w.upstream_depth = None;
         }
-        if let Some(l) = rendered {
-            out.push_str(&l);
+        if let Some(line) = rendered {
+            out.push_str(&line);
             out.push('\n');
         }
-        let opens = code.matches('{').count();
-        let closes = code.matches('}').count();
-        if directive == "upstream" {
-            upstream_depth = Some(depth + 1);
-            upstream_has_keepalive_timeout = false;
-        }
-        if directive == "http" && trimmed.ends_with('{') {
-            saw_http = true;
-            // nginx's defaults made explicit (so they scale), and temp files in the sandbox.
-            let t = ms(DEFAULT_PROXY_TIMEOUT_SECS * r.timeout_scale);
-            writeln!(
-                out,
-                "    proxy_read_timeout {t};\n    proxy_send_timeout {t};\n    proxy_connect_timeout {t};"
-            )
-            .unwrap();
-            for kind in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-                writeln!(out, "    {kind}_temp_path {sb}/tmp/{kind};").unwrap();
-            }
-        }
-        depth = (depth + opens).saturating_sub(closes);
+        after(&l, &mut w, r, &mut out);
+        let (opens, closes) = (l.code.matches('{').count(), l.code.matches('}').count());
+        w.depth = (w.depth + opens).saturating_sub(closes);
     }
     for (ok, what) in [
-        (saw_http, "an `http {` block"),
-        (saw_listen, "a `listen` directive"),
-        (saw_upstream_server, "an `upstream` block with a `server`"),
+        (w.saw_http, "an `http {` block"),
+        (w.saw_listen, "a `listen` directive"),
+        (w.saw_upstream_server, "an `upstream` block with a `server`"),
     ] {
         if !ok {
             return Err(HarnessError::Config {
@@ -261,55 +309,6 @@ pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, Har
         }
     }
     Ok(out)
-}
-
-/// A running nginx, owned by its guard.
-pub struct Nginx {
-    /// The master process (its process group holds the workers); `None` when nginx runs in a
-    /// container.
-    pub process: Option<ChildGuard>,
-    /// The address it serves on.
-    pub addr: SocketAddr,
-    /// Its error log.
-    pub error_log: LogFile,
-    /// Its access log.
-    pub access_log: LogFile,
-}
-
-/// Starts nginx with `config_path`, handing it `listener` (bound by us on an OS-chosen port)
-/// through nginx's `NGINX` inherited-sockets variable, so no port is ever guessed.
-pub fn start(
-    nginx: &Path,
-    config_path: &Path,
-    sandbox: &Path,
-    listener: TcpListener,
-) -> Result<Nginx, HarnessError> {
-    let addr = listener
-        .local_addr()
-        .map_err(HarnessError::io("listener address"))?;
-    std::fs::create_dir_all(sandbox.join("tmp"))
-        .map_err(HarnessError::io("create nginx temp dir"))?;
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new(nginx);
-    cmd.arg("-p")
-        .arg(sandbox)
-        .arg("-c")
-        .arg(config_path)
-        .arg("-e")
-        .arg(sandbox.join("error.log"))
-        .env("NGINX", format!("{fd};"));
-    crate::process::inherit_fd(&mut cmd, fd);
-    let stdout = sandbox.join("nginx.stdout.log");
-    let process = ChildGuard::spawn("nginx", cmd, &stdout);
-    // Our copy of the socket is no longer needed; nginx holds its own.
-    drop(listener);
-    let process = process?;
-    Ok(Nginx {
-        process: Some(process),
-        addr,
-        error_log: LogFile::new(sandbox.join("error.log")),
-        access_log: LogFile::new(sandbox.join("access.log")),
-    })
 }
 
 #[cfg(test)]

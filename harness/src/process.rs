@@ -9,6 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Makes `cmd`'s child inherit file descriptor `fd` (a listening socket the harness bound on an
@@ -31,9 +32,10 @@ pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
 #[must_use = "the process is killed when the guard drops"]
 pub struct ChildGuard {
     name: String,
-    child: Option<Child>,
+    pid: u32,
+    child: Mutex<Option<Child>>,
     /// `sh` that kills the child's group if we die without dropping this guard.
-    watchdog: Option<Child>,
+    watchdog: Mutex<Option<Child>>,
     log: LogFile,
 }
 
@@ -75,15 +77,16 @@ impl ChildGuard {
             .ok();
         Ok(ChildGuard {
             name: name.to_string(),
-            child: Some(child),
-            watchdog,
+            pid: child.id(),
+            child: Mutex::new(Some(child)),
+            watchdog: Mutex::new(watchdog),
             log: LogFile::new(log.to_path_buf()),
         })
     }
 
-    /// The process id (also its process group id).
+    /// The process id (also its process group id), while it has not been killed.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.lock().unwrap().as_ref().map(|_| self.pid)
     }
 
     /// Its output log.
@@ -104,47 +107,45 @@ impl ChildGuard {
     }
 
     /// The exit status, if it has exited.
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+    pub fn try_exit(&self) -> Option<ExitStatus> {
         self.child
+            .lock()
+            .unwrap()
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits up to `deadline` for the process to exit.
-    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.try_exit() {
-                return Some(status);
-            }
-            if start.elapsed() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    pub async fn wait_exit(&self, deadline: Duration) -> Option<ExitStatus> {
+        crate::ready::poll(deadline, || async { self.try_exit() }).await
     }
 
     /// Kills the process group and reaps the process (and its watchdog).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let pgid = Pid::from_raw(child.id() as i32);
             let _ = killpg(pgid, Signal::SIGKILL);
             let _ = child.wait();
-            // Its own children (nginx's workers) were handed to us, the subreaper: reap them too.
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(1) {
-                use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-                match waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
-                    Ok(_) => continue,
-                    Err(_) => break,
-                }
-            }
+            reap_group(pgid);
         }
-        if let Some(mut watchdog) = self.watchdog.take() {
+        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
             // Closing its stdin lets it finish (its kill now finds nothing).
             drop(watchdog.stdin.take());
             let _ = watchdog.wait();
+        }
+    }
+}
+
+/// Reaps what is left of a killed group: its own children (nginx's workers) were handed to
+/// us, the subreaper.
+fn reap_group(pgid: Pid) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        match waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(_) => continue,
+            Err(_) => break,
         }
     }
 }
@@ -153,6 +154,20 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A process's resident memory (kB) and open file descriptors, from `/proc`.
+pub fn gauges(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some((rss, fds))
 }
 
 /// A log file that a component appends to.
@@ -203,6 +218,18 @@ impl LogFile {
             text.lines().map(str::to_string).collect(),
             offset + end as u64,
         )
+    }
+
+    /// Everything written since byte `offset`, a line being written included.
+    pub fn text_since(&self, offset: u64) -> String {
+        let Ok(mut f) = File::open(&self.path) else {
+            return String::new();
+        };
+        let mut buf = Vec::new();
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
     /// The last `n` lines, for error reports.

@@ -3,8 +3,9 @@
 //! the browser's Range requests as a timeline, and the snapshots it was compared with. Rendered
 //! with minijinja from `harness/templates/report.html`; no network is needed to view it.
 
+use crate::browser::Delivered;
 use crate::error::HarnessError;
-use crate::outcome::{AnsweredBy, Outcome};
+use crate::outcome::Outcome;
 use crate::runner::ScenarioRun;
 use crate::scenario::Scenario;
 use serde::Serialize;
@@ -101,24 +102,8 @@ pub struct Report {
     pub causes: std::collections::BTreeMap<String, String>,
 }
 
-fn body_words(b: &crate::outcome::BodyCheck) -> String {
-    use crate::outcome::BodyCheck::*;
-    match b {
-        Slice { start, end } => format!("slice {start}-{end}"),
-        Truncated { announced } => format!("truncated (announced {announced})"),
-        Differs { at } => format!("differs from the recording at byte {at}"),
-        Json { error: Some(e) } => format!("json, error {e:?}"),
-        Other { kind } => format!("other: {kind}"),
-        other => other.kind().to_string(),
-    }
-}
-
 fn step_class(o: &Outcome) -> &'static str {
-    let user_failure = match &o.browser {
-        Some(b) => !b.page.played(),
-        None => o.is_gateway_failure() || o.answered_by == AnsweredBy::None,
-    };
-    if user_failure {
+    if o.user_failed() {
         "error"
     } else if o.gateway_errors.is_empty() {
         "ok"
@@ -142,11 +127,7 @@ fn timeline(o: &Outcome) -> (Vec<Bar>, u64) {
         .requests
         .iter()
         .map(|r| {
-            let range = if r.range.is_empty() {
-                "no Range"
-            } else {
-                &r.range
-            };
+            let range = r.range.as_deref().unwrap_or("no Range");
             Bar {
                 x: r.at_ms as f64 * 100.0 / total as f64,
                 w: (r.took_ms as f64 * 100.0 / total as f64).max(0.8),
@@ -154,10 +135,10 @@ fn timeline(o: &Outcome) -> (Vec<Bar>, u64) {
                     "{range} → {} ({}, {} bytes, {} ms)",
                     r.status, r.body, r.bytes_sent, r.took_ms
                 ),
-                class: match r.body.as_str() {
-                    "complete" => "ok",
-                    "partial" => "partial",
-                    _ => "error",
+                class: match r.body {
+                    Delivered::Complete => "ok",
+                    Delivered::Partial => "partial",
+                    Delivered::Error => "error",
                 },
             }
         })
@@ -228,7 +209,7 @@ impl Report {
                             ReportStep {
                                 outcome: o.clone(),
                                 summary: o.summary(),
-                                body: body_words(&o.body.check),
+                                body: o.body.check.words(),
                                 class: step_class(o),
                                 timeline,
                                 timeline_ms,
@@ -244,11 +225,7 @@ impl Report {
                     };
                     let mut failures = r.failures.clone();
                     failures.extend(snapshot_failure.clone());
-                    let cell = steps
-                        .iter()
-                        .map(|s| s.outcome.cell())
-                        .collect::<Vec<_>>()
-                        .join(" ");
+                    let cell = crate::summary::cells(&r.outcomes);
                     entry.profiles.push(ReportProfile {
                         profile: r.profile.name().to_string(),
                         verdict,
@@ -273,10 +250,18 @@ impl Report {
         let mut env = minijinja::Environment::new();
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
         env.add_template("report.html", TEMPLATE)
-            .map_err(|e| HarnessError::Other(format!("report template: {e}")))?;
+            .map_err(|e| HarnessError::Config {
+                file: "harness/templates/report.html".into(),
+                line: e.line().unwrap_or(0),
+                message: e.to_string(),
+            })?;
         env.get_template("report.html")
             .and_then(|t| t.render(minijinja::context! { report => minijinja::value::Serde(self) }))
-            .map_err(|e| HarnessError::Other(format!("render the report: {e:#}")))
+            .map_err(|e| HarnessError::Config {
+                file: "harness/templates/report.html".into(),
+                line: e.line().unwrap_or(0),
+                message: format!("render the report: {e:#}"),
+            })
     }
 
     /// Writes `dir/index.html` and copies each linked snapshot from `snapshots` into

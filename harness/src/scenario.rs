@@ -2,8 +2,9 @@
 //! files (`scenarios/**/*.toml`) are its serialised form.
 
 use crate::error::HarnessError;
-use crate::stack::{Profile, Timeouts};
-use mock_twilio::{sid, FaultRule, MediaFormat, Signing};
+pub use crate::expect::Expect;
+use crate::spec::{Profile, Timeouts};
+use mock_twilio::{sid, FaultRule, InvalidField, MediaFormat, Signing};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -75,22 +76,54 @@ pub enum FaultPoint {
     Hop,
 }
 
-/// Checks a step makes on top of its snapshot; checked even while snapshots are updated.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Expect {
-    /// The status the client must get.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// No gateway error may appear in nginx's error log.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_gateway_errors: Option<bool>,
-    /// The body: `whole`, `slice`, `empty`, `truncated`, `json`, `nginx_error_page`, or the exact text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    /// For a `play` step: the page played (`true`) or showed the user a media error (`false`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plays: Option<bool>,
+/// An HTTP method a request step can use.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// `GET` (the default).
+    #[default]
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+    /// `OPTIONS`.
+    Options,
+}
+
+impl Method {
+    /// As written on the request line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Method> for reqwest::Method {
+    fn from(m: Method) -> Self {
+        reqwest::Method::from_bytes(m.as_str().as_bytes()).expect("a standard method")
+    }
 }
 
 /// Plays a recording in headless Chromium, through the player page nginx serves.
@@ -155,8 +188,8 @@ pub struct RequestStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// `GET` (default), `HEAD`, `POST`, ...
-    #[serde(default = "get")]
-    pub method: String,
+    #[serde(default)]
+    pub method: Method,
     /// Which recording's download URL (index into `recordings`, default 0).
     #[serde(default)]
     pub recording: usize,
@@ -200,10 +233,6 @@ fn is_one(v: &u32) -> bool {
     *v == 1
 }
 
-fn get() -> String {
-    "GET".into()
-}
-
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -217,7 +246,7 @@ impl RequestStep {
     pub fn get() -> Self {
         RequestStep {
             name: None,
-            method: "GET".into(),
+            method: Method::Get,
             recording: 0,
             path: None,
             format: None,
@@ -234,8 +263,8 @@ impl RequestStep {
 
     /// With this method.
     #[must_use]
-    pub fn method(mut self, m: &str) -> Self {
-        self.method = m.into();
+    pub fn method(mut self, m: Method) -> Self {
+        self.method = m;
         self
     }
 
@@ -341,6 +370,31 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// Every step's `do`, as written in scenario files.
+    pub const KINDS: &'static [&'static str] = &[
+        "request",
+        "webhook",
+        "play",
+        "arm",
+        "clear_faults",
+        "stop_backend",
+        "start_backend",
+        "restart_backend",
+        "wait_log",
+    ];
+
+    /// What the step must show, for the steps that observe something.
+    pub fn expect(&self) -> Option<&Expect> {
+        match self {
+            Step::Request(r) => Some(&r.expect),
+            Step::Play(p) => Some(&p.expect),
+            Step::Webhook { expect, .. } => Some(expect),
+            _ => None,
+        }
+    }
+}
+
 fn valid() -> Signing {
     Signing::Valid
 }
@@ -443,21 +497,16 @@ impl Scenario {
     }
 
     /// Checks what serde cannot: indexes, fault values, SIDs. Names the field at fault.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
         for (i, r) in self.recordings.iter().enumerate() {
-            if let Some(s) = &r.sid {
-                if !mock_twilio::is_sid(s, "RE") {
-                    return Err((
-                        format!("recordings[{i}].sid"),
-                        "must be RE followed by 32 hex digits".into(),
-                    ));
-                }
-            }
-            if let Some(s) = &r.call_sid {
-                if !mock_twilio::is_sid(s, "CA") {
-                    return Err((
-                        format!("recordings[{i}].call_sid"),
-                        "must be CA followed by 32 hex digits".into(),
+            for (field, value, prefix) in [("sid", &r.sid, "RE"), ("call_sid", &r.call_sid, "CA")] {
+                if value
+                    .as_deref()
+                    .is_some_and(|s| !mock_twilio::is_sid(s, prefix))
+                {
+                    return Err(InvalidField::new(
+                        format!("recordings[{i}].{field}"),
+                        format!("must be {prefix} followed by 32 hex digits"),
                     ));
                 }
             }
@@ -467,96 +516,114 @@ impl Scenario {
             ("hop_faults", &self.hop_faults),
         ] {
             for (i, rule) in rules.iter().enumerate() {
-                rule.validate().map_err(|m| (format!("{list}[{i}]"), m))?;
+                rule.validate()
+                    .map_err(|e| InvalidField::new(format!("{list}[{i}]"), e.message))?;
             }
         }
         for (i, step) in self.steps.iter().enumerate() {
-            let recording = match step {
-                Step::Request(r) if r.count == 0 || r.concurrency == 0 => {
-                    return Err((
-                        format!("steps[{i}].count"),
-                        "count and concurrency must be at least 1".into(),
-                    ))
-                }
-                Step::Request(r) if r.path.is_none() => Some(r.recording),
-                Step::Webhook { recording, .. } => Some(*recording),
-                Step::Play(p) => Some(p.recording),
-                Step::Arm { rule, .. } => {
-                    rule.validate()
-                        .map_err(|m| (format!("steps[{i}].rule"), m))?;
-                    None
-                }
-                _ => None,
-            };
-            if let Some(n) = recording {
-                if n >= self.recordings.len() {
-                    return Err((
-                        format!("steps[{i}].recording"),
-                        format!(
-                            "there are {} recordings; indexes start at 0",
-                            self.recordings.len()
-                        ),
-                    ));
-                }
-            }
+            self.validate_step(i, step)?;
         }
         if self.profiles.is_empty() {
-            return Err((
-                "profiles".into(),
-                "name at least one profile (fixed, legacy)".into(),
+            return Err(InvalidField::new(
+                "profiles",
+                "name at least one profile (fixed, legacy)",
             ));
         }
         Ok(())
     }
 
+    fn validate_step(&self, i: usize, step: &Step) -> Result<(), InvalidField> {
+        let recording = match step {
+            Step::Request(r) if r.count == 0 || r.concurrency == 0 => {
+                return Err(InvalidField::new(
+                    format!("steps[{i}].count"),
+                    "count and concurrency must be at least 1",
+                ))
+            }
+            Step::Request(r) if r.path.is_none() => Some(r.recording),
+            Step::Webhook { recording, .. } => Some(*recording),
+            Step::Play(p) => Some(p.recording),
+            Step::Arm { rule, .. } => {
+                rule.validate()
+                    .map_err(|e| InvalidField::new(format!("steps[{i}].rule"), e.message))?;
+                None
+            }
+            _ => None,
+        };
+        match recording {
+            Some(n) if n >= self.recordings.len() => Err(InvalidField::new(
+                format!("steps[{i}].recording"),
+                format!(
+                    "there are {} recordings; indexes start at 0",
+                    self.recordings.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Parses a scenario file, reporting file, line, column and field on error.
     pub fn from_toml(file: &str, text: &str) -> Result<Self, HarnessError> {
-        let de = toml::Deserializer::new(text);
-        let scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            let message = inner.message().to_string();
-            let hint = if message.contains("unknown variant") && field.ends_with("kind") {
-                Some(format!("fault kinds: {}", mock_twilio::Fault::KINDS.join(", ")))
-            } else if message.contains("unknown variant") && field.ends_with(".do") {
-                Some("steps: request, webhook, arm, clear_faults, stop_backend, start_backend, restart_backend, wait_log".into())
+        let scenario: Scenario = crate::toml_file::parse(file, text, |field, message| {
+            if !message.contains("unknown variant") {
+                None
+            } else if field.ends_with("kind") {
+                Some(format!(
+                    "fault kinds: {}",
+                    mock_twilio::Fault::KINDS.join(", ")
+                ))
+            } else if field.ends_with(".do") {
+                Some(format!("steps: {}", Step::KINDS.join(", ")))
             } else {
                 None
-            };
-            HarnessError::Scenario { file: file.into(), line, column, field, message, hint }
-        })?;
-        scenario.validate().map_err(|(field, message)| {
-            let (line, column) = locate(text, &field);
-            HarnessError::Scenario {
-                file: file.into(),
-                line,
-                column,
-                field,
-                message,
-                hint: None,
             }
         })?;
+        scenario
+            .validate()
+            .map_err(|e| crate::toml_file::refused(file, text, e.field, e.message))?;
         Ok(scenario)
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map(|p| p + 1).unwrap_or(0) + 1;
-    (line, column)
-}
+/// The commented skeleton `harness new` writes (`NAME` is the scenario's name).
+const SKELETON: &str = r#"#:schema ../scenario.schema.json
+# A chaos scenario. Run it with `harness run scenarios/NAME.toml`; `cargo test` runs every file
+# in scenarios/ and compares it with snapshots/NAME.snap.
+name = "NAME"
+description = "What this scenario shows"
+# profiles = ["fixed", "legacy"]          # default: both, side by side in one snapshot
 
-/// Best-effort position of a field named by path (its last key) in the text.
-fn locate(text: &str, field: &str) -> (usize, usize) {
-    let key = field.rsplit('.').next().unwrap_or(field);
-    let key = key.split('[').next().unwrap_or(key);
-    text.lines()
-        .enumerate()
-        .find(|(_, l)| l.trim_start().starts_with(key))
-        .map(|(i, l)| (i + 1, l.len() - l.trim_start().len() + 1))
-        .unwrap_or((1, 1))
+# Recordings at the fake Twilio; steps refer to them by index (0, 1, ...).
+[[recordings]]
+size = 100000                              # bytes
+format = "mp3"                             # or "wav"
+cached = false                             # true: pre-downloaded through a signed webhook first
+
+# Faults armed before the steps, at Twilio (what the backend downloads from) ...
+[[twilio_faults]]
+match = { path_regex = '\.mp3$' }          # also: method = "GET", recording_sid = "RE..."
+fault = { kind = "delay", ms = 500 }       # kinds: delay, throttle, dribble, status, reset, close_after, hang, garbage, keepalive_race
+times = 1                                  # only the first N matching requests (default: all)
+
+# ... and between nginx and the backend:
+# [[hop_faults]]
+# fault = { kind = "reset" }
+
+# Timeouts are scaled by 0.1 by default (nginx 300 s -> 30 s, backend's Twilio budget 30 s -> 3 s).
+# [timeouts]
+# scale = 0.1
+# keepalive_scale = 1.0
+# slow_download_secs = 10.0                 # unscaled; for recordings of tens of MB
+
+[[steps]]
+do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, wait_log
+range = "bytes=0-999"
+expect = { status = 206 }                  # checked even while snapshots are updated
+"#;
+
+/// A commented skeleton of a scenario file named `name`, which parses as it is.
+pub fn skeleton(name: &str) -> String {
+    SKELETON.replace("NAME", name)
 }
 
 /// The JSON Schema of scenario files, generated from [`Scenario`].

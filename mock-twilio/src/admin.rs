@@ -1,8 +1,10 @@
 //! The admin API beside the fake (`/__admin`, modelled on WireMock's): add recordings,
 //! arm and clear faults, read the journal, reset. Bad input gets a 400 naming the field.
 
+use crate::error::InvalidField;
 use crate::fault::FaultRule;
-use crate::twilio::{Recording, State};
+use crate::recording::Recording;
+use crate::state::State;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
@@ -44,12 +46,12 @@ pub(crate) async fn mount(server: &MockServer, state: &Arc<State>) {
 }
 
 /// A 400 whose body names the field at fault.
-fn bad_request(field: &str, message: &str) -> ResponseTemplate {
-    ResponseTemplate::new(400).set_body_json(json!({ "error": message, "field": field }))
+fn bad_request(e: InvalidField) -> ResponseTemplate {
+    ResponseTemplate::new(400).set_body_json(json!({ "error": e.message, "field": e.field }))
 }
 
 /// Parses a JSON body, reporting the path of the field at fault (`fault.kind`, `size_bytes`).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, (String, String)> {
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, InvalidField> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -60,7 +62,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, (String, String
         } else {
             inner.to_string()
         };
-        (field, message)
+        InvalidField::new(field, message)
     })
 }
 
@@ -68,21 +70,19 @@ impl Respond for Admin {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let state = &self.0;
         match self.1 {
-            Action::AddRecording => match parse_json::<Recording>(&request.body) {
-                Err((field, msg)) => bad_request(&field, &msg),
-                Ok(rec) => match state.add(rec.clone()) {
-                    Err(msg) => bad_request(msg.split(' ').next().unwrap_or(""), &msg),
-                    Ok(()) => ResponseTemplate::new(201).set_body_json(rec),
-                },
+            Action::AddRecording => match parse_json::<Recording>(&request.body)
+                .and_then(|rec| state.add(rec.clone()).map(|()| rec))
+            {
+                Err(e) => bad_request(e),
+                Ok(rec) => ResponseTemplate::new(201).set_body_json(rec),
             },
             Action::ListRecordings => ResponseTemplate::new(200)
                 .set_body_json(json!({ "recordings": state.recordings() })),
-            Action::ArmFault => match parse_json::<FaultRule>(&request.body) {
-                Err((field, msg)) => bad_request(&field, &msg),
-                Ok(rule) => match state.faults.arm(rule) {
-                    Err(msg) => bad_request(msg.split(' ').next().unwrap_or(""), &msg),
-                    Ok(id) => ResponseTemplate::new(201).set_body_json(json!({ "id": id })),
-                },
+            Action::ArmFault => match parse_json::<FaultRule>(&request.body)
+                .and_then(|rule| state.faults.arm(rule))
+            {
+                Err(e) => bad_request(e),
+                Ok(id) => ResponseTemplate::new(201).set_body_json(json!({ "id": id })),
             },
             Action::ListFaults => {
                 let faults: Vec<_> = state

@@ -2,6 +2,7 @@
 //! what can go wrong ([`Fault`]), where ([`FaultMatch`]), how often ([`FaultRule::times`]).
 //! Serialised the same way in the admin API and in scenario files.
 
+use crate::error::InvalidField;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -92,22 +93,29 @@ impl Fault {
     }
 
     /// Checks the values make sense (a rate above zero, a status code, ...).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        let refuse = |field: &str, message: String| Err(InvalidField::new(field, message));
         match self {
             Fault::Delay {
                 ms,
                 max_ms: Some(max),
                 ..
-            } if max < ms => Err(format!("fault.max_ms ({max}) is below fault.ms ({ms})")),
-            Fault::Throttle { bytes_per_sec: 0 } => {
-                Err("fault.bytes_per_sec must be above 0".into())
-            }
-            Fault::Dribble { chunk_bytes: 0, .. } => {
-                Err("fault.chunk_bytes must be above 0".into())
-            }
-            Fault::Status { status, .. } if !(100..=599).contains(status) => Err(format!(
-                "fault.status must be an HTTP status (100-599), got {status}"
-            )),
+            } if max < ms => refuse(
+                "fault.max_ms",
+                format!("fault.max_ms ({max}) is below fault.ms ({ms})"),
+            ),
+            Fault::Throttle { bytes_per_sec: 0 } => refuse(
+                "fault.bytes_per_sec",
+                "fault.bytes_per_sec must be above 0".into(),
+            ),
+            Fault::Dribble { chunk_bytes: 0, .. } => refuse(
+                "fault.chunk_bytes",
+                "fault.chunk_bytes must be above 0".into(),
+            ),
+            Fault::Status { status, .. } if !(100..=599).contains(status) => refuse(
+                "fault.status",
+                format!("fault.status must be an HTTP status (100-599), got {status}"),
+            ),
             _ => Ok(()),
         }
     }
@@ -181,11 +189,23 @@ impl FaultRule {
     }
 
     /// Checks the regex compiles and the fault's values make sense.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(re) = &self.matcher.path_regex {
-            Regex::new(re).map_err(|e| format!("match.path_regex is not a valid regex: {e}"))?;
-        }
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        self.regex()?;
         self.fault.validate()
+    }
+
+    fn regex(&self) -> Result<Option<Regex>, InvalidField> {
+        self.matcher
+            .path_regex
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| {
+                InvalidField::new(
+                    "match.path_regex",
+                    format!("match.path_regex is not a valid regex: {e}"),
+                )
+            })
     }
 }
 
@@ -229,15 +249,9 @@ pub struct FaultSet {
 
 impl FaultSet {
     /// Arms a rule and returns its id; an invalid rule is refused with a message naming the field.
-    pub fn arm(&self, rule: FaultRule) -> Result<u64, String> {
-        rule.validate()?;
-        let regex = rule
-            .matcher
-            .path_regex
-            .as_deref()
-            .map(Regex::new)
-            .transpose()
-            .map_err(|e| e.to_string())?;
+    pub fn arm(&self, rule: FaultRule) -> Result<u64, InvalidField> {
+        rule.fault.validate()?;
+        let regex = rule.regex()?;
         let seed = match &rule.fault {
             Fault::Delay { seed, .. } => seed.unwrap_or(0),
             _ => 0,
@@ -270,13 +284,14 @@ impl FaultSet {
             .collect()
     }
 
-    /// True when a rule of this kind is armed and has uses left.
-    pub fn has_armed(&self, kind: &str) -> bool {
+    /// True when a rule whose fault passes `is` is armed and has uses left, e.g.
+    /// `has_armed(|f| matches!(f, Fault::KeepaliveRace))`.
+    pub fn has_armed(&self, is: impl Fn(&Fault) -> bool) -> bool {
         let inner = self.inner.lock().unwrap();
         inner
             .1
             .iter()
-            .any(|a| a.rule.fault.kind() == kind && a.remaining != Some(0))
+            .any(|a| is(&a.rule.fault) && a.remaining != Some(0))
     }
 
     /// Combines every rule matching this request into a plan, consuming one use of each.

@@ -29,21 +29,28 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod error;
 pub mod fault;
 pub mod journal;
 pub mod media;
 pub mod proxy;
+mod recording;
+mod routes;
 pub mod signature;
+mod state;
 mod twilio;
 pub mod webhook;
 
 pub use admin::parse_json;
+pub use error::InvalidField;
 pub use fault::{Fault, FaultMatch, FaultRule, FaultSet, Plan};
 pub use journal::{Journal, JournalEntry, Overlap};
 pub use media::{Media, MediaFormat};
-pub use proxy::{FaultProxy, ProxyConfig};
-pub use twilio::{
-    is_sid, sid, twilio_error, MockTwilio, MockTwilioBuilder, Recording, API_VERSION,
-    TEST_ACCOUNT_SID, TEST_AUTH_TOKEN,
-};
+pub use proxy::{BodySource, FaultProxy, GeneratedBody, ProxyConfig};
+pub use recording::{is_sid, sid, Recording};
+pub use routes::twilio_error;
+pub use twilio::{MockTwilio, MockTwilioBuilder, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN};
+
+/// Twilio's REST API version, the first segment of every path.
+pub const API_VERSION: &str = "2010-04-01";
 pub use webhook::{Signing, StatusCallback};

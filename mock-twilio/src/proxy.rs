@@ -10,7 +10,6 @@
 
 use crate::fault::{Fault, FaultSet, Plan};
 use crate::journal::{Journal, JournalEntry};
-use crate::media::Media;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -24,9 +23,27 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Internal header by which mock-twilio's wiremock routes ask the proxy to stream
-/// generated media (`{format};{size};{sid}`): wiremock bodies live in memory, media need not.
-pub(crate) const MEDIA_HEADER: &str = "x-mock-twilio-media";
+/// A body the proxy generates itself, a piece at a time, instead of forwarding it: the
+/// upstream (wiremock, whose bodies live in memory) only names it.
+pub trait GeneratedBody: Send + Sync {
+    /// Its length in bytes.
+    fn len(&self) -> u64;
+    /// True when it has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Writes the bytes from `offset` into `buf` (`offset + buf.len() <= len()`).
+    fn fill(&self, offset: u64, buf: &mut [u8]);
+}
+
+/// Where generated bodies come from: the upstream names one in a private response header,
+/// which the proxy never passes on.
+pub trait BodySource: Send + Sync {
+    /// The private header's name (lowercase).
+    fn header(&self) -> &'static str;
+    /// The body the header's value names, if it names one.
+    fn body(&self, value: &str) -> Option<Box<dyn GeneratedBody>>;
+}
 
 /// Builds the body of a `status` fault: `(content type, body)`.
 pub type ErrorBody = fn(u16) -> (&'static str, Vec<u8>);
@@ -45,8 +62,8 @@ pub struct ProxyConfig {
     pub auth: Option<AuthClassifier>,
     /// Body of `status` faults.
     pub error_body: ErrorBody,
-    /// Stream generated media where the upstream asks for it (mock-twilio only).
-    pub expand_media: bool,
+    /// Generate bodies where the upstream names one (mock-twilio's media).
+    pub generated: Option<Arc<dyn BodySource>>,
 }
 
 impl ProxyConfig {
@@ -57,7 +74,7 @@ impl ProxyConfig {
             internal_prefix: None,
             auth: None,
             error_body: plain_error_body,
-            expand_media: false,
+            generated: None,
         }
     }
 }
@@ -289,53 +306,83 @@ async fn connect_upstream(addr: SocketAddr) -> Option<(SendRequest<Full<Bytes>>,
     Some((sender, closed))
 }
 
+/// This client connection's upstream connection, and what the fault layer knows of it.
+struct Upstream {
+    sender: SendRequest<Full<Bytes>>,
+    closed: Arc<Notify>,
+    /// The upstream closed it while it was idle, and the client was not told (only while a
+    /// keep-alive race is armed).
+    stale: bool,
+}
+
+impl Upstream {
+    async fn connect(addr: SocketAddr) -> Option<Upstream> {
+        let (sender, closed) = connect_upstream(addr).await?;
+        Some(Upstream {
+            sender,
+            closed,
+            stale: false,
+        })
+    }
+}
+
+/// What a connection does after a request.
+enum Read {
+    Request(Head, Vec<u8>),
+    /// The client closed, sent something unreadable (already answered), or the upstream's
+    /// idle close was passed on.
+    Done,
+}
+
+/// Reads the next request head and body, passing the upstream's idle close on at once (as a
+/// network would) unless a keep-alive race is armed, which keeps it from the client.
+async fn next_request(
+    conn: &mut BufReader<TcpStream>,
+    buf: &mut Vec<u8>,
+    upstream: &mut Upstream,
+    shared: &Shared,
+) -> Read {
+    let got = loop {
+        tokio::select! {
+            r = read_head(conn, buf) => break r,
+            _ = upstream.closed.notified(), if !upstream.stale => {
+                if shared.faults.has_armed(|f| matches!(f, Fault::KeepaliveRace)) {
+                    upstream.stale = true;
+                } else {
+                    break Ok(false);
+                }
+            }
+        }
+    };
+    let Ok(true) = got else { return Read::Done };
+    let Some(head) = parse_head(buf) else {
+        let _ = write_simple(conn.get_mut(), 400, "text/plain", b"bad request\n", true).await;
+        return Read::Done;
+    };
+    if head.chunked {
+        let text = b"chunked request bodies are not supported by the fault proxy\n";
+        let _ = write_simple(conn.get_mut(), 411, "text/plain", text, true).await;
+        return Read::Done;
+    }
+    let mut body = vec![0; head.content_length];
+    if conn.read_exact(&mut body).await.is_err() {
+        return Read::Done;
+    }
+    Read::Request(head, body)
+}
+
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     stream.set_nodelay(true).ok();
-    let Some((mut upstream, mut upstream_closed)) = connect_upstream(shared.config.upstream).await
-    else {
+    let Some(mut upstream) = Upstream::connect(shared.config.upstream).await else {
         // Nothing to forward to: refuse the way a dead server's port would.
         reset(stream);
         return;
     };
     let mut conn = BufReader::with_capacity(16 * 1024, stream);
     let mut buf = Vec::with_capacity(4096);
-    // The upstream closed this connection while it was idle, and the client was not told
-    // (only while a keep-alive race is armed).
-    let mut stale = false;
-    loop {
-        let got = loop {
-            tokio::select! {
-                r = read_head(&mut conn, &mut buf) => break r,
-                _ = upstream_closed.notified(), if !stale => {
-                    if shared.faults.has_armed("keepalive_race") {
-                        stale = true;
-                    } else {
-                        // Pass the upstream's idle close on at once, as a network would.
-                        break Ok(false);
-                    }
-                }
-            }
-        };
-        let Ok(true) = got else { break };
-        let Some(head) = parse_head(&buf) else {
-            let _ = write_simple(conn.get_mut(), 400, "text/plain", b"bad request\n", true).await;
-            break;
-        };
-        if head.chunked {
-            let _ = write_simple(
-                conn.get_mut(),
-                411,
-                "text/plain",
-                b"chunked request bodies are not supported by the fault proxy\n",
-                true,
-            )
-            .await;
-            break;
-        }
-        let mut body = vec![0; head.content_length];
-        if conn.read_exact(&mut body).await.is_err() {
-            break;
-        }
+    while let Read::Request(head, body) =
+        next_request(&mut conn, &mut buf, &mut upstream, &shared).await
+    {
         let internal = shared
             .config
             .internal_prefix
@@ -344,42 +391,22 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         let plan = if internal {
             Plan::default()
         } else {
-            shared.faults.plan(&head.method, &head.path, stale)
+            shared.faults.plan(&head.method, &head.path, upstream.stale)
         };
-        if stale && !matches!(plan.terminal, Some(Fault::KeepaliveRace)) {
+        if upstream.stale && !matches!(plan.terminal, Some(Fault::KeepaliveRace)) {
             // The race did not fire for this request: carry on over a fresh upstream connection.
-            match connect_upstream(shared.config.upstream).await {
-                Some((sender, closed)) => {
-                    upstream = sender;
-                    upstream_closed = closed;
-                    stale = false;
-                }
+            match Upstream::connect(shared.config.upstream).await {
+                Some(fresh) => upstream = fresh,
                 None => break,
             }
         }
-        // Journaled before it is answered, and its status as soon as the head is sent, so an
-        // observer that has seen the response also sees the entry.
-        let entry = (!internal).then(|| JournalEntry {
-            seq: 0,
-            method: head.method.clone(),
-            path: head.path.clone(),
-            range: head.header("range").map(str::to_string),
-            auth: shared
-                .config
-                .auth
-                .as_ref()
-                .map(|classify| classify(head.header("authorization"))),
-            faults: plan.fired.iter().map(|s| s.to_string()).collect(),
-            status: None,
-            body_bytes: 0,
-        });
         let progress = Progress {
             journal: &shared.journal,
-            seq: entry.map(|e| shared.journal.push(e)),
+            seq: (!internal).then(|| shared.journal.push(journal_entry(&shared, &head, &plan))),
         };
         let result = handle(
             &mut conn,
-            &mut upstream,
+            &mut upstream.sender,
             &shared,
             &head,
             body,
@@ -411,6 +438,25 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     }
     let mut stream = conn.into_inner();
     let _ = stream.shutdown().await;
+}
+
+/// The journal's entry for a request, made before it is answered (its status is filled in as
+/// soon as the head is sent, so an observer that has seen the response also sees the entry).
+fn journal_entry(shared: &Shared, head: &Head, plan: &Plan) -> JournalEntry {
+    JournalEntry {
+        seq: 0,
+        method: head.method.clone(),
+        path: head.path.clone(),
+        range: head.header("range").map(str::to_string),
+        auth: shared
+            .config
+            .auth
+            .as_ref()
+            .map(|classify| classify(head.header("authorization"))),
+        faults: plan.fired.iter().map(|s| s.to_string()).collect(),
+        status: None,
+        body_bytes: 0,
+    }
 }
 
 /// One request's progress, told to the journal: its status once the head goes out, every
@@ -494,52 +540,74 @@ async fn handle(
         tokio::time::sleep(plan.delay).await;
     }
     match &plan.terminal {
-        Some(Fault::Reset) => return Handled::no_response(Next::Reset),
-        Some(Fault::Hang) => return Handled::no_response(Next::Hang),
-        Some(Fault::KeepaliveRace) => return Handled::no_response(Next::Close),
+        Some(Fault::Reset) => Handled::no_response(Next::Reset),
+        Some(Fault::Hang) => Handled::no_response(Next::Hang),
+        Some(Fault::KeepaliveRace) => Handled::no_response(Next::Close),
         Some(Fault::Garbage) => {
             progress.writing();
-            let _ = conn
-                .get_mut()
-                .write_all(b"\x16\x03\x01garbage: this is not HTTP \xff\xfe\x00\r\n\r\n")
-                .await;
-            return Handled::no_response(Next::Close);
+            let garbage = b"\x16\x03\x01garbage: this is not HTTP \xff\xfe\x00\r\n\r\n";
+            let _ = conn.get_mut().write_all(garbage).await;
+            Handled::no_response(Next::Close)
         }
         Some(Fault::Status {
             status,
             retry_after,
         }) => {
-            let (ctype, body) = (shared.config.error_body)(*status);
-            let retry = retry_after.or(matches!(status, 429 | 503).then_some(1));
-            let mut extra = String::new();
-            if let Some(secs) = retry {
-                extra = format!("retry-after: {secs}\r\n");
-            }
-            let head_bytes = format!(
-                "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{extra}\r\n",
-                reason(*status),
-                body.len()
-            );
-            progress.head(*status);
-            progress.writing();
-            let w = conn.get_mut();
-            let ok = w.write_all(head_bytes.as_bytes()).await.is_ok()
-                && (head.method == "HEAD" || w.write_all(&body).await.is_ok());
-            let next = if ok { Next::KeepAlive } else { Next::Close };
-            let sent = if head.method == "HEAD" {
-                0
-            } else {
-                body.len() as u64
-            };
-            return Handled {
-                sent: Some((*status, sent)),
-                next,
-            };
+            answer_status(
+                conn.get_mut(),
+                shared,
+                head,
+                *status,
+                *retry_after,
+                progress,
+            )
+            .await
         }
-        _ => {}
+        _ => forward(conn.get_mut(), upstream, shared, head, body, plan, progress).await,
     }
+}
 
-    // Forward to the upstream on this connection's own upstream connection.
+/// A `status` fault: that status with the fault point's error body, instead of the upstream.
+async fn answer_status(
+    w: &mut TcpStream,
+    shared: &Shared,
+    head: &Head,
+    status: u16,
+    retry_after: Option<u64>,
+    progress: &Progress<'_>,
+) -> Handled {
+    let (ctype, body) = (shared.config.error_body)(status);
+    let retry = retry_after.or(matches!(status, 429 | 503).then_some(1));
+    let extra = retry
+        .map(|secs| format!("retry-after: {secs}\r\n"))
+        .unwrap_or_default();
+    let head_bytes = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{extra}\r\n",
+        reason(status),
+        body.len()
+    );
+    progress.head(status);
+    progress.writing();
+    let is_head = head.method == "HEAD";
+    let ok = w.write_all(head_bytes.as_bytes()).await.is_ok()
+        && (is_head || w.write_all(&body).await.is_ok());
+    Handled {
+        sent: Some((status, if is_head { 0 } else { body.len() as u64 })),
+        next: if ok { Next::KeepAlive } else { Next::Close },
+    }
+}
+
+/// Forwards the request on this connection's own upstream connection and passes the answer
+/// on, shaped by the plan (throttle, dribble, close_after).
+async fn forward(
+    w: &mut TcpStream,
+    upstream: &mut SendRequest<Full<Bytes>>,
+    shared: &Shared,
+    head: &Head,
+    body: Vec<u8>,
+    plan: &Plan,
+    progress: &Progress<'_>,
+) -> Handled {
     let mut builder = hyper::Request::builder()
         .method(head.method.as_str())
         .uri(head.path.as_str());
@@ -549,149 +617,156 @@ async fn handle(
         }
     }
     let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
-        let _ = write_simple(conn.get_mut(), 400, "text/plain", b"bad request\n", true).await;
+        let _ = write_simple(w, 400, "text/plain", b"bad request\n", true).await;
         return Handled::no_response(Next::Close);
     };
+    // The upstream closed just as this request came (or failed it): close without answering,
+    // exactly what the client would have met talking to the upstream directly.
     if upstream.ready().await.is_err() {
-        // The upstream closed just as this request came: close without answering,
-        // exactly what the client would have met talking to the upstream directly.
         return Handled::no_response(Next::Close);
     }
-    let response = match upstream.send_request(request).await {
-        Ok(r) => r,
-        Err(_) => return Handled::no_response(Next::Close),
+    let Ok(response) = upstream.send_request(request).await else {
+        return Handled::no_response(Next::Close);
     };
-    let (parts, mut incoming) = response.into_parts();
+    let (parts, incoming) = response.into_parts();
+    let generated = shared.config.generated.as_ref().and_then(|source| {
+        let value = parts.headers.get(source.header())?.to_str().ok()?;
+        source.body(value)
+    });
     let status = parts.status.as_u16();
+    let bodiless =
+        head.method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    let out = response_head(shared, head, &parts, generated.as_deref(), bodiless);
+    progress.head(status);
+    progress.writing();
+    if w.write_all(out.text.as_bytes()).await.is_err() {
+        return Handled::no_response(Next::Close);
+    }
+    let keep = |ok: bool| {
+        if ok && !out.closing {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    };
+    if bodiless {
+        return Handled {
+            sent: Some((status, 0)),
+            next: keep(true),
+        };
+    }
+    let mut shaper = Shaper::new(plan, progress);
+    let result = match generated {
+        Some(g) => send_generated(w, incoming, g.as_ref(), &mut shaper).await,
+        None => send_forwarded(w, incoming, out.chunked, &mut shaper).await,
+    };
+    Handled {
+        sent: Some((status, shaper.sent)),
+        next: keep(result.is_ok()),
+    }
+}
+
+/// A response head as the proxy writes it.
+struct ResponseHead {
+    text: String,
+    chunked: bool,
+    closing: bool,
+}
+
+/// The upstream's head without its hop-by-hop headers (and the private body header), with
+/// the generated body's length, chunked framing where no length is known, and a close where
+/// the upstream or the client asked for one.
+fn response_head(
+    shared: &Shared,
+    head: &Head,
+    parts: &hyper::http::response::Parts,
+    generated: Option<&dyn GeneratedBody>,
+    bodiless: bool,
+) -> ResponseHead {
+    let private = shared.config.generated.as_ref().map(|s| s.header());
+    let mut text = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    let mut content_length = generated.map(|g| g.len());
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if is_hop_by_hop(n) || Some(n) == private || (n == "content-length" && generated.is_some())
+        {
+            continue;
+        }
+        if n == "content-length" {
+            content_length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+        }
+        text.push_str(&format!(
+            "{n}: {}\r\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    if let Some(g) = generated {
+        text.push_str(&format!("content-length: {}\r\n", g.len()));
+    }
+    let chunked = !bodiless && content_length.is_none();
+    if chunked {
+        text.push_str("transfer-encoding: chunked\r\n");
+    }
     let upstream_close = parts
         .headers
         .get(hyper::header::CONNECTION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-
-    let media = if shared.config.expand_media {
-        parts
-            .headers
-            .get(MEDIA_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_media_header)
-    } else {
-        None
-    };
-    let bodiless =
-        head.method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\n",
-        status,
-        parts.status.canonical_reason().unwrap_or("")
-    );
-    let mut content_length = None;
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if is_hop_by_hop(n) || n == MEDIA_HEADER {
-            continue;
-        }
-        if n == "content-length" {
-            if media.is_some() {
-                continue;
-            }
-            content_length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
-        }
-        out.push_str(n);
-        out.push_str(": ");
-        out.push_str(&String::from_utf8_lossy(value.as_bytes()));
-        out.push_str("\r\n");
-    }
-    if let Some(m) = &media {
-        content_length = Some(m.len());
-        out.push_str(&format!("content-length: {}\r\n", m.len()));
-    }
-    let chunked = !bodiless && content_length.is_none();
-    if chunked {
-        out.push_str("transfer-encoding: chunked\r\n");
-    }
     let closing = upstream_close || head.wants_close();
     if closing {
-        out.push_str("connection: close\r\n");
+        text.push_str("connection: close\r\n");
     }
-    out.push_str("\r\n");
-    progress.head(status);
-    progress.writing();
-    let w = conn.get_mut();
-    if w.write_all(out.as_bytes()).await.is_err() {
-        return Handled::no_response(Next::Close);
-    }
-    if bodiless {
-        return Handled {
-            sent: Some((status, 0)),
-            next: if closing {
-                Next::Close
-            } else {
-                Next::KeepAlive
-            },
-        };
-    }
-
-    let mut shaper = Shaper::new(plan, progress);
-    let outcome = match media {
-        Some(m) => {
-            // Drain the (empty) placeholder body so the upstream connection stays usable.
-            while let Some(Ok(_)) = incoming.frame().await {}
-            let mut pos = 0u64;
-            let mut chunk = vec![0u8; 64 * 1024];
-            let mut res = Ok(());
-            while pos < m.len() {
-                let n = (m.len() - pos).min(chunk.len() as u64) as usize;
-                m.fill(pos, &mut chunk[..n]);
-                pos += n as u64;
-                res = shaper.send(w, &chunk[..n], false).await;
-                if res.is_err() {
-                    break;
-                }
-            }
-            res
-        }
-        None => {
-            let mut res = Ok(());
-            while let Some(frame) = incoming.frame().await {
-                let Ok(frame) = frame else {
-                    // The upstream broke off: break off too, so the client can tell.
-                    res = Err(Cut);
-                    break;
-                };
-                if let Ok(data) = frame.into_data() {
-                    res = shaper.send(w, &data, chunked).await;
-                    if res.is_err() {
-                        break;
-                    }
-                }
-            }
-            if res.is_ok() && chunked {
-                progress.writing();
-                res = w.write_all(b"0\r\n\r\n").await.map_err(|_| Cut);
-            }
-            res
-        }
-    };
-    let sent = Some((status, shaper.sent));
-    match outcome {
-        Ok(()) if !closing => Handled {
-            sent,
-            next: Next::KeepAlive,
-        },
-        _ => Handled {
-            sent,
-            next: Next::Close,
-        },
+    text.push_str("\r\n");
+    ResponseHead {
+        text,
+        chunked,
+        closing,
     }
 }
 
-fn parse_media_header(v: &str) -> Option<Media> {
-    let mut it = v.splitn(3, ';');
-    let format = crate::media::MediaFormat::from_extension(it.next()?)?;
-    let size = it.next()?.parse().ok()?;
-    let sid = it.next()?;
-    Some(Media::new(sid, format, size))
+/// Streams a generated body in 64 KiB pieces.
+async fn send_generated(
+    w: &mut TcpStream,
+    mut placeholder: hyper::body::Incoming,
+    body: &dyn GeneratedBody,
+    shaper: &mut Shaper<'_, '_>,
+) -> Result<(), Cut> {
+    // Drain the (empty) placeholder body so the upstream connection stays usable.
+    while let Some(Ok(_)) = placeholder.frame().await {}
+    let mut pos = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while pos < body.len() {
+        let n = (body.len() - pos).min(chunk.len() as u64) as usize;
+        body.fill(pos, &mut chunk[..n]);
+        pos += n as u64;
+        shaper.send(w, &chunk[..n], false).await?;
+    }
+    Ok(())
+}
+
+/// Passes the upstream's body on as it arrives; breaks off where it breaks off.
+async fn send_forwarded(
+    w: &mut TcpStream,
+    mut incoming: hyper::body::Incoming,
+    chunked: bool,
+    shaper: &mut Shaper<'_, '_>,
+) -> Result<(), Cut> {
+    while let Some(frame) = incoming.frame().await {
+        // The upstream broke off: break off too, so the client can tell.
+        let frame = frame.map_err(|_| Cut)?;
+        if let Ok(data) = frame.into_data() {
+            shaper.send(w, &data, chunked).await?;
+        }
+    }
+    if chunked {
+        shaper.progress.writing();
+        w.write_all(b"0\r\n\r\n").await.map_err(|_| Cut)?;
+    }
+    Ok(())
 }
 
 /// The body was cut on purpose (close_after) or by a broken peer.

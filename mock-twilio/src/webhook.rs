@@ -1,7 +1,7 @@
 //! The recording-status callback Twilio posts when a recording is ready, signed or not.
 
+use crate::recording::Recording;
 use crate::signature::sign;
-use crate::twilio::Recording;
 
 /// How to sign a callback.
 #[derive(

@@ -5,7 +5,7 @@ use crate::support::{browser_present, rt, tools_present};
 use harness::browser::{Browser, PlayOptions};
 use harness::runner::run;
 use harness::scenario::{PlayStep, RecordingSpec, RequestStep, Scenario, Step};
-use harness::{Profile, Runtime, Stack, StackSpec};
+use harness::{Profile, Stack, StackSpec};
 use mock_twilio::{MediaFormat, Recording};
 use std::time::{Duration, Instant};
 
@@ -55,10 +55,10 @@ fn stack_play_reports_the_page_and_chromiums_own_requests() {
         );
         // Chromium asked with a Range of its own, and nginx logged the whole answer.
         let first = &got.requests[0];
-        assert_eq!(first.range, "bytes=0-");
-        assert_eq!(first.status, "206");
+        assert_eq!(first.range.as_deref(), Some("bytes=0-"));
+        assert_eq!(first.status, 206);
         assert_eq!(first.bytes_sent, size);
-        assert_eq!(first.body, "complete");
+        assert_eq!(first.body, harness::browser::Delivered::Complete);
         assert!(
             got.page.events.starts_with(&["loadstart".to_string()]),
             "{:?}",
@@ -103,7 +103,7 @@ fn the_html_report_renders_in_chromium() {
         .request(RequestStep::get().named("download with the backend down"));
     let rt = rt();
     let run = rt
-        .block_on(run(&scenario, Runtime::from_env().unwrap()))
+        .block_on(run(&scenario, crate::support::runtime()))
         .unwrap();
     let mut report = harness::report::Report::new();
     report.context("test", "the_html_report_renders_in_chromium");

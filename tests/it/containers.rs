@@ -42,7 +42,7 @@ fn leftovers(prefix: &str) -> Vec<String> {
 
 #[test]
 fn every_scenario_file_passes_unchanged_in_containers() {
-    if harness::Runtime::from_env().ok() == Some(Runtime::Containers) {
+    if crate::support::runtime() == Runtime::Containers {
         // files.rs already runs every file under containers.
         return;
     }
@@ -103,10 +103,10 @@ fn a_second_image_build_reuses_the_images() {
     let rt = rt();
     let said = std::sync::Mutex::new(Vec::<String>::new());
     let first = rt
-        .block_on(harness::containers::build_images(&bin, &|_| {}))
+        .block_on(harness::images::build_images(&bin, &|_| {}))
         .unwrap();
     let second = rt
-        .block_on(harness::containers::build_images(&bin, &|l| {
+        .block_on(harness::images::build_images(&bin, &|l| {
             said.lock().unwrap().push(l.to_string())
         }))
         .unwrap();

@@ -13,7 +13,7 @@ fn every_scenario_file_runs_and_matches_its_snapshot() {
 }
 
 fn runtime() -> harness::Runtime {
-    harness::Runtime::from_env().expect("HARNESS_RUNTIME")
+    crate::support::runtime()
 }
 
 /// Whether python3 can import uvicorn (the example backend's one dependency).
@@ -100,7 +100,7 @@ pub fn run_every_file(backend: &harness::stack::BackendSpec, runtime: harness::R
                 for f in run.failures() {
                     failures.push(format!("{}: {f}", path.display()));
                 }
-                if let Err(report) = harness::snapshot::check(&snapshots, &run, None) {
+                if let Err(report) = harness::snapshot::check(&snapshots, &run) {
                     failures.push(format!("{}: {report}", path.display()));
                 }
             }

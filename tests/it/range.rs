@@ -2,30 +2,30 @@
 //! recording, mp3 and wav, under both profiles.
 
 use crate::support::check;
-use harness::{RecordingSpec, RequestStep, Scenario};
+use harness::{Method, RecordingSpec, RequestStep, Scenario};
 use mock_twilio::MediaFormat;
 use rstest::rstest;
 
 const SIZE: u64 = 20_000;
 
 /// (method, Range, If-Range) rows; each is one request.
-const ROWS: &[(&str, Option<&str>, Option<&str>)] = &[
-    ("GET", None, None),
-    ("GET", Some("bytes=0-999"), None),
-    ("GET", Some("bytes=0-"), None),
-    ("GET", Some("bytes=-500"), None),
-    ("GET", Some("bytes=-0"), None),
-    ("GET", Some("bytes=-200000"), None),
-    ("GET", Some("bytes=19000-50000"), None),
-    ("GET", Some("bytes=20000-"), None),
-    ("GET", Some("bytes=5-3"), None),
-    ("GET", Some("bytes=garbage"), None),
-    ("GET", Some("items=0-5"), None),
-    ("GET", Some("bytes=0-1,5-9"), None),
-    ("HEAD", None, None),
-    ("GET", Some("bytes=0-99"), Some("{etag}")),
-    ("GET", Some("bytes=0-99"), Some("\"stale-etag\"")),
-    ("HEAD", Some("bytes=-500"), None),
+const ROWS: &[(Method, Option<&str>, Option<&str>)] = &[
+    (Method::Get, None, None),
+    (Method::Get, Some("bytes=0-999"), None),
+    (Method::Get, Some("bytes=0-"), None),
+    (Method::Get, Some("bytes=-500"), None),
+    (Method::Get, Some("bytes=-0"), None),
+    (Method::Get, Some("bytes=-200000"), None),
+    (Method::Get, Some("bytes=19000-50000"), None),
+    (Method::Get, Some("bytes=20000-"), None),
+    (Method::Get, Some("bytes=5-3"), None),
+    (Method::Get, Some("bytes=garbage"), None),
+    (Method::Get, Some("items=0-5"), None),
+    (Method::Get, Some("bytes=0-1,5-9"), None),
+    (Method::Head, None, None),
+    (Method::Get, Some("bytes=0-99"), Some("{etag}")),
+    (Method::Get, Some("bytes=0-99"), Some("\"stale-etag\"")),
+    (Method::Head, Some("bytes=-500"), None),
 ];
 
 #[rstest]
@@ -56,7 +56,7 @@ fn range_matrix(
                 .push(RecordingSpec::new(format, SIZE).cached(true));
         }
         let mut step = RequestStep::get()
-            .method(method)
+            .method(*method)
             .range(*range)
             .recording(recording);
         if let Some(ir) = if_range {

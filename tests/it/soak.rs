@@ -1,26 +1,49 @@
 //! `harness soak`, short: seeded chaos under load on the fixed profile holds every check.
 
 use crate::support::{rt, tools_present};
-use harness::soak::{plan, soak, SoakConfig};
+use harness::scenario::{Method, Step};
+use harness::soak::{soak, SoakConfig};
 use std::time::Duration;
+
+/// What a plan's last step is: the request (method, Range, If-Range) or webhook it sends.
+fn last(config: &SoakConfig, k: u64) -> (String, Step) {
+    let plan = config.plan(k);
+    (plan.kind.clone(), plan.steps.last().cloned().unwrap())
+}
 
 #[test]
 fn a_step_plan_is_a_function_of_seed_and_step_alone() {
-    let a: Vec<_> = (0..200).map(|k| plan(1, k, 0.2)).collect();
-    let b: Vec<_> = (0..200).map(|k| plan(1, k, 0.2)).collect();
+    let one = SoakConfig::new(Duration::from_secs(1), 1);
+    let two = SoakConfig::new(Duration::from_secs(1), 2);
+    let a: Vec<_> = (0..200).map(|k| one.plan(k)).collect();
+    let b: Vec<_> = (0..200).map(|k| one.plan(k)).collect();
     assert_eq!(a, b, "same seed, same plans");
-    let c: Vec<_> = (0..200).map(|k| plan(2, k, 0.2)).collect();
+    let c: Vec<_> = (0..200).map(|k| two.plan(k)).collect();
     assert_ne!(a, c, "another seed, other plans");
-    // The fault rate is honoured (roughly), and every kind of step appears.
-    let faults = a.iter().filter(|p| p.fault.is_some()).count();
+    // The fault rate is honoured (roughly): a fault step arms a fault on a fresh recording.
+    let faults = a.iter().filter(|p| p.fresh.is_some()).count();
     assert!((20..=60).contains(&faults), "{faults} fault steps of 200");
-    for method in ["GET", "HEAD", "WEBHOOK"] {
-        assert!(a.iter().any(|p| p.method == method), "{method}");
+    for p in a.iter().filter(|p| p.fresh.is_some()) {
+        assert!(matches!(p.steps[0], Step::Arm { .. }), "{p:?}");
     }
-    assert!(a
+    let steps: Vec<(String, Step)> = (0..200).map(|k| last(&one, k)).collect();
+    let requests: Vec<&harness::RequestStep> = steps
         .iter()
-        .any(|p| p.range.as_deref().is_some_and(|r| r.starts_with("bytes=-"))));
-    assert!(a.iter().any(|p| p.if_range.is_some()));
+        .filter_map(|(_, s)| match s {
+            Step::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(requests.iter().any(|r| r.method == Method::Head));
+    assert!(steps.iter().any(|(_, s)| matches!(s, Step::Webhook { .. })));
+    assert!(requests
+        .iter()
+        .any(|r| r.range.as_deref().is_some_and(|r| r.starts_with("bytes=-"))));
+    assert!(requests.iter().any(|r| r.if_range.is_some()));
+    // Every step says what it must show.
+    assert!(steps
+        .iter()
+        .all(|(_, s)| s.expect().is_some_and(|e| *e != Default::default())));
 }
 
 #[test]
@@ -32,7 +55,7 @@ fn a_short_soak_on_the_fixed_profile_finds_no_violation() {
     let mut config = SoakConfig::new(Duration::from_secs(60), 1);
     config.clients = 2;
     config.restart_every = Some(Duration::from_secs(12));
-    config.stack.runtime = harness::Runtime::from_env().unwrap();
+    config.stack.runtime = crate::support::runtime();
     let report = rt().block_on(soak(config)).unwrap();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert!(report.steps > 100, "{report:?}");
@@ -53,10 +76,7 @@ fn a_short_soak_on_the_fixed_profile_finds_no_violation() {
     );
     if report.lives.is_empty() {
         // Containers: no backend process on this host to measure.
-        assert_eq!(
-            harness::Runtime::from_env().unwrap(),
-            harness::Runtime::Containers
-        );
+        assert_eq!(crate::support::runtime(), harness::Runtime::Containers);
     } else {
         // Every restart began a new, measured life.
         assert_eq!(report.lives.len() as u64, report.restarts + 1, "{report:?}");

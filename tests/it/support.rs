@@ -45,6 +45,14 @@ pub fn browser_present() -> bool {
     }
 }
 
+/// The runtime the tests run stacks under: `HARNESS_RUNTIME` (processes by default).
+pub fn runtime() -> Runtime {
+    std::env::var("HARNESS_RUNTIME")
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|e| panic!("HARNESS_RUNTIME: {e}"))
+}
+
 /// A two-thread runtime, as the tests use.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -60,7 +68,7 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
     if !tools_present() {
         return None;
     }
-    let runtime = Runtime::from_env().expect("HARNESS_RUNTIME");
+    let runtime = crate::support::runtime();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -70,7 +78,7 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
         .block_on(harness::run(&scenario, runtime))
         .unwrap_or_else(|e| panic!("scenario {} failed to run: {e}", scenario.name));
     let dir = harness::stack::workspace_dir().join("snapshots");
-    if let Err(report) = harness::snapshot::check(&dir, &run, None) {
+    if let Err(report) = harness::snapshot::check(&dir, &run) {
         panic!("{report}");
     }
     let failures = run.failures();

@@ -1,0 +1,271 @@
+//! The commands other than `run`: each parses nothing itself, calls the library, prints.
+
+use crate::run::backend_spec;
+use crate::SoakArgs;
+use anyhow::{bail, Context};
+use harness::{Profile, Runtime, Stack, StackSpec};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// SIGINT and SIGTERM, caught from the moment the program starts (so a signal that arrives
+/// while a stack is starting still tears it down instead of killing us with it half up).
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+        }
+    }
+
+    /// Resolves to the signal's name on Ctrl-C or SIGTERM.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `harness new NAME`: a commented skeleton, never over an existing file.
+pub fn new(name: &str, dir: &Path) -> anyhow::Result<ExitCode> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if name.is_empty() || !name.chars().all(valid) {
+        bail!("NAME must be letters, digits, - and _ (it names the file and the snapshot), got {name:?}");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.toml"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("{} already exists or cannot be created", path.display()))?;
+    file.write_all(harness::scenario::skeleton(name).as_bytes())?;
+    println!("wrote {}", path.display());
+    println!("run it:  harness run {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `harness up` prints: where everything is, and how to poke it.
+fn describe_up(stack: &Stack, rec: &mock_twilio::Recording, profile: Profile, size: u64) -> String {
+    let url = stack.url(&harness::step::download_path(&rec.call_sid, None));
+    let t = stack.twilio();
+    let backend = stack
+        .backend_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    [
+        format!("stack up ({} profile, {})", profile.name(), stack.nginx_version()),
+        format!("  nginx:        {}", stack.url("")),
+        format!("  backend:      http://{backend}"),
+        format!("  mock-twilio:  {}  (admin API: {}/__admin)", t.uri(), t.uri()),
+        format!("  call SID:     {}  (recording {}, {size} bytes)", rec.call_sid, rec.sid),
+        "\nThe write-up's checks:".into(),
+        format!("  curl -I {url}"),
+        format!("  curl -s -o /dev/null -w '%{{http_code}} %{{size_download}}\\n' -H 'Range: bytes=0-999' {url}"),
+        format!("  curl -s -o /dev/null -w '%{{http_code}} %{{size_download}}\\n' -H 'Range: bytes=-500' {url}"),
+        "Arm a fault at Twilio, e.g.:".into(),
+        format!("  curl -s -XPOST {}/__admin/faults -d '{{\"fault\":{{\"kind\":\"hang\"}},\"times\":1}}'", t.uri()),
+        format!("\nLogs ({}):", stack.sandbox().display()),
+        format!("  {}", stack.error_log().path().display()),
+        format!("  {}", stack.access_log().path().display()),
+        format!("  {}", stack.backend_log().path().display()),
+        "\nCtrl-C stops it.".into(),
+    ]
+    .join("\n")
+}
+
+/// `harness up`: a stack with real timeouts until Ctrl-C.
+pub async fn up(
+    profile: Profile,
+    size: u64,
+    stack_file: Option<&Path>,
+    runtime: Runtime,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let spec = StackSpec::new(profile)
+        .timeouts(harness::Timeouts {
+            scale: 1.0,
+            ..Default::default()
+        })
+        .backend(backend_spec(stack_file)?)
+        .runtime(runtime);
+    let stack = tokio::select! {
+        stack = Stack::start(spec) => stack?,
+        signal = signals.recv() => {
+            eprintln!("harness: {signal} while starting: torn down");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let rec = stack.twilio().add_recording(mock_twilio::Recording::new(
+        mock_twilio::sid("RE", 1),
+        mock_twilio::sid("CA", 1),
+        mock_twilio::MediaFormat::Mp3,
+        size,
+    ));
+    println!("{}", describe_up(&stack, &rec, profile, size));
+    let signal = signals.recv().await;
+    drop(stack);
+    eprintln!("harness: {signal}: stack torn down");
+    Ok(ExitCode::from(130))
+}
+
+/// `harness check URL --call-sid SID`.
+pub async fn check(url: &str, call_sid: &str, token: Option<String>) -> anyhow::Result<ExitCode> {
+    let results = harness::check::check(url, call_sid, token).await?;
+    let failed = results.iter().filter(|r| !r.ok).count();
+    for r in &results {
+        println!(
+            "{} {}\n      {}",
+            if r.ok { "PASS" } else { "FAIL" },
+            r.name,
+            r.detail
+        );
+    }
+    println!("\n{} passed, {failed} failed", results.len() - failed);
+    Ok(exit(failed == 0))
+}
+
+/// `harness explain [ERROR_LOG]`.
+pub fn explain(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let text = match &path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("read stdin")?;
+            text
+        }
+    };
+    let causes = harness::gateway::summarize(&text);
+    if causes.is_empty() {
+        println!("no gateway errors found");
+    }
+    for c in &causes {
+        println!(
+            "{} × {}  (first {}, last {})",
+            c.cause.name(),
+            c.count,
+            c.first,
+            c.last
+        );
+        println!("  means: {}", c.cause.meaning());
+        println!("  fix:   {}", c.cause.fix());
+        println!("  e.g.:  {}", c.example);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `harness images build`.
+pub async fn images_build(print_base: bool) -> anyhow::Result<ExitCode> {
+    let bin = harness::stack::find_backend()?;
+    let say = |line: &str| {
+        if !print_base {
+            println!("{line}");
+        }
+    };
+    let images = harness::images::build_images(&bin, &say)
+        .await
+        .context("build the containers runtime's images")?;
+    if print_base {
+        println!("{}", harness::images::base_tag());
+    } else {
+        println!(
+            "nginx image: {}\nbackend image: {}",
+            images.nginx, images.backend
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `harness soak`.
+pub async fn soak(
+    args: SoakArgs,
+    runtime: Runtime,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let spec = StackSpec::new(args.profile)
+        .runtime(runtime)
+        .backend(backend_spec(args.stack.as_deref())?);
+    let config = harness::soak::SoakConfig {
+        duration: Duration::from_secs_f64(args.minutes * 60.0),
+        seed: args.seed,
+        stack: spec,
+        clients: args.clients,
+        fault_rate: args.fault_rate,
+        formats: args.formats,
+        restart_every: (args.restart_every > 0).then(|| Duration::from_secs(args.restart_every)),
+        only_step: args.only_step,
+        rss_budget_kb: args.max_rss_growth_mb * 1024,
+        fd_budget: args.max_fd_growth,
+    };
+    let report = tokio::select! {
+        r = harness::soak::soak(config) => r.context("soak")?,
+        signal = signals.recv() => {
+            eprintln!("harness: {signal}: soak stopped, stack torn down");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    println!("{}", report.render());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(exit(report.violations.is_empty()))
+}
+
+/// `harness bench`.
+pub async fn bench(
+    quick: bool,
+    json: Option<PathBuf>,
+    only: Option<u8>,
+    sabotage: Option<String>,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    use harness::bench::{BenchSize, Measurement, Sabotage};
+    let sabotage = match sabotage.as_deref() {
+        None => None,
+        Some("download") => Some(Sabotage::Download),
+        Some("body") => Some(Sabotage::Body),
+        Some(other) => bail!("--sabotage {other:?}: download or body"),
+    };
+    let only = match only {
+        None => None,
+        Some(n) => Some(Measurement::number(n).with_context(|| format!("--only {n}: 1 to 6"))?),
+    };
+    let size = if quick {
+        BenchSize::QUICK
+    } else {
+        BenchSize::FULL
+    };
+    let progress = |what: &str| eprintln!("bench: {what}");
+    let report = tokio::select! {
+        r = harness::bench::run(size, only, sabotage, &progress) => r?,
+        signal = signals.recv() => {
+            eprintln!("harness: {signal}: bench stopped, every stack torn down");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    println!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(exit(report.errors.is_empty()))
+}

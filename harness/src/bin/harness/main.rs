@@ -1,0 +1,234 @@
+//! `harness`: run scenario files against real stacks, bring a stack up by hand, check a deployed
+//! stack, explain an nginx error log, soak, bench. A thin layer over the `harness` library:
+//! arguments in, library calls, text out.
+
+mod commands;
+mod run;
+
+use clap::{Parser, Subcommand};
+use harness::{MediaFormat, Profile, Runtime};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Reproduce and guard against 502s: real nginx + backend + mock-twilio stacks"
+)]
+struct Cli {
+    /// Where stacks run: processes (default) or containers (Docker).
+    #[arg(
+        long,
+        global = true,
+        env = "HARNESS_RUNTIME",
+        default_value = "processes"
+    )]
+    runtime: Runtime,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// `harness images …`.
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build the containers runtime's images offline (debootstrap + docker import, then
+    /// docker/Dockerfile.backend); reuses them when nothing changed.
+    Build {
+        /// Print only the base image's name (for docker/compose.yaml's BASE_IMAGE).
+        #[arg(long)]
+        print_base: bool,
+    },
+}
+
+/// `harness soak`'s options.
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// How long clients keep starting steps.
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// The seed every step's plan derives from.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// fixed (default) or legacy (which reports its 502s by cause).
+    #[arg(long, default_value = "fixed")]
+    profile: Profile,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Share of steps that download through an armed Twilio fault.
+    #[arg(long, default_value_t = 0.2)]
+    fault_rate: f64,
+    /// Restart the backend this often (seconds; 0: never).
+    #[arg(long, default_value_t = 15)]
+    restart_every: u64,
+    /// Replay one step alone on a fresh stack.
+    #[arg(long)]
+    only_step: Option<u64>,
+    /// A stack file: soak another backend.
+    #[arg(long)]
+    stack: Option<PathBuf>,
+    /// The formats recordings are made in (mp3 only, for a backend without ?format=wav).
+    #[arg(long, value_delimiter = ',', default_value = "mp3,wav", value_parser = parse_format)]
+    formats: Vec<MediaFormat>,
+    /// How far (MiB) the backend's memory may rise within one process life.
+    #[arg(long, default_value_t = 64)]
+    max_rss_growth_mb: u64,
+    /// How many more open fds than at its start a backend process may hold when its life
+    /// ends, beyond 4 per client for requests in flight.
+    #[arg(long, default_value_t = 64)]
+    max_fd_growth: u64,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files (default: scenarios/) and compare them with snapshots/.
+    Run(run::RunArgs),
+    /// Write a commented scenario skeleton to scenarios/NAME.toml.
+    New {
+        /// The scenario's name (also its file name).
+        name: String,
+        /// Folder to write into.
+        #[arg(long, default_value = "scenarios")]
+        dir: PathBuf,
+    },
+    /// Bring a stack up and keep it up until Ctrl-C, printing how to poke it.
+    Up {
+        /// fixed (default) or legacy.
+        #[arg(long, default_value = "fixed")]
+        profile: Profile,
+        /// Size in bytes of the recording it creates.
+        #[arg(long, default_value_t = 1_000_000)]
+        size: u64,
+        /// A stack file: bring up another backend.
+        #[arg(long)]
+        stack: Option<PathBuf>,
+    },
+    /// Run the Range/HEAD checks against an already deployed stack (nothing is started).
+    Check {
+        /// The stack's base URL, e.g. https://calls.example.com
+        url: String,
+        /// A call that has a recording.
+        #[arg(long)]
+        call_sid: String,
+        /// Bearer token for /api/ (the backend's API_TOKEN).
+        #[arg(long, env = "HARNESS_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Classify the gateway errors in an nginx error log (a file, or stdin).
+    Explain {
+        /// The error log; stdin when omitted.
+        error_log: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of scenario files.
+    Schema,
+    /// Seeded chaos under load on one stack: Twilio faults, Range forms, webhooks, backend
+    /// restarts; every answer, the cache, memory and fds checked. Exit 1 on any violation.
+    Soak(Box<SoakArgs>),
+    /// The containers runtime's images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// Measure the stack's speed and cost beside nginx itself (see bench/RESULTS.md).
+    Bench {
+        /// A small run that only checks nothing errors (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures, with machine facts, as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Only measurement N (1 cold start, 2 suite rate, 3 cached download, 4 TTFB, 5 concurrency, 6 mock-twilio).
+        #[arg(long)]
+        only: Option<u8>,
+        /// Break something on purpose (download | body), to see the bench fail.
+        #[arg(long, hide = true)]
+        sabotage: Option<String>,
+    },
+}
+
+fn parse_format(s: &str) -> Result<MediaFormat, String> {
+    MediaFormat::from_extension(s).ok_or_else(|| format!("{s:?}: mp3 or wav"))
+}
+
+fn main() -> ExitCode {
+    // `harness … | head` (or `| grep -q`) closes our stdout early, and the next print panics.
+    // Unwinding tears every stack down; then exit quietly, with the status a shell gives a
+    // program that SIGPIPE ended.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default_hook(info)
+        }
+    }));
+    match std::panic::catch_unwind(harness) {
+        Ok(code) => code,
+        Err(payload) if is_broken_pipe(&*payload) => ExitCode::from(141),
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// The panic of a print to a closed stdout.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+fn harness() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command {
+        // insta reads its mode from the environment: set it before any thread starts.
+        run::insta_mode(args.update);
+    }
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = rt.block_on(dispatch(cli));
+    // Dropping the runtime ends every task; every stack has been dropped by now.
+    drop(rt);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("harness: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut signals = commands::Signals::install();
+    let runtime = cli.runtime;
+    match cli.command {
+        Command::Run(args) => run::run(args, runtime, &mut signals).await,
+        Command::New { name, dir } => commands::new(&name, &dir),
+        Command::Up {
+            profile,
+            size,
+            stack,
+        } => commands::up(profile, size, stack.as_deref(), runtime, &mut signals).await,
+        Command::Check {
+            url,
+            call_sid,
+            token,
+        } => commands::check(&url, &call_sid, token).await,
+        Command::Explain { error_log } => commands::explain(error_log),
+        Command::Schema => {
+            print!("{}", harness::scenario::json_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Soak(args) => commands::soak(*args, runtime, &mut signals).await,
+        Command::Images {
+            command: ImagesCommand::Build { print_base },
+        } => commands::images_build(print_base).await,
+        Command::Bench {
+            quick,
+            json,
+            only,
+            sabotage,
+        } => commands::bench(quick, json, only, sabotage, &mut signals).await,
+    }
+}

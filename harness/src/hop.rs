@@ -1,0 +1,136 @@
+//! [`Hop`]: the fault point between nginx and the backend. nginx's upstream is the hop's
+//! address, which the hop owns for the stack's whole life: a [`FaultProxy`] listens on it
+//! while the backend runs, and while it is down the address is held by a bound, non-listening
+//! socket, so nginx's connects are refused and no other socket can take the port.
+
+use crate::error::HarnessError;
+use crate::ready::{poll, READY_DEADLINE};
+use crate::tcp::{self, TcpState};
+use mock_twilio::{FaultProxy, FaultSet, Journal, ProxyConfig};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The nginx→backend fault point.
+pub struct Hop {
+    addr: SocketAddr,
+    faults: Arc<FaultSet>,
+    journal: Arc<Journal>,
+    state: Mutex<State>,
+    /// Connections accepted by earlier proxies (before backend restarts).
+    earlier: AtomicU64,
+}
+
+struct State {
+    proxy: Option<FaultProxy>,
+    hold: Option<tokio::net::TcpSocket>,
+}
+
+/// Binds (without listening) a socket to `addr` with SO_REUSEADDR: the port stays ours, connects
+/// to it are refused, and a listener may bind it again while this is held.
+fn hold_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+impl Hop {
+    /// Takes an OS-chosen port on `ip` and holds it (down until [`Hop::up`]).
+    pub fn reserve(ip: IpAddr) -> Result<Hop, HarnessError> {
+        let hold = hold_port(SocketAddr::new(ip, 0))
+            .map_err(HarnessError::io("reserve the hop fault point's address"))?;
+        let addr = hold
+            .local_addr()
+            .map_err(HarnessError::io("hop fault point address"))?;
+        Ok(Hop {
+            addr,
+            faults: Arc::default(),
+            journal: Arc::default(),
+            state: Mutex::new(State {
+                proxy: None,
+                hold: Some(hold),
+            }),
+            earlier: AtomicU64::new(0),
+        })
+    }
+
+    /// Its address: nginx's upstream.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its fault rules.
+    pub fn faults(&self) -> &Arc<FaultSet> {
+        &self.faults
+    }
+
+    /// The requests that crossed it.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Connections nginx has opened through it since it was reserved.
+    pub fn connections(&self) -> u64 {
+        let state = self.state.lock().unwrap();
+        self.earlier.load(Ordering::SeqCst)
+            + state
+                .proxy
+                .as_ref()
+                .map(FaultProxy::connections)
+                .unwrap_or(0)
+    }
+
+    /// Starts forwarding to `backend` on its address.
+    pub async fn up(&self, backend: SocketAddr) -> Result<(), HarnessError> {
+        let proxy = FaultProxy::start_with(
+            self.addr,
+            ProxyConfig::new(backend),
+            self.faults.clone(),
+            self.journal.clone(),
+        )
+        .await
+        .map_err(HarnessError::io(format!(
+            "bind the hop fault point on {}",
+            self.addr
+        )))?;
+        let mut state = self.state.lock().unwrap();
+        state.proxy = Some(proxy);
+        state.hold = None;
+        Ok(())
+    }
+
+    /// Stops forwarding: closes every connection, holds the address (connects are refused),
+    /// and returns once nginx has let go of every connection it had to the hop, so its next
+    /// request meets a refused connect, not a race with a closing one.
+    pub async fn down(&self) {
+        let proxy = self.state.lock().unwrap().proxy.take();
+        if let Some(proxy) = proxy {
+            self.earlier
+                .fetch_add(proxy.connections(), Ordering::SeqCst);
+            proxy.shutdown().await;
+            self.state.lock().unwrap().hold = hold_port(self.addr).ok();
+        }
+        poll(READY_DEADLINE, || async {
+            (self.open_connections() == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Connections to the hop that nginx has not let go of yet: its client side still open
+    /// (visible when nginx runs here), or the hop's own side not yet closed by nginx (visible
+    /// also when nginx runs in a container).
+    fn open_connections(&self) -> usize {
+        tcp::sockets()
+            .iter()
+            .filter(|s| {
+                (s.remote == self.addr
+                    && matches!(s.state, TcpState::Established | TcpState::CloseWait))
+                    || (s.local == self.addr && s.state != TcpState::Other)
+            })
+            .count()
+    }
+}
