@@ -479,7 +479,7 @@ impl Browser {
         let port = stack.nginx_addr().port();
         let before = open_client_ports(port);
         let mark = stack.access_log().len();
-        let page_url = stack.url(&crate::step::player_path(
+        let page_url = stack.url(&crate::app::player_path(
             &recording.call_sid,
             options.format,
         ));
@@ -495,7 +495,7 @@ impl Browser {
                 .then_some(())
         })
         .await;
-        let path = crate::step::download_path(&recording.call_sid, options.format);
+        let path = crate::app::download_path(&recording.call_sid, options.format);
         let size = recording
             .media(options.format.unwrap_or(recording.format))
             .len();

@@ -146,7 +146,7 @@ pub async fn check(
 ) -> Result<Vec<CheckResult>, HarnessError> {
     let target = UrlTarget::new(base, token);
     let session = Session::new(Observe::Client);
-    let path = step::download_path(call_sid, None);
+    let path = crate::app::download_path(call_sid, None);
     let mut head = RequestStep::get().with_path(&path).method(Method::Head);
     head.expect = Expect {
         status: Some(200),

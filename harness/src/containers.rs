@@ -2,8 +2,9 @@
 //! driven through the Engine API (`bollard`). mock-twilio and the hop fault point stay in this
 //! process and listen on the network's gateway address, which the containers reach as the host.
 //!
-//! Its images are built offline by [`crate::images`].
+//! Its images are built offline (`harness images build`).
 
+use crate::docker::{engine, err};
 use crate::error::HarnessError;
 use crate::process::LogFile;
 use bollard::models::{
@@ -23,45 +24,6 @@ use std::time::{Duration, Instant};
 
 /// The label every container and network of ours carries; its value is the owning process id.
 pub const OWNER_LABEL: &str = "recordings-harness.owner-pid";
-
-pub(crate) fn err(
-    what: impl std::fmt::Display,
-) -> impl FnOnce(bollard::errors::Error) -> HarnessError {
-    move |e| HarnessError::Docker {
-        what: what.to_string(),
-        message: e.to_string(),
-    }
-}
-
-/// Connects to the Docker engine (`DOCKER_HOST` or the local socket) and checks it answers.
-pub async fn engine() -> Result<Docker, HarnessError> {
-    let docker = Docker::connect_with_defaults().map_err(|e| HarnessError::ToolMissing {
-        tool: "docker",
-        hint: format!("no Docker engine to connect to ({e}); install docker.io and start it"),
-    })?;
-    match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
-        Ok(Ok(_)) => Ok(docker),
-        Ok(Err(e)) => Err(HarnessError::ToolMissing {
-            tool: "docker",
-            hint: format!(
-                "the Docker engine does not answer: {e}; start it (service docker start)"
-            ),
-        }),
-        Err(_) => Err(HarnessError::ToolMissing {
-            tool: "docker",
-            hint: "the Docker engine did not answer a ping within 5 s".into(),
-        }),
-    }
-}
-
-/// Whether an engine answers, from synchronous code (tests); `Err` says why not.
-pub fn available() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(engine()).map(|_| ()).map_err(|e| e.to_string())
-}
 
 /// Removes containers and networks left by harness processes that are gone (killed with
 /// SIGKILL, say, so their drop never ran).

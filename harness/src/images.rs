@@ -5,7 +5,7 @@
 //! pull name other images with `HARNESS_NGINX_IMAGE` (e.g. `nginx:stable`) and
 //! `HARNESS_BACKEND_IMAGE`.
 
-use crate::containers::{engine, err};
+use crate::docker::{engine, err};
 use crate::error::HarnessError;
 use bollard::query_parameters::{ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 use bollard::Docker;

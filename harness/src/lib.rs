@@ -21,18 +21,22 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod app;
 pub mod assets;
 pub mod backend;
 pub mod bench;
 pub mod browser;
 pub mod check;
 pub mod containers;
+pub mod docker;
 pub mod error;
 pub mod events;
 pub mod expect;
 pub mod gateway;
 pub mod hop;
 pub mod images;
+pub mod locate;
+pub mod log;
 pub mod nginx;
 pub mod outcome;
 pub mod process;

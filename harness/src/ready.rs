@@ -3,7 +3,7 @@
 //! failing early when the component exits. No sleep stands in for either.
 
 use crate::error::HarnessError;
-use crate::process::LogFile;
+use crate::log::LogFile;
 use regex::Regex;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -272,7 +272,7 @@ impl Launcher {
                 let engine = ContainerStack::create(id).await?;
                 let bin = match backend_bin {
                     Some(b) => b.to_path_buf(),
-                    None => crate::stack::find_backend()?,
+                    None => crate::locate::find_backend()?,
                 };
                 let images = crate::images::images_once(&bin).await?;
                 (Some(Arc::new(engine)), Some(images))

@@ -1,11 +1,9 @@
 //! [`StackSpec`]: what a stack is made of (profile, backend, timeouts), as data; the
 //! [`crate::Runtime`] says how it runs and [`crate::Stack`] runs it.
 
-use crate::error::HarnessError;
 use crate::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Which nginx config and backend keep-alive a stack runs with.
 #[derive(
@@ -46,7 +44,9 @@ impl Profile {
     /// under `legacy`, uvicorn's default of 5 s.
     pub fn backend_keep_alive_secs(self, backend: &Path) -> f64 {
         match self {
-            Profile::Fixed => backend_default(backend, "--keep-alive-timeout").unwrap_or(75.0),
+            Profile::Fixed => {
+                crate::locate::backend_default(backend, "--keep-alive-timeout").unwrap_or(75.0)
+            }
             Profile::Legacy => 5.0,
         }
     }
@@ -151,7 +151,7 @@ impl StackSpec {
             runtime: Runtime::Processes,
             backend: BackendSpec::Reference,
             timeouts: Timeouts::default(),
-            docker_dir: workspace_dir().join("docker"),
+            docker_dir: crate::locate::workspace_dir().join("docker"),
             backend_env: Vec::new(),
         }
     }
@@ -203,72 +203,4 @@ impl StackSpec {
             _ => Profile::Legacy.backend_keep_alive_secs(Path::new("")),
         }
     }
-}
-
-/// The workspace root (where `docker/`, `scenarios/` and `snapshots/` are).
-pub fn workspace_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HARNESS_WORKSPACE") {
-        return PathBuf::from(dir);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-/// Finds `recordings-backend`: `$HARNESS_BACKEND_BIN`, or beside the running executable
-/// (cargo puts workspace binaries in `target/<profile>/`, tests in `target/<profile>/deps/`).
-pub fn find_backend() -> Result<PathBuf, HarnessError> {
-    if let Some(p) = std::env::var_os("HARNESS_BACKEND_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(HarnessError::io("current_exe"))?;
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("recordings-backend"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| HarnessError::ToolMissing {
-            tool: "recordings-backend",
-            hint: "build it with `cargo build -p recordings-backend` (`cargo test --workspace` does), or set HARNESS_BACKEND_BIN".into(),
-        })
-}
-
-/// A flag's default as the backend's `--help` states it (`[default: 75]`).
-pub fn backend_default(backend: &Path, flag: &str) -> Option<f64> {
-    // `--help` is read once per binary, not on every stack start.
-    static HELP: std::sync::Mutex<Option<(PathBuf, String)>> = std::sync::Mutex::new(None);
-    let mut cached = HELP.lock().unwrap_or_else(|e| e.into_inner());
-    if cached.as_ref().is_none_or(|(path, _)| path != backend) {
-        let out = Command::new(backend)
-            .arg("--help")
-            .env_clear()
-            .output()
-            .ok()?;
-        *cached = Some((
-            backend.to_path_buf(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        ));
-    }
-    let help = &cached.as_ref()?.1;
-    let after = &help[help.find(&format!("{flag} "))?..];
-    let default = after.split("[default: ").nth(1)?.split(']').next()?;
-    default.trim().parse().ok()
-}
-
-/// When run from the workspace: a message if `recordings-backend` is older than its sources
-/// (`cargo test -p harness` does not rebuild it; `cargo test --workspace` does).
-pub fn stale_backend(binary: &Path) -> Option<String> {
-    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
-    let src = workspace_dir().join("backend/src");
-    let newest = std::fs::read_dir(&src)
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .max()?;
-    (newest > built).then(|| {
-        format!(
-            "{} is older than {}: run `cargo build -p recordings-backend` (or `cargo test --workspace`)",
-            binary.display(),
-            src.display()
-        )
-    })
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::locate::{backend_default, find_backend, stale_backend, workspace_dir};
 pub use crate::ready::READY_DEADLINE;
 pub use crate::spec::*;
 
@@ -98,7 +99,7 @@ impl Stack {
     /// Starts mock-twilio, nginx, the backend and the hop, and waits until each is ready.
     pub async fn start(spec: StackSpec) -> Result<Stack, HarnessError> {
         let reference_bin = match &spec.backend {
-            BackendSpec::Reference => Some(find_backend()?),
+            BackendSpec::Reference => Some(crate::locate::find_backend()?),
             BackendSpec::File(_) => None,
         };
         let sandbox = Sandbox::create()?;

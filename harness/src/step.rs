@@ -7,6 +7,7 @@
 //! the soak, the bench, `harness check` and the browser step all come through here.
 
 use crate::access::{self, AccessLine};
+use crate::app::{download_path, player_path, WEBHOOK_PATH};
 use crate::browser::{Browser, BrowserSlot, PlayOptions};
 use crate::error::HarnessError;
 use crate::events::{self, BackendEvent};
@@ -25,22 +26,6 @@ use std::time::Duration;
 
 /// How long a step waits for the logs to settle (its access-log line, the downloads it began).
 pub const SETTLE_DEADLINE: Duration = Duration::from_secs(15);
-
-/// The path of a call's recording download; `?format=` only when one is named.
-pub fn download_path(call_sid: &str, format: Option<MediaFormat>) -> String {
-    match format {
-        Some(f) => format!("/api/calls/{call_sid}/download?format={}", f.extension()),
-        None => format!("/api/calls/{call_sid}/download"),
-    }
-}
-
-/// The player page's path for a call (its `<audio>` element plays [`download_path`]).
-pub fn player_path(call_sid: &str, format: Option<MediaFormat>) -> String {
-    match format {
-        Some(f) => format!("/player.html?call={call_sid}&format={}", f.extension()),
-        None => format!("/player.html?call={call_sid}"),
-    }
-}
 
 /// Credentials a [`UrlTarget`] sends with every request.
 #[derive(Debug, Clone)]
@@ -487,7 +472,7 @@ pub fn webhook_request(
     rec: &Recording,
     signing: Signing,
 ) -> reqwest::RequestBuilder {
-    let url = stack.url("/webhook/recording-status");
+    let url = stack.url(WEBHOOK_PATH);
     let callback = stack.twilio().status_callback(rec);
     let mut req = stack
         .client()

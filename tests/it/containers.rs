@@ -9,7 +9,7 @@ use std::process::Command;
 /// True when a Docker engine answers; otherwise says so, visibly (and fails under
 /// `HARNESS_REQUIRE_TOOLS=1`, which CI sets on machines with an engine).
 fn engine_present() -> bool {
-    match harness::containers::available() {
+    match harness::docker::available() {
         Ok(()) => true,
         Err(e) if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
             panic!("HARNESS_REQUIRE_TOOLS=1 and: {e}")

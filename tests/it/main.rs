@@ -5,6 +5,7 @@ mod bench;
 mod browser;
 mod cli;
 mod containers;
+mod docs;
 pub mod files;
 mod gateway;
 mod range;

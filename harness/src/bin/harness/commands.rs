@@ -63,7 +63,7 @@ pub fn new(name: &str, dir: &Path) -> anyhow::Result<ExitCode> {
 
 /// What `harness up` prints: where everything is, and how to poke it.
 fn describe_up(stack: &Stack, rec: &mock_twilio::Recording, profile: Profile, size: u64) -> String {
-    let url = stack.url(&harness::step::download_path(&rec.call_sid, None));
+    let url = stack.url(&harness::app::download_path(&rec.call_sid, None));
     let t = stack.twilio();
     let backend = stack
         .backend_addr()

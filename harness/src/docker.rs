@@ -1,0 +1,44 @@
+//! The Docker engine: connecting to it (`DOCKER_HOST` or the local socket), and its errors.
+
+use crate::error::HarnessError;
+use bollard::Docker;
+use std::time::Duration;
+
+pub(crate) fn err(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(bollard::errors::Error) -> HarnessError {
+    move |e| HarnessError::Docker {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Connects to the Docker engine (`DOCKER_HOST` or the local socket) and checks it answers.
+pub async fn engine() -> Result<Docker, HarnessError> {
+    let docker = Docker::connect_with_defaults().map_err(|e| HarnessError::ToolMissing {
+        tool: "docker",
+        hint: format!("no Docker engine to connect to ({e}); install docker.io and start it"),
+    })?;
+    match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+        Ok(Ok(_)) => Ok(docker),
+        Ok(Err(e)) => Err(HarnessError::ToolMissing {
+            tool: "docker",
+            hint: format!(
+                "the Docker engine does not answer: {e}; start it (service docker start)"
+            ),
+        }),
+        Err(_) => Err(HarnessError::ToolMissing {
+            tool: "docker",
+            hint: "the Docker engine did not answer a ping within 5 s".into(),
+        }),
+    }
+}
+
+/// Whether an engine answers, from synchronous code (tests); `Err` says why not.
+pub fn available() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(engine()).map(|_| ()).map_err(|e| e.to_string())
+}
