@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The label every container and network of ours carries; its value is the owning process id.
 pub const OWNER_LABEL: &str = "recordings-harness.owner-pid";
@@ -356,10 +356,10 @@ impl ContainerStack {
     }
 
     async fn wait_stopped(&self, c: &Container, deadline: Duration) {
-        let start = Instant::now();
-        while self.running(c).await.is_ok() && start.elapsed() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::ready::poll(deadline, || async {
+            self.running(c).await.is_err().then_some(())
+        })
+        .await;
     }
 
     /// Starts a stopped container again (its logs keep following).
