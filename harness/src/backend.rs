@@ -80,6 +80,9 @@ pub struct StackFile {
     /// The legacy profile's nginx config (default: docker/nginx.legacy.conf).
     #[serde(default)]
     pub nginx_legacy: Option<PathBuf>,
+    /// The stock profile's nginx config (default: docker/nginx.stock.conf).
+    #[serde(default)]
+    pub nginx_stock: Option<PathBuf>,
     /// The folder the file is in (paths are relative to it).
     #[serde(skip)]
     pub dir: PathBuf,

@@ -20,7 +20,8 @@ pub enum GatewayCause {
     TimedOut,
     /// `upstream sent too big header`: headers larger than `proxy_buffer_size`.
     TooBigHeader,
-    /// `upstream sent invalid header` or `no valid HTTP/1.0 header`: not HTTP.
+    /// `upstream sent invalid header`, `no valid HTTP/1.0 header`, an invalid or duplicate
+    /// `Content-Length` (nginx ≥ 1.23 refuses those; 1.22 passed them on): not valid HTTP.
     InvalidHeader,
     /// `writev() failed (32: Broken pipe)` / `send() failed`: the backend went away while
     /// nginx sent the request.
@@ -109,7 +110,7 @@ impl GatewayCause {
             GatewayCause::PrematureClose => "the backend closed the connection without (finishing) an answer: it crashed mid-response, or its keep-alive timeout closed a connection nginx was reusing",
             GatewayCause::TimedOut => "the backend did not answer within proxy_read_timeout; nginx answers 504, not 502",
             GatewayCause::TooBigHeader => "the backend's response headers were larger than proxy_buffer_size",
-            GatewayCause::InvalidHeader => "the backend answered something that is not HTTP",
+            GatewayCause::InvalidHeader => "the backend answered something that is not valid HTTP: not HTTP at all, or a header nginx refuses (an invalid or duplicate Content-Length, which nginx 1.23 and later refuse and 1.22 passed on)",
             GatewayCause::SendFailed => "the backend went away while nginx was sending it the request",
             GatewayCause::NoLiveUpstreams => "every server of the upstream block was marked failed after earlier errors (max_fails)",
             GatewayCause::Other => "another upstream error; read the raw line",
@@ -123,7 +124,7 @@ impl GatewayCause {
             GatewayCause::ResetByPeer | GatewayCause::PrematureClose => "keep the backend's keep-alive timeout above nginx's upstream keepalive_timeout (e.g. 75 s vs 60 s), and never let an exception drop a connection: answer a JSON error instead",
             GatewayCause::TimedOut => "make the backend give up on Twilio (TWILIO_TIMEOUT_SECS) well before proxy_read_timeout, and pre-download recordings from the status webhook",
             GatewayCause::TooBigHeader => "shrink the response headers or raise proxy_buffer_size",
-            GatewayCause::InvalidHeader => "make sure the upstream address points at an HTTP server",
+            GatewayCause::InvalidHeader => "make sure the upstream address points at an HTTP server, and that it sends one valid Content-Length (or none, with chunked encoding)",
             GatewayCause::SendFailed => "as for a reset: align keep-alive timeouts, and drain on shutdown instead of exiting",
             GatewayCause::NoLiveUpstreams => "fix the errors that marked the server failed; consider max_fails=0 for a single backend",
             GatewayCause::Other => "read nginx's error log around this line",
@@ -153,7 +154,10 @@ pub fn classify(line: &str) -> Option<GatewayError> {
         GatewayCause::TimedOut
     } else if has("upstream sent too big header") {
         GatewayCause::TooBigHeader
-    } else if has("upstream sent invalid header") || has("upstream sent no valid HTTP") {
+    } else if has("upstream sent invalid")
+        || has("upstream sent no valid HTTP")
+        || has("upstream sent duplicate header line")
+    {
         GatewayCause::InvalidHeader
     } else if has("(32: Broken pipe)") || has("send() failed") || has("writev() failed") {
         GatewayCause::SendFailed
@@ -234,6 +238,8 @@ mod tests {
             ("upstream sent too big header while reading response header from upstream", GatewayCause::TooBigHeader, Stage::ReadingHeader),
             ("upstream sent no valid HTTP/1.0 header while reading response header from upstream", GatewayCause::InvalidHeader, Stage::ReadingHeader),
             ("upstream prematurely closed connection while reading upstream", GatewayCause::PrematureClose, Stage::ReadingBody),
+            ("upstream sent invalid \"Content-Length\" header: \"content-length: abc\" while reading response header from upstream", GatewayCause::InvalidHeader, Stage::ReadingHeader),
+            ("upstream sent duplicate header line: \"content-length: abc\", previous value: \"content-length: 10000\" while reading response header from upstream", GatewayCause::InvalidHeader, Stage::ReadingHeader),
         ];
         for (msg, cause, stage) in cases {
             let line = format!(

@@ -1,9 +1,10 @@
-//! The containers runtime's images, built offline: a Debian root filesystem from
-//! `debootstrap` with nginx-light, imported as `recordings-harness/base:…`, and
-//! `docker/Dockerfile.backend` on top of it with this workspace's `recordings-backend`. Both are
-//! tagged by a checksum of what they are made from, so a second build reuses them. Users who can
-//! pull name other images with `HARNESS_NGINX_IMAGE` (e.g. `nginx:stable`) and
-//! `HARNESS_BACKEND_IMAGE`.
+//! The containers runtime's images, built offline: for each nginx line a Debian root filesystem
+//! from `debootstrap` with nginx-light (bookworm 1.22, trixie 1.26, sid 1.30), imported as
+//! `recordings-harness/base:<suite>-…`, and `docker/Dockerfile.backend` on the bookworm one with
+//! this workspace's `recordings-backend`. Each is tagged by a checksum of what it is made from,
+//! so a second build reuses it. The nginx version an image runs is read from `nginx -v` in it.
+//! Users who can pull name other images with `HARNESS_NGINX_IMAGE` (e.g. `nginx:stable`),
+//! `HARNESS_BACKEND_IMAGE` and `HARNESS_BASE_IMAGE` (the default line's).
 
 use crate::docker::{engine, err};
 use crate::error::HarnessError;
@@ -13,8 +14,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// How the base image is made (its tag is this recipe's checksum).
-pub const BASE_RECIPE: &str = "debootstrap --variant=minbase --include=nginx-light bookworm";
+use crate::nginx::NginxLine;
+use std::collections::BTreeMap;
+
+/// How a base image is made, for a Debian suite (its tag is this recipe's checksum).
+pub fn base_recipe(suite: &str) -> String {
+    format!("debootstrap --variant=minbase --include=nginx-light {suite}")
+}
+
+/// The label every image the harness builds carries (so an untagged one can be found).
+pub const IMAGE_LABEL: &str = "recordings-harness=image";
 
 /// Where the backend binary sits in the Dockerfile's build context.
 pub const BACKEND_IN_CONTEXT: &str = "target/docker/recordings-backend";
@@ -22,8 +31,10 @@ pub const BACKEND_IN_CONTEXT: &str = "target/docker/recordings-backend";
 /// The images a container stack runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Images {
-    /// nginx's image (`HARNESS_NGINX_IMAGE`, else the base image, which has nginx-light).
+    /// nginx's image (`HARNESS_NGINX_IMAGE`, else the line's base image, which has nginx-light).
     pub nginx: String,
+    /// What `nginx -v` says in it (`nginx/1.30.6`).
+    pub nginx_version: String,
     /// The backend's image (`HARNESS_BACKEND_IMAGE`, else built from Dockerfile.backend).
     pub backend: String,
 }
@@ -65,76 +76,139 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), HarnessError> {
     Ok(())
 }
 
-/// The base image's tag: `recordings-harness/base:bookworm-<checksum of the recipe>`.
-pub fn base_tag() -> String {
+/// A suite's base image tag: `recordings-harness/base:<suite>-<checksum of its recipe>`.
+pub fn base_tag_for(suite: &str) -> String {
     format!(
-        "recordings-harness/base:bookworm-{}",
-        checksum(&[BASE_RECIPE.as_bytes()])
+        "recordings-harness/base:{suite}-{}",
+        checksum(&[base_recipe(suite).as_bytes()])
     )
 }
 
-/// Builds (or finds, when already built from the same content) the base and backend images.
-/// `say` gets one line per thing done. Older backend images of ours are removed, so rebuilding
-/// after every change leaves no images piling up.
-pub async fn build_images(backend_bin: &Path, say: &dyn Fn(&str)) -> Result<Images, HarnessError> {
+/// The default line's (bookworm's) base image tag, which the backend image is built on.
+pub fn base_tag() -> String {
+    base_tag_for(NginxLine::DEFAULT.suite())
+}
+
+/// Builds (or finds, when already built from the same content) the images a stack with nginx
+/// of `line` runs. `say` gets one line per thing done. Older backend images of ours are
+/// removed, so rebuilding after every change leaves no images piling up.
+pub async fn build_images(
+    backend_bin: &Path,
+    line: NginxLine,
+    say: &dyn Fn(&str),
+) -> Result<Images, HarnessError> {
     let docker = engine().await?;
-    let base = build_base(&docker, say).await?;
-    let nginx = std::env::var("HARNESS_NGINX_IMAGE").unwrap_or_else(|_| base.clone());
+    let base = build_base(&docker, NginxLine::DEFAULT, say).await?;
+    let nginx = match std::env::var("HARNESS_NGINX_IMAGE") {
+        Ok(image) if line == NginxLine::DEFAULT => image,
+        _ if line == NginxLine::DEFAULT => base.clone(),
+        _ => build_base(&docker, line, say).await?,
+    };
     let backend = match std::env::var("HARNESS_BACKEND_IMAGE") {
         Ok(image) => image,
         Err(_) => build_backend(&docker, backend_bin, &base, say).await?,
     };
-    Ok(Images { nginx, backend })
+    Ok(Images {
+        nginx_version: nginx_version(&nginx)?,
+        nginx,
+        backend,
+    })
 }
 
-/// The base image (Debian with nginx-light), imported from a debootstrap tree unless present.
-async fn build_base(docker: &Docker, say: &dyn Fn(&str)) -> Result<String, HarnessError> {
-    // Where a registry is reachable, a standard image may stand in for the debootstrap one.
-    let base = std::env::var("HARNESS_BASE_IMAGE").unwrap_or_else(|_| base_tag());
+/// The nginx images of `lines` (built where missing), each with the version it really runs.
+pub async fn build_nginx_images(
+    lines: &[NginxLine],
+    say: &dyn Fn(&str),
+) -> Result<BTreeMap<NginxLine, (String, String)>, HarnessError> {
+    let docker = engine().await?;
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let image = build_base(&docker, *line, say).await?;
+        out.insert(*line, (nginx_version(&image)?, image));
+    }
+    Ok(out)
+}
+
+/// What `nginx -v` prints in `image` (`nginx/1.26.3`).
+pub fn nginx_version(image: &str) -> Result<String, HarnessError> {
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", image, "nginx", "-v"])
+        .output()
+        .map_err(HarnessError::io(format!("docker run {image} nginx -v")))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    text.split("version: ")
+        .nth(1)
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| HarnessError::Command {
+            what: format!("nginx -v in {image}"),
+            status: out.status.to_string(),
+            output: text.into_owned(),
+        })
+}
+
+/// A suite's base image (Debian with nginx-light), imported from a debootstrap tree unless
+/// present.
+async fn build_base(
+    docker: &Docker,
+    line: NginxLine,
+    say: &dyn Fn(&str),
+) -> Result<String, HarnessError> {
+    let own = base_tag_for(line.suite());
+    // Where a registry is reachable, a standard image may stand in for the default line's.
+    let base = match std::env::var("HARNESS_BASE_IMAGE") {
+        Ok(image) if line == NginxLine::DEFAULT => image,
+        _ => own.clone(),
+    };
     if image_exists(docker, &base).await {
         say(&format!("{base}: present"));
-    } else if base != base_tag() {
+        return Ok(base);
+    }
+    if base != own {
         return Err(HarnessError::ToolMissing {
             tool: "base image",
             hint: format!("HARNESS_BASE_IMAGE={base} is not present: docker pull {base}"),
         });
-    } else {
-        say(&format!("{base}: {BASE_RECIPE} (about 30 s) …"));
-        let which = |tool: &str| {
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-                .map(|d| d.join(tool))
-                .find(|p| p.is_file())
-        };
-        let debootstrap = which("debootstrap").ok_or(HarnessError::ToolMissing {
-            tool: "debootstrap",
-            hint: "apt-get install debootstrap (it builds the base image from Debian's packages)"
-                .into(),
-        })?;
-        let root = tempfile::Builder::new()
-            .prefix("harness-rootfs-")
-            .tempdir()
-            .map_err(HarnessError::io("create a root filesystem dir"))?;
-        let mut args: Vec<&str> = BASE_RECIPE.split_whitespace().skip(1).collect();
-        let dir = root.path().join("rootfs");
-        let dir_s = dir.display().to_string();
-        args.push(&dir_s);
-        run(Command::new(debootstrap).args(&args), "debootstrap")?;
-        // `docker import` of the tree: the CLI streams it; the same through the API needs it all in memory.
-        let mut import = Command::new("sh");
-        import.args([
-            "-c",
-            "tar -C \"$1\" -c . | docker import --change 'CMD [\"nginx\", \"-g\", \"daemon off;\"]' - \"$2\"",
-            "import",
-            &dir_s,
-            &base,
-        ]);
-        run(&mut import, "docker import of the base root filesystem")?;
-        // The tree is root-owned and large: remove it now rather than leave it in /tmp.
-        drop(root);
-        say(&format!("{base}: built"));
     }
+    let recipe = base_recipe(line.suite());
+    say(&format!("{base}: {recipe} (about 30 s) …"));
+    import_rootfs(&recipe, &base)?;
+    say(&format!("{base}: built"));
     Ok(base)
+}
+
+/// Runs `recipe` (a debootstrap command line) into a fresh tree and imports it as `tag`.
+fn import_rootfs(recipe: &str, tag: &str) -> Result<(), HarnessError> {
+    let which = |tool: &str| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    };
+    let debootstrap = which("debootstrap").ok_or(HarnessError::ToolMissing {
+        tool: "debootstrap",
+        hint: "apt-get install debootstrap (it builds the base images from Debian's packages)"
+            .into(),
+    })?;
+    let root = tempfile::Builder::new()
+        .prefix("harness-rootfs-")
+        .tempdir()
+        .map_err(HarnessError::io("create a root filesystem dir"))?;
+    let mut args: Vec<&str> = recipe.split_whitespace().skip(1).collect();
+    let dir_s = root.path().join("rootfs").display().to_string();
+    args.push(&dir_s);
+    run(Command::new(debootstrap).args(&args), "debootstrap")?;
+    // `docker import` of the tree: the CLI streams it; the same through the API needs it all in memory.
+    let mut import = Command::new("sh");
+    import.args([
+        "-c",
+        "tar -C \"$1\" -c . | docker import --change 'CMD [\"nginx\", \"-g\", \"daemon off;\"]' --change \"LABEL $3\" - \"$2\"",
+        "import",
+        &dir_s,
+        tag,
+        IMAGE_LABEL,
+    ]);
+    run(&mut import, "docker import of the base root filesystem")
+    // The tree is root-owned and large: it is removed when `root` drops, here.
 }
 
 /// The backend image: `docker/Dockerfile.backend` on `base` with this `recordings-backend`,
@@ -174,7 +248,7 @@ async fn build_backend(
             .map_err(HarnessError::io("write Dockerfile.backend"))?;
         run(
             Command::new("docker")
-                .args(["build", "-q", "--build-arg"])
+                .args(["build", "-q", "--label", IMAGE_LABEL, "--build-arg"])
                 .arg(format!("BASE={base}"))
                 .arg("-t")
                 .arg(&backend)
@@ -221,20 +295,26 @@ async fn remove_superseded(
             say(&format!("{tag}: removed (superseded)"));
         }
     }
+    // An image untagged while a container still ran it stays behind untagged: prune those.
+    let dangling = HashMap::from([("dangling", vec!["true"]), ("label", vec![IMAGE_LABEL])]);
+    let options = bollard::query_parameters::PruneImagesOptionsBuilder::default()
+        .filters(&dangling)
+        .build();
+    let _ = docker.prune_images(Some(options)).await;
     Ok(())
 }
 
-/// The images for `backend_bin`, built at most once per process (stacks start concurrently).
-pub async fn images_once(backend_bin: &Path) -> Result<Images, HarnessError> {
-    static BUILT: tokio::sync::Mutex<Option<(PathBuf, Images)>> =
-        tokio::sync::Mutex::const_new(None);
+/// The images for `backend_bin` and `line`, built at most once per process (stacks start
+/// concurrently).
+pub async fn images_once(backend_bin: &Path, line: NginxLine) -> Result<Images, HarnessError> {
+    static BUILT: tokio::sync::Mutex<BTreeMap<(PathBuf, NginxLine), Images>> =
+        tokio::sync::Mutex::const_new(BTreeMap::new());
     let mut built = BUILT.lock().await;
-    if let Some((bin, images)) = built.as_ref() {
-        if bin == backend_bin {
-            return Ok(images.clone());
-        }
+    let key = (backend_bin.to_path_buf(), line);
+    if let Some(images) = built.get(&key) {
+        return Ok(images.clone());
     }
-    let images = build_images(backend_bin, &|_| {}).await?;
-    *built = Some((backend_bin.to_path_buf(), images.clone()));
+    let images = build_images(backend_bin, line, &|_| {}).await?;
+    built.insert(key, images.clone());
     Ok(images)
 }

@@ -40,6 +40,74 @@ pub fn find_nginx() -> Result<PathBuf, HarnessError> {
         })
 }
 
+/// A line of nginx releases, as one Debian suite ships it: the versions teams really run.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum NginxLine {
+    /// 1.22 (Debian 12, bookworm).
+    #[serde(rename = "1.22")]
+    V1_22,
+    /// 1.26 (Debian 13, trixie).
+    #[serde(rename = "1.26")]
+    V1_26,
+    /// 1.30 (Debian unstable, sid): upstream keep-alive on by default since 1.29.7.
+    #[serde(rename = "1.30")]
+    V1_30,
+}
+
+impl NginxLine {
+    /// Every line, oldest first.
+    pub const ALL: [NginxLine; 3] = [NginxLine::V1_22, NginxLine::V1_26, NginxLine::V1_30];
+
+    /// The line snapshots are named after by default (the one Debian 12 hosts run).
+    pub const DEFAULT: NginxLine = NginxLine::V1_22;
+
+    /// `1.22`, `1.26`, `1.30`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NginxLine::V1_22 => "1.22",
+            NginxLine::V1_26 => "1.26",
+            NginxLine::V1_30 => "1.30",
+        }
+    }
+
+    /// The Debian suite whose nginx-light is of this line.
+    pub fn suite(self) -> &'static str {
+        match self {
+            NginxLine::V1_22 => "bookworm",
+            NginxLine::V1_26 => "trixie",
+            NginxLine::V1_30 => "sid",
+        }
+    }
+
+    /// The line of a version (`nginx/1.22.1`, `1.30.6`), if it is one the harness knows.
+    pub fn of_version(version: &str) -> Option<NginxLine> {
+        let v = version.trim_start_matches("nginx/");
+        Self::ALL
+            .into_iter()
+            .find(|l| v.starts_with(&format!("{}.", l.name())))
+    }
+}
+
+impl std::fmt::Display for NginxLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for NginxLine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|l| l.name() == s.trim_start_matches("nginx-"))
+            .ok_or_else(|| {
+                format!("{s:?} is not an nginx line the harness runs (1.22, 1.26, 1.30)")
+            })
+    }
+}
+
 /// nginx's version line, e.g. `nginx/1.22.1`.
 pub fn version(nginx: &Path) -> Option<String> {
     let out = Command::new(nginx).arg("-v").output().ok()?;
@@ -63,6 +131,16 @@ pub struct Render {
     /// Factor for keep-alive timeouts.
     pub keepalive_scale: f64,
 }
+
+/// The access-log format every rendered config logs in, whatever the config's own: the harness
+/// reads it ([`crate::access`]) to find each request by its `X-Request-ID`.
+pub const HARNESS_LOG_FORMAT: &str = concat!(
+    r#"log_format harness_timing '$remote_addr [$time_local] "$request" status=$status bytes=$body_bytes_sent ' "#,
+    r#"'range="$http_range" upstream_status="$upstream_status" ' "#,
+    r#"'upstream_response_time="$upstream_response_time" ' "#,
+    r#"'upstream_connect_time="$upstream_connect_time" request_time=$request_time ' "#,
+    r#"'request_id="$http_x_request_id" msec=$msec';"#
+);
 
 /// nginx's built-in defaults for the proxy timeouts, made explicit so they scale too.
 const DEFAULT_PROXY_TIMEOUT_SECS: f64 = 60.0;
@@ -149,6 +227,8 @@ struct Walk {
     saw_listen: bool,
     saw_upstream_server: bool,
     saw_http: bool,
+    /// The config has an `access_log` in its `http` block (else the harness adds one).
+    http_access_log: bool,
 }
 
 /// One line of a config, split into what the renderer looks at.
@@ -214,10 +294,9 @@ fn rewrite(
             let level = l.words.get(2).map(|l| format!(" {l}")).unwrap_or_default();
             Some(format!("{indent}error_log {sb}/error.log{level};"))
         }
-        "access_log" if l.words.get(1) != Some(&"off") => {
-            let format = l.words.get(2).map(|f| format!(" {f}")).unwrap_or_default();
-            Some(format!("{indent}access_log {sb}/access.log{format};"))
-        }
+        "access_log" if l.words.get(1) != Some(&"off") => Some(format!(
+            "{indent}access_log {sb}/access.log harness_timing;"
+        )),
         "listen" => {
             w.saw_listen = true;
             Some(format!("{indent}listen {};", r.listen))
@@ -252,6 +331,15 @@ fn after(l: &Line, w: &mut Walk, r: &Render, out: &mut String) {
     }
     if l.directive() == "http" && l.trimmed.ends_with('{') {
         w.saw_http = true;
+        writeln!(out, "    {HARNESS_LOG_FORMAT}").unwrap();
+        if !w.http_access_log {
+            writeln!(
+                out,
+                "    access_log {}/access.log harness_timing;",
+                r.sandbox.display()
+            )
+            .unwrap();
+        }
         let t = ms(DEFAULT_PROXY_TIMEOUT_SECS * r.timeout_scale);
         writeln!(
             out,
@@ -269,13 +357,27 @@ fn after(l: &Line, w: &mut Walk, r: &Render, out: &mut String) {
     }
 }
 
+/// Whether the `http` block itself (not a server or location) has an `access_log`.
+fn has_http_access_log(config: &str) -> bool {
+    let mut depth = 0usize;
+    config.lines().any(|text| {
+        let l = Line::new(0, text);
+        let here = depth == 1 && l.directive() == "access_log";
+        depth = (depth + l.code.matches('{').count()).saturating_sub(l.code.matches('}').count());
+        here
+    })
+}
+
 /// Renders a deployable config for one stack. Fails, naming the file's problem, when a
 /// directive the harness must rewrite is missing.
 pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, HarnessError> {
     let mut out = String::new();
     writeln!(out, "# rendered by the harness from {source_name}").unwrap();
     writeln!(out, "daemon off;\nmaster_process on;").unwrap();
-    let mut w = Walk::default();
+    let mut w = Walk {
+        http_access_log: has_http_access_log(config),
+        ..Walk::default()
+    };
     for (n, text) in config.lines().enumerate() {
         let l = Line::new(n, text);
         let rendered = rewrite(source_name, &l, &mut w, r)?;
@@ -349,7 +451,12 @@ mod tests {
             out.contains("keepalive_timeout 30000ms;"),
             "upstream 60 s scaled by 0.5"
         );
-        assert!(out.contains("access_log /sb/access.log timing;"));
+        assert!(out.contains("access_log /sb/access.log harness_timing;"));
+        assert_eq!(
+            out.matches("access_log ").count(),
+            1,
+            "one access log: {out}"
+        );
         assert!(out.contains("error_log /sb/error.log info;"));
         assert!(
             out.contains("proxy_buffering off;"),

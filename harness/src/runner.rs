@@ -5,6 +5,7 @@
 use crate::browser::BrowserSlot;
 use crate::error::HarnessError;
 use crate::events::BackendEvent;
+use crate::nginx::NginxLine;
 use crate::outcome::{Outcome, SnapshotOutcome};
 use crate::runtime::Runtime;
 use crate::scenario::{Scenario, Step};
@@ -20,6 +21,8 @@ use std::collections::BTreeMap;
 pub struct ProfileRun {
     /// The profile.
     pub profile: Profile,
+    /// The nginx version it ran on (`nginx/1.30.6`).
+    pub nginx_version: String,
     /// One outcome per request, webhook or play step.
     pub outcomes: Vec<Outcome>,
     /// Explicit expectations that did not hold.
@@ -35,6 +38,8 @@ pub struct ScenarioRun {
     pub backend: String,
     /// Its description.
     pub description: String,
+    /// The nginx version it ran on (`nginx/1.22.1`).
+    pub nginx_version: String,
     /// The runs.
     pub runs: Vec<ProfileRun>,
 }
@@ -56,6 +61,18 @@ impl ScenarioRun {
         } else {
             format!("{}@{}", self.name, self.backend)
         }
+    }
+
+    /// The nginx line it ran on, if the harness knows it.
+    pub fn nginx_line(&self) -> Option<NginxLine> {
+        NginxLine::of_version(&self.nginx_version)
+    }
+
+    /// On a line other than the default: the name of that line's own snapshot
+    /// (`{snapshot name}@nginx-1.30`), used where its outcome differs from the default line's.
+    pub fn line_snapshot_name(&self) -> Option<String> {
+        let line = self.nginx_line().filter(|l| *l != NginxLine::DEFAULT)?;
+        Some(format!("{}@nginx-{line}", self.snapshot_name()))
     }
 
     /// The redacted form stored in `snapshots/`.
@@ -97,6 +114,16 @@ pub async fn run_with(
     runtime: Runtime,
     backend: &BackendSpec,
 ) -> Result<ScenarioRun, HarnessError> {
+    run_on(scenario, runtime, None, backend).await
+}
+
+/// Runs `scenario` with nginx of `line` (`None`: the runtime's default nginx).
+pub async fn run_on(
+    scenario: &Scenario,
+    runtime: Runtime,
+    line: Option<NginxLine>,
+    backend: &BackendSpec,
+) -> Result<ScenarioRun, HarnessError> {
     scenario
         .validate()
         .map_err(|e| HarnessError::InvalidScenario {
@@ -108,14 +135,19 @@ pub async fn run_with(
         scenario
             .profiles
             .iter()
-            .map(|p| run_profile(scenario, *p, runtime, backend)),
+            .map(|p| run_profile(scenario, *p, runtime, line, backend)),
     )
     .await;
+    let runs: Vec<ProfileRun> = runs.into_iter().collect::<Result<_, _>>()?;
     Ok(ScenarioRun {
         name: scenario.name.clone(),
         backend: backend.name().to_string(),
         description: scenario.description.clone(),
-        runs: runs.into_iter().collect::<Result<_, _>>()?,
+        nginx_version: runs
+            .first()
+            .map(|r| r.nginx_version.clone())
+            .unwrap_or_default(),
+        runs,
     })
 }
 
@@ -124,11 +156,13 @@ pub async fn run_profile(
     scenario: &Scenario,
     profile: Profile,
     runtime: Runtime,
+    line: Option<NginxLine>,
     backend: &BackendSpec,
 ) -> Result<ProfileRun, HarnessError> {
     let spec = StackSpec::new(profile)
         .timeouts(scenario.timeouts)
         .runtime(runtime)
+        .nginx(line)
         .backend(backend.clone());
     // A scenario that plays holds a browser slot from before its stack starts to its end, so
     // that no step waits for a slot in the middle of the scenario's timing.
@@ -157,6 +191,7 @@ async fn drive(
     prepare(stack, session, scenario).await?;
     let mut run = ProfileRun {
         profile,
+        nginx_version: stack.nginx_version().to_string(),
         outcomes: Vec::new(),
         failures: Vec::new(),
     };

@@ -7,6 +7,7 @@ use crate::backend::Launch;
 use crate::containers::{Container, ContainerSpec, ContainerStack};
 use crate::error::HarnessError;
 use crate::images::Images;
+use crate::nginx::NginxLine;
 use crate::process::{ChildGuard, LogFile};
 use crate::ready::{wait_ready, Probe};
 use nix::sys::signal::Signal;
@@ -259,22 +260,28 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// A launcher for `runtime`; under containers, a network named after `id` and the images
-    /// for `backend_bin` (built once, cached by content).
+    /// A launcher for `runtime` with nginx of `line` (`None`: the host's under processes, the
+    /// default line's under containers); under containers, a network named after `id` and the
+    /// images for `backend_bin` (built once, cached by content).
     pub async fn new(
         runtime: Runtime,
+        line: Option<NginxLine>,
         id: &str,
         backend_bin: Option<&Path>,
     ) -> Result<Launcher, HarnessError> {
         let (engine, images) = match runtime {
-            Runtime::Processes => (None, None),
+            Runtime::Processes => {
+                host_nginx_is(line)?;
+                (None, None)
+            }
             Runtime::Containers => {
-                let engine = ContainerStack::create(id).await?;
                 let bin = match backend_bin {
                     Some(b) => b.to_path_buf(),
                     None => crate::locate::find_backend()?,
                 };
-                let images = crate::images::images_once(&bin).await?;
+                let line = line.unwrap_or(NginxLine::DEFAULT);
+                let images = crate::images::images_once(&bin, line).await?;
+                let engine = ContainerStack::create(id).await?;
                 (Some(Arc::new(engine)), Some(images))
             }
         };
@@ -317,10 +324,10 @@ impl Launcher {
         Ok((addr, Some(listener)))
     }
 
-    /// nginx's version, e.g. `nginx/1.22.1`, or its image under containers.
+    /// nginx's version, e.g. `nginx/1.22.1` (its image's, under containers).
     pub fn nginx_version(&self) -> String {
         match &self.images {
-            Some(images) => format!("{} (container)", images.nginx),
+            Some(images) => images.nginx_version.clone(),
             None => crate::nginx::find_nginx()
                 .ok()
                 .and_then(|bin| crate::nginx::version(&bin))
@@ -436,6 +443,35 @@ impl Launcher {
             health,
             addr: Mutex::new(None),
         }
+    }
+}
+
+/// Under processes, a line can only be the host's nginx's.
+fn host_nginx_is(line: Option<NginxLine>) -> Result<(), HarnessError> {
+    let Some(line) = line else { return Ok(()) };
+    let version = crate::nginx::version(&crate::nginx::find_nginx()?).unwrap_or_default();
+    if NginxLine::of_version(&version) == Some(line) {
+        return Ok(());
+    }
+    Err(HarnessError::ToolMissing {
+        tool: "nginx of that line",
+        hint: format!(
+            "the host's nginx is {version}; nginx {line} runs under the containers runtime (--runtime containers, or HARNESS_NGINX_VERSION={line} alone)"
+        ),
+    })
+}
+
+/// The runtime a stack with nginx of `line` needs: the host's nginx runs as a process when it
+/// is of that line; any other line runs from its image.
+pub fn runtime_for(line: NginxLine) -> Runtime {
+    let host = crate::nginx::find_nginx()
+        .ok()
+        .and_then(|bin| crate::nginx::version(&bin))
+        .and_then(|v| NginxLine::of_version(&v));
+    if host == Some(line) {
+        Runtime::Processes
+    } else {
+        Runtime::Containers
     }
 }
 

@@ -432,7 +432,7 @@ pub struct Scenario {
 }
 
 fn both() -> Vec<Profile> {
-    Profile::ALL.to_vec()
+    Profile::DEFAULT.to_vec()
 }
 
 impl Scenario {

@@ -28,3 +28,60 @@ pub fn check(dir: &Path, run: &ScenarioRun) -> Result<(), String> {
             .unwrap_or_else(|| "snapshot differs".into())
     })
 }
+
+/// The YAML a run's snapshot holds, as insta writes it.
+pub fn yaml(run: &ScenarioRun) -> String {
+    use insta::_macro_support::{serialize_value, SerializationFormat};
+    serialize_value(&run.snapshot(), SerializationFormat::Yaml)
+}
+
+/// What a snapshot file holds after its header, if the file exists.
+fn stored(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let body = text.strip_prefix("---\n")?;
+    let end = body.find("\n---\n")?;
+    Some(body[end + 5..].to_string())
+}
+
+/// Whether `dir/{name}.snap` holds exactly this run (no file: `None`). Never writes, never
+/// panics: for asking whether a version's outcome is the default line's.
+pub fn equals(dir: &Path, name: &str, run: &ScenarioRun) -> Option<bool> {
+    let file = stored(&dir.join(format!("{name}.snap")))?;
+    Some(file.trim_end() == yaml(run).trim_end())
+}
+
+/// How a run on a line other than the default compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionVerdict {
+    /// Its outcome equals the default line's snapshot: no snapshot of its own.
+    SameAsDefault,
+    /// It matches the snapshot of its own line.
+    OwnSnapshot(String),
+}
+
+/// Compares a run with its snapshots. On the default nginx line (or an unknown one): its
+/// snapshot, as [`check`]. On another line: the default line's snapshot when the outcome is
+/// the same, else `{name}@nginx-{line}.snap`, which must then exist and match (and must not
+/// exist when the outcome is the same: it would say a difference there is none).
+pub fn check_line(dir: &Path, run: &ScenarioRun) -> Result<VersionVerdict, String> {
+    let Some(own) = run.line_snapshot_name() else {
+        return check(dir, run).map(|()| VersionVerdict::SameAsDefault);
+    };
+    let same = equals(dir, &run.snapshot_name(), run) == Some(true);
+    let own_exists = dir.join(format!("{own}.snap")).exists();
+    match (same, own_exists) {
+        (true, false) => Ok(VersionVerdict::SameAsDefault),
+        (true, true) => Err(format!(
+            "{own}.snap is stale: on this line the outcome equals {}.snap; delete it",
+            run.snapshot_name()
+        )),
+        (false, _) => {
+            let renamed = ScenarioRun {
+                name: own.clone(),
+                backend: "reference".into(),
+                ..run.clone()
+            };
+            check(dir, &renamed).map(|()| VersionVerdict::OwnSnapshot(own))
+        }
+    }
+}

@@ -5,7 +5,7 @@ use crate::runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Which nginx config and backend keep-alive a stack runs with.
+/// Which nginx config and backend settings a stack runs with: a row of [`PROFILES`].
 #[derive(
     Debug,
     Clone,
@@ -21,53 +21,107 @@ use std::path::{Path, PathBuf};
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
-    /// `docker/nginx.conf`; backend keep-alive 75 s, above nginx's upstream 60 s.
+    /// `docker/nginx.conf`; the backend's own keep-alive (75 s), above nginx's upstream 60 s.
     Fixed,
     /// `docker/nginx.legacy.conf`; backend keep-alive 5 s (uvicorn's default), below nginx's 60 s.
     Legacy,
+    /// `docker/nginx.stock.conf`, what teams start from (an upstream block and `proxy_pass`,
+    /// nothing else); backend keep-alive 5 s (uvicorn's default).
+    Stock,
 }
 
+/// The backend's keep-alive under a profile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepAlive {
+    /// The backend's own default (so a backend whose default drifts below nginx's is caught).
+    BackendDefault,
+    /// This many seconds.
+    Secs(f64),
+}
+
+/// What a profile deploys.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileRow {
+    /// The profile.
+    pub profile: Profile,
+    /// Its name in files and snapshots.
+    pub name: &'static str,
+    /// Its nginx config under `docker/`.
+    pub config_file: &'static str,
+    /// The backend's keep-alive.
+    pub keep_alive: KeepAlive,
+}
+
+/// Every profile, as data: they differ in nothing else.
+pub const PROFILES: [ProfileRow; 3] = [
+    ProfileRow {
+        profile: Profile::Fixed,
+        name: "fixed",
+        config_file: "nginx.conf",
+        keep_alive: KeepAlive::BackendDefault,
+    },
+    ProfileRow {
+        profile: Profile::Legacy,
+        name: "legacy",
+        config_file: "nginx.legacy.conf",
+        keep_alive: KeepAlive::Secs(5.0),
+    },
+    ProfileRow {
+        profile: Profile::Stock,
+        name: "stock",
+        config_file: "nginx.stock.conf",
+        keep_alive: KeepAlive::Secs(5.0),
+    },
+];
+
 impl Profile {
-    /// Both profiles, fixed first.
-    pub const ALL: [Profile; 2] = [Profile::Fixed, Profile::Legacy];
+    /// Every profile.
+    pub const ALL: [Profile; 3] = [Profile::Fixed, Profile::Legacy, Profile::Stock];
+
+    /// The profiles a scenario runs under unless it names its own.
+    pub const DEFAULT: [Profile; 2] = [Profile::Fixed, Profile::Legacy];
+
+    /// Its row.
+    pub fn row(self) -> &'static ProfileRow {
+        PROFILES
+            .iter()
+            .find(|r| r.profile == self)
+            .expect("every profile has a row")
+    }
 
     /// The config file under `docker/`.
     pub fn config_file(self) -> &'static str {
-        match self {
-            Profile::Fixed => "nginx.conf",
-            Profile::Legacy => "nginx.legacy.conf",
-        }
+        self.row().config_file
     }
 
-    /// The backend's `KEEP_ALIVE_TIMEOUT` before scaling, in seconds: under `fixed`, the
-    /// backend's own default (so a backend whose default drifts below nginx's is caught);
-    /// under `legacy`, uvicorn's default of 5 s.
+    /// The backend's `KEEP_ALIVE_TIMEOUT` before scaling, in seconds (a backend default as its
+    /// `--help` states it, 75 s when it does not).
     pub fn backend_keep_alive_secs(self, backend: &Path) -> f64 {
-        match self {
-            Profile::Fixed => {
+        match self.row().keep_alive {
+            KeepAlive::BackendDefault => {
                 crate::locate::backend_default(backend, "--keep-alive-timeout").unwrap_or(75.0)
             }
-            Profile::Legacy => 5.0,
+            KeepAlive::Secs(s) => s,
         }
     }
 
-    /// `fixed` or `legacy`.
+    /// `fixed`, `legacy`, `stock`.
     pub fn name(self) -> &'static str {
-        match self {
-            Profile::Fixed => "fixed",
-            Profile::Legacy => "legacy",
-        }
+        self.row().name
     }
 }
 
 impl std::str::FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "fixed" => Ok(Profile::Fixed),
-            "legacy" => Ok(Profile::Legacy),
-            _ => Err(format!("unknown profile {s:?} (profiles: fixed, legacy)")),
-        }
+        PROFILES
+            .iter()
+            .find(|r| r.name == s)
+            .map(|r| r.profile)
+            .ok_or_else(|| {
+                let names: Vec<&str> = PROFILES.iter().map(|r| r.name).collect();
+                format!("unknown profile {s:?} (profiles: {})", names.join(", "))
+            })
     }
 }
 
@@ -133,6 +187,9 @@ pub struct StackSpec {
     pub profile: Profile,
     /// Processes or containers.
     pub runtime: Runtime,
+    /// Which nginx line: `None` is the host's nginx under processes, the default line's image
+    /// under containers.
+    pub nginx: Option<crate::nginx::NginxLine>,
     /// Which backend.
     pub backend: BackendSpec,
     /// Timeout scaling.
@@ -149,6 +206,7 @@ impl StackSpec {
         StackSpec {
             profile,
             runtime: Runtime::Processes,
+            nginx: None,
             backend: BackendSpec::Reference,
             timeouts: Timeouts::default(),
             docker_dir: crate::locate::workspace_dir().join("docker"),
@@ -170,6 +228,13 @@ impl StackSpec {
         self
     }
 
+    /// With nginx of this line (`None`: the runtime's default).
+    #[must_use]
+    pub fn nginx(mut self, line: Option<crate::nginx::NginxLine>) -> Self {
+        self.nginx = line;
+        self
+    }
+
     /// With this backend.
     #[must_use]
     pub fn backend(mut self, backend: BackendSpec) -> Self {
@@ -184,6 +249,7 @@ impl StackSpec {
             let own = match self.profile {
                 Profile::Fixed => &f.nginx,
                 Profile::Legacy => &f.nginx_legacy,
+                Profile::Stock => &f.nginx_stock,
             };
             if let Some(own) = own {
                 return f.dir.join(own);

@@ -103,7 +103,13 @@ impl Stack {
             BackendSpec::File(_) => None,
         };
         let sandbox = Sandbox::create()?;
-        let launcher = Launcher::new(spec.runtime, &sandbox.id(), reference_bin.as_deref()).await?;
+        let launcher = Launcher::new(
+            spec.runtime,
+            spec.nginx,
+            &sandbox.id(),
+            reference_bin.as_deref(),
+        )
+        .await?;
         let twilio = MockTwilio::builder()
             .bind(SocketAddr::new(launcher.host_ip(), 0))
             .start()

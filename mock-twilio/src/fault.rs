@@ -55,6 +55,19 @@ pub enum Fault {
     Hang,
     /// Send bytes that are not HTTP, then close.
     Garbage,
+    /// Send the response with this header set to this value (replacing the upstream's),
+    /// exactly as written: an invalid `Content-Length`, a header larger than a proxy's buffer
+    /// (`value` repeated `repeat` times). A response whose `Content-Length` was replaced ends
+    /// with the connection's close.
+    Header {
+        /// The header's name.
+        name: String,
+        /// Its value.
+        value: String,
+        /// How many times `value` is repeated (default 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repeat: Option<usize>,
+    },
     /// The keep-alive race, made certain: when the upstream closes an idle keep-alive
     /// connection, the client is not told until it sends its next request on it, which is then
     /// closed unanswered, exactly as when the upstream's close crosses the client's request on
@@ -75,6 +88,7 @@ impl Fault {
         "hang",
         "garbage",
         "keepalive_race",
+        "header",
     ];
 
     /// The kind's name (`"close_after"`, ...).
@@ -89,6 +103,7 @@ impl Fault {
             Fault::Hang => "hang",
             Fault::Garbage => "garbage",
             Fault::KeepaliveRace => "keepalive_race",
+            Fault::Header { .. } => "header",
         }
     }
 
@@ -112,6 +127,13 @@ impl Fault {
                 "fault.chunk_bytes",
                 "fault.chunk_bytes must be above 0".into(),
             ),
+            Fault::Header { name, .. } if !is_token(name) => refuse(
+                "fault.name",
+                format!("fault.name must be a header name (letters, digits, -), got {name:?}"),
+            ),
+            Fault::Header { value, .. } if value.contains(['\r', '\n']) => {
+                refuse("fault.value", "fault.value must be one line".into())
+            }
             Fault::Status { status, .. } if !(100..=599).contains(status) => refuse(
                 "fault.status",
                 format!("fault.status must be an HTTP status (100-599), got {status}"),
@@ -119,6 +141,12 @@ impl Fault {
             _ => Ok(()),
         }
     }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Which requests a rule applies to; every field that is set must match.
@@ -222,6 +250,8 @@ pub struct Plan {
     pub dribble: Option<(u64, Duration)>,
     /// Close after this many body bytes.
     pub close_after: Option<u64>,
+    /// Response headers set to these values.
+    pub headers: Vec<(String, String)>,
     /// The kinds that fired, for the journal.
     pub fired: Vec<&'static str>,
 }
@@ -321,6 +351,13 @@ impl FaultSet {
                     pause_ms,
                 } => plan.dribble = Some((*chunk_bytes, Duration::from_millis(*pause_ms))),
                 Fault::CloseAfter { bytes } => plan.close_after = Some(*bytes),
+                Fault::Header {
+                    name,
+                    value,
+                    repeat,
+                } => plan
+                    .headers
+                    .push((name.to_ascii_lowercase(), value.repeat(repeat.unwrap_or(1)))),
                 _ => {
                     if plan.terminal.is_some() {
                         continue;

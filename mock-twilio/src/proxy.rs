@@ -636,7 +636,14 @@ async fn forward(
     let status = parts.status.as_u16();
     let bodiless =
         head.method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
-    let out = response_head(shared, head, &parts, generated.as_deref(), bodiless);
+    let out = response_head(
+        shared,
+        head,
+        &parts,
+        generated.as_deref(),
+        bodiless,
+        &plan.headers,
+    );
     progress.head(status);
     progress.writing();
     if w.write_all(out.text.as_bytes()).await.is_err() {
@@ -682,8 +689,10 @@ fn response_head(
     parts: &hyper::http::response::Parts,
     generated: Option<&dyn GeneratedBody>,
     bodiless: bool,
+    replaced: &[(String, String)],
 ) -> ResponseHead {
     let private = shared.config.generated.as_ref().map(|s| s.header());
+    let is_replaced = |n: &str| replaced.iter().any(|(r, _)| r == n);
     let mut text = format!(
         "HTTP/1.1 {} {}\r\n",
         parts.status.as_u16(),
@@ -692,7 +701,10 @@ fn response_head(
     let mut content_length = generated.map(|g| g.len());
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if is_hop_by_hop(n) || Some(n) == private || (n == "content-length" && generated.is_some())
+        if is_hop_by_hop(n)
+            || Some(n) == private
+            || is_replaced(n)
+            || (n == "content-length" && generated.is_some())
         {
             continue;
         }
@@ -704,10 +716,13 @@ fn response_head(
             String::from_utf8_lossy(value.as_bytes())
         ));
     }
-    if let Some(g) = generated {
+    if let Some(g) = generated.filter(|_| !is_replaced("content-length")) {
         text.push_str(&format!("content-length: {}\r\n", g.len()));
     }
-    let chunked = !bodiless && content_length.is_none();
+    for (name, value) in replaced {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let chunked = !bodiless && content_length.is_none() && !is_replaced("content-length");
     if chunked {
         text.push_str("transfer-encoding: chunked\r\n");
     }
@@ -716,7 +731,8 @@ fn response_head(
         .get(hyper::header::CONNECTION)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let closing = upstream_close || head.wants_close();
+    // A replaced Content-Length no longer frames the body: the close does.
+    let closing = upstream_close || head.wants_close() || is_replaced("content-length");
     if closing {
         text.push_str("connection: close\r\n");
     }

@@ -553,3 +553,28 @@ fn a_closed_stdout_ends_the_harness_quietly_as_sigpipe_would() {
     assert_eq!(out.status.code(), Some(141));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no panic message");
 }
+
+#[test]
+fn an_nginx_version_the_host_lacks_runs_in_containers_against_its_own_snapshot() {
+    if !tools_present() || harness::docker::available().is_err() {
+        return;
+    }
+    let out = harness()
+        .args(["run", "scenarios/versions/stock-keepalive-race.toml"])
+        .current_dir(harness::stack::workspace_dir())
+        .env("HARNESS_NGINX_VERSION", "1.30")
+        .env_remove("HARNESS_RUNTIME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its own snapshot: on 1.30 the stock config meets the race (the POST gets the 502).
+    assert!(
+        stdout.contains("stock-keepalive-race [nginx 1.30]  stock    200 200 204 502  PASS"),
+        "{stdout}"
+    );
+}

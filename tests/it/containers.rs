@@ -2,6 +2,7 @@
 //! images built offline and reused, and nothing of ours left behind.
 
 use crate::support::{rt, tools_present};
+use harness::nginx::NginxLine;
 use harness::stack::BackendSpec;
 use harness::{Profile, Runtime, Stack, StackSpec};
 use std::process::Command;
@@ -49,7 +50,46 @@ fn every_scenario_file_passes_unchanged_in_containers() {
     if !tools_present() || !engine_present() {
         return;
     }
-    crate::files::run_every_file(&BackendSpec::Reference, Runtime::Containers);
+    crate::files::run_every_file(&BackendSpec::Reference, Runtime::Containers, None);
+}
+
+/// Every scenario file on nginx of `line`, in containers: its outcome is 1.22's, or the
+/// line's own snapshot says how it differs.
+fn every_file_on(line: NginxLine) {
+    if !tools_present() || !engine_present() {
+        return;
+    }
+    crate::files::run_every_file(&BackendSpec::Reference, Runtime::Containers, Some(line));
+}
+
+#[test]
+fn every_scenario_file_on_nginx_1_26() {
+    every_file_on(NginxLine::V1_26);
+}
+
+#[test]
+fn every_scenario_file_on_nginx_1_30() {
+    every_file_on(NginxLine::V1_30);
+}
+
+#[test]
+fn the_version_an_image_runs_is_read_from_nginx_in_it() {
+    if !tools_present() || !engine_present() {
+        return;
+    }
+    let images = rt()
+        .block_on(harness::images::build_nginx_images(
+            &NginxLine::ALL,
+            &|_| {},
+        ))
+        .unwrap();
+    for (line, (version, _)) in &images {
+        assert!(
+            version.starts_with(&format!("nginx/{}.", line.name())),
+            "{line}: {version}"
+        );
+    }
+    assert_eq!(images[&NginxLine::V1_22].0, "nginx/1.22.1");
 }
 
 #[test]
@@ -103,12 +143,18 @@ fn a_second_image_build_reuses_the_images() {
     let rt = rt();
     let said = std::sync::Mutex::new(Vec::<String>::new());
     let first = rt
-        .block_on(harness::images::build_images(&bin, &|_| {}))
+        .block_on(harness::images::build_images(
+            &bin,
+            harness::nginx::NginxLine::DEFAULT,
+            &|_| {},
+        ))
         .unwrap();
     let second = rt
-        .block_on(harness::images::build_images(&bin, &|l| {
-            said.lock().unwrap().push(l.to_string())
-        }))
+        .block_on(harness::images::build_images(
+            &bin,
+            harness::nginx::NginxLine::DEFAULT,
+            &|l| said.lock().unwrap().push(l.to_string()),
+        ))
         .unwrap();
     assert_eq!(first, second);
     let said = said.into_inner().unwrap();

@@ -75,3 +75,69 @@ fn local_links_resolve_and_nothing_points_outside_the_repository() {
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// The statuses of a snapshot's profile, each with `(retried)` where nginx's upstream status
+/// shows a second attempt, and the new upstream connections of each step: `200 200(retried)`.
+fn cells(snapshot: &str, profile: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(snapshot).ok()?;
+    let body = text.splitn(3, "---\n").nth(2)?;
+    let doc: serde_json::Value = serde_yaml_ng::from_str(body).ok()?;
+    let steps = doc["profiles"][profile].as_array()?;
+    let statuses = steps.iter().map(|s| {
+        let status = s["status"].as_str().unwrap_or("-");
+        let retried = s["upstream_status"]
+            .as_str()
+            .is_some_and(|u| u.contains(','));
+        format!("{status}{}", if retried { "(retried)" } else { "" })
+    });
+    let opened = steps
+        .iter()
+        .map(|s| s["upstream_connections_opened"].to_string());
+    Some((
+        statuses.collect::<Vec<_>>().join(" "),
+        opened.collect::<Vec<_>>().join(" "),
+    ))
+}
+
+/// The version table of docs/findings.md, as the snapshots say it.
+fn version_table() -> String {
+    let dir = workspace_dir().join("snapshots");
+    let mut out = String::from(
+        "| scenario | config | nginx 1.22 | nginx 1.26 | nginx 1.30 |\n|---|---|---|---|---|\n",
+    );
+    let rows = [
+        ("stock-keepalive-race", "stock"),
+        ("file-hop-keepalive-race", "legacy"),
+        ("file-hop-keepalive-race", "fixed"),
+        ("websocket-headers", "stock"),
+        ("websocket-headers", "legacy"),
+        ("websocket-headers", "fixed"),
+        ("invalid-content-length", "fixed"),
+    ];
+    for (scenario, profile) in rows {
+        let mut line = format!("| {scenario} | {profile} |");
+        for v in ["1.22", "1.26", "1.30"] {
+            let own = dir.join(format!("{scenario}@nginx-{v}.snap"));
+            let file = if v != "1.22" && own.exists() {
+                own
+            } else {
+                dir.join(format!("{scenario}.snap"))
+            };
+            let (statuses, opened) = cells(file.to_str().unwrap(), profile).unwrap_or_default();
+            line.push_str(&format!(" {statuses}; new connections {opened} |"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_version_table_is_the_snapshots() {
+    let table = version_table();
+    let findings = read("docs/findings.md");
+    assert!(
+        findings.contains(&table),
+        "docs/findings.md should contain, from the snapshots:\n{table}"
+    );
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 
 #[test]
 fn every_scenario_file_runs_and_matches_its_snapshot() {
-    run_every_file(&harness::stack::BackendSpec::Reference, runtime());
+    run_every_file(&harness::stack::BackendSpec::Reference, runtime(), None);
 }
 
 fn runtime() -> harness::Runtime {
@@ -44,11 +44,17 @@ fn every_scenario_file_runs_against_the_uvicorn_example() {
     run_every_file(
         &harness::stack::BackendSpec::File(Box::new(file)),
         runtime(),
+        None,
     );
 }
 
-/// Runs every scenario file against `backend` under `runtime`, and checks every snapshot.
-pub fn run_every_file(backend: &harness::stack::BackendSpec, runtime: harness::Runtime) {
+/// Runs every scenario file against `backend` under `runtime` with nginx of `line` (`None`: the
+/// runtime's default), and checks every snapshot (on another line: its own where it differs).
+pub fn run_every_file(
+    backend: &harness::stack::BackendSpec,
+    runtime: harness::Runtime,
+    line: Option<harness::nginx::NginxLine>,
+) {
     let dir = workspace_dir().join("scenarios");
     let paths = files(&dir).unwrap();
     assert!(paths.len() >= 10, "scenario files: {paths:?}");
@@ -86,7 +92,7 @@ pub fn run_every_file(backend: &harness::stack::BackendSpec, runtime: harness::R
         futures::stream::iter(
             scenarios
                 .iter()
-                .map(|s| harness::runner::run_with(s, runtime, backend)),
+                .map(|s| harness::runner::run_on(s, runtime, line, backend)),
         )
         .buffered(4)
         .collect::<Vec<_>>(),
@@ -100,7 +106,7 @@ pub fn run_every_file(backend: &harness::stack::BackendSpec, runtime: harness::R
                 for f in run.failures() {
                     failures.push(format!("{}: {f}", path.display()));
                 }
-                if let Err(report) = harness::snapshot::check(&snapshots, &run) {
+                if let Err(report) = harness::snapshot::check_line(&snapshots, &run) {
                     failures.push(format!("{}: {report}", path.display()));
                 }
             }

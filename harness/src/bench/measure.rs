@@ -136,7 +136,7 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
         std::fs::create_dir_all(d).map_err(HarnessError::io("create nginx's dirs"))?;
     }
     std::fs::write(www.join("index.html"), "ok\n").map_err(HarnessError::io("index"))?;
-    let launcher = Launcher::new(Runtime::Processes, "bench", None).await?;
+    let launcher = Launcher::new(Runtime::Processes, None, "bench", None).await?;
     let (listen, listener) = launcher.nginx_listen()?;
     let spec = StackSpec::new(Profile::Fixed);
     let source = spec.nginx_config();

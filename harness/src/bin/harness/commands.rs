@@ -1,9 +1,11 @@
 //! The commands other than `run`: each parses nothing itself, calls the library, prints.
 
 use crate::run::backend_spec;
+use crate::Placement;
 use crate::SoakArgs;
 use anyhow::{bail, Context};
-use harness::{Profile, Runtime, Stack, StackSpec};
+use harness::nginx::NginxLine;
+use harness::{Profile, Stack, StackSpec};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -95,7 +97,7 @@ pub async fn up(
     profile: Profile,
     size: u64,
     stack_file: Option<&Path>,
-    runtime: Runtime,
+    at: Placement,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
     let spec = StackSpec::new(profile)
@@ -104,7 +106,8 @@ pub async fn up(
             ..Default::default()
         })
         .backend(backend_spec(stack_file)?)
-        .runtime(runtime);
+        .runtime(at.runtime)
+        .nginx(at.nginx);
     let stack = tokio::select! {
         stack = Stack::start(spec) => stack?,
         signal = signals.recv() => {
@@ -172,24 +175,27 @@ pub fn explain(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `harness images build`.
-pub async fn images_build(print_base: bool) -> anyhow::Result<ExitCode> {
+/// `harness images build`: the backend image and the nginx image of each line, with the
+/// version each really runs.
+pub async fn images_build(print_base: bool, lines: Vec<NginxLine>) -> anyhow::Result<ExitCode> {
     let bin = harness::stack::find_backend()?;
     let say = |line: &str| {
         if !print_base {
             println!("{line}");
         }
     };
-    let images = harness::images::build_images(&bin, &say)
+    let first = lines.first().copied().unwrap_or(NginxLine::DEFAULT);
+    let images = harness::images::build_images(&bin, first, &say)
         .await
         .context("build the containers runtime's images")?;
     if print_base {
         println!("{}", harness::images::base_tag());
-    } else {
-        println!(
-            "nginx image: {}\nbackend image: {}",
-            images.nginx, images.backend
-        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("backend image: {}", images.backend);
+    let nginx = harness::images::build_nginx_images(&lines, &say).await?;
+    for (line, (version, image)) in &nginx {
+        println!("nginx {line} image: {image} ({version})");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -197,11 +203,12 @@ pub async fn images_build(print_base: bool) -> anyhow::Result<ExitCode> {
 /// `harness soak`.
 pub async fn soak(
     args: SoakArgs,
-    runtime: Runtime,
+    at: Placement,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
     let spec = StackSpec::new(args.profile)
-        .runtime(runtime)
+        .runtime(at.runtime)
+        .nginx(at.nginx)
         .backend(backend_spec(args.stack.as_deref())?);
     let config = harness::soak::SoakConfig {
         duration: Duration::from_secs_f64(args.minutes * 60.0),

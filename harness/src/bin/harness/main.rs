@@ -6,6 +6,7 @@ mod commands;
 mod run;
 
 use clap::{Parser, Subcommand};
+use harness::nginx::NginxLine;
 use harness::{MediaFormat, Profile, Runtime};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,13 +18,12 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Where stacks run: processes (default) or containers (Docker).
-    #[arg(
-        long,
-        global = true,
-        env = "HARNESS_RUNTIME",
-        default_value = "processes"
-    )]
-    runtime: Runtime,
+    #[arg(long, global = true, env = "HARNESS_RUNTIME")]
+    runtime: Option<Runtime>,
+    /// Which nginx: 1.22, 1.26, 1.30 (or `all`, for run). A line the host's nginx is not runs
+    /// under the containers runtime. Default: the host's nginx (processes), 1.22 (containers).
+    #[arg(long, global = true, env = "HARNESS_NGINX_VERSION")]
+    nginx_version: Option<NginxChoice>,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +37,9 @@ enum ImagesCommand {
         /// Print only the base image's name (for docker/compose.yaml's BASE_IMAGE).
         #[arg(long)]
         print_base: bool,
+        /// The nginx lines to build images of: 1.22, 1.26, 1.30, or all (default 1.22).
+        #[arg(long, value_delimiter = ',', default_value = "1.22")]
+        nginx: Vec<NginxChoice>,
     },
 }
 
@@ -149,6 +152,82 @@ enum Command {
     },
 }
 
+/// An nginx line, or every line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxChoice {
+    /// One line.
+    Line(NginxLine),
+    /// Every line.
+    All,
+}
+
+impl std::str::FromStr for NginxChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(NginxChoice::All),
+            s => s.parse().map(NginxChoice::Line),
+        }
+    }
+}
+
+impl NginxChoice {
+    /// The lines it names.
+    pub fn lines(self) -> Vec<NginxLine> {
+        match self {
+            NginxChoice::Line(l) => vec![l],
+            NginxChoice::All => NginxLine::ALL.to_vec(),
+        }
+    }
+}
+
+/// Where one stack runs: the runtime asked for, else the one its nginx line needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub runtime: Runtime,
+    pub nginx: Option<NginxLine>,
+}
+
+impl Placement {
+    fn of(runtime: Option<Runtime>, line: Option<NginxLine>) -> Placement {
+        let runtime = match (runtime, line) {
+            (Some(r), _) => r,
+            (None, Some(l)) => harness::runtime::runtime_for(l),
+            (None, None) => Runtime::Processes,
+        };
+        Placement {
+            runtime,
+            nginx: line,
+        }
+    }
+}
+
+/// One placement per nginx line asked for (one, with the default nginx, when none was).
+fn placements(cli_runtime: Option<Runtime>, choice: Option<NginxChoice>) -> Vec<Placement> {
+    match choice {
+        None => vec![Placement::of(cli_runtime, None)],
+        Some(c) => c
+            .lines()
+            .into_iter()
+            .map(|l| Placement::of(cli_runtime, Some(l)))
+            .collect(),
+    }
+}
+
+/// The one placement of a command that runs one stack.
+fn one_placement(
+    cli_runtime: Option<Runtime>,
+    choice: Option<NginxChoice>,
+) -> anyhow::Result<Placement> {
+    match choice {
+        Some(NginxChoice::All) => {
+            anyhow::bail!("--nginx-version all: name one line (1.22, 1.26, 1.30) for this command")
+        }
+        Some(NginxChoice::Line(l)) => Ok(Placement::of(cli_runtime, Some(l))),
+        None => Ok(Placement::of(cli_runtime, None)),
+    }
+}
+
 fn parse_format(s: &str) -> Result<MediaFormat, String> {
     MediaFormat::from_extension(s).ok_or_else(|| format!("{s:?}: mp3 or wav"))
 }
@@ -201,15 +280,18 @@ fn harness() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut signals = commands::Signals::install();
-    let runtime = cli.runtime;
+    let (runtime, nginx) = (cli.runtime, cli.nginx_version);
     match cli.command {
-        Command::Run(args) => run::run(args, runtime, &mut signals).await,
+        Command::Run(args) => run::run(args, placements(runtime, nginx), &mut signals).await,
         Command::New { name, dir } => commands::new(&name, &dir),
         Command::Up {
             profile,
             size,
             stack,
-        } => commands::up(profile, size, stack.as_deref(), runtime, &mut signals).await,
+        } => {
+            let at = one_placement(runtime, nginx)?;
+            commands::up(profile, size, stack.as_deref(), at, &mut signals).await
+        }
         Command::Check {
             url,
             call_sid,
@@ -220,10 +302,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", harness::scenario::json_schema());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Soak(args) => commands::soak(*args, runtime, &mut signals).await,
+        Command::Soak(args) => {
+            let at = one_placement(runtime, nginx)?;
+            commands::soak(*args, at, &mut signals).await
+        }
         Command::Images {
-            command: ImagesCommand::Build { print_base },
-        } => commands::images_build(print_base).await,
+            command: ImagesCommand::Build { print_base, nginx },
+        } => {
+            let lines = nginx.iter().flat_map(|c| c.lines()).collect();
+            commands::images_build(print_base, lines).await
+        }
         Command::Bench {
             quick,
             json,

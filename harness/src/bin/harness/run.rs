@@ -2,12 +2,13 @@
 //! table (and JUnit, and an HTML report).
 
 use crate::commands::Signals;
+use crate::Placement;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use harness::runner::ScenarioRun;
 use harness::scenario::{self, Scenario};
 use harness::stack::workspace_dir;
-use harness::{BackendSpec, HarnessError, Profile, Runtime};
+use harness::{BackendSpec, HarnessError, Profile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -103,7 +104,7 @@ fn load_all(paths: &[PathBuf], filter: Option<&str>) -> anyhow::Result<Vec<(Path
 /// (every stack is torn down by then).
 async fn run_all(
     scenarios: &[(PathBuf, Scenario)],
-    runtime: Runtime,
+    at: Placement,
     backend: &BackendSpec,
     jobs: usize,
     signals: &mut Signals,
@@ -117,7 +118,7 @@ async fn run_all(
     let work = futures::stream::iter(scenarios.iter().map(|(_, s)| {
         let bar = bar.clone();
         async move {
-            let r = harness::run_with(s, runtime, backend).await;
+            let r = harness::runner::run_on(s, at.runtime, at.nginx, backend).await;
             bar.inc(1);
             bar.set_message(s.name.clone());
             r
@@ -139,17 +140,26 @@ async fn run_all(
     }
 }
 
-/// Compares a run with its snapshot; what to tell the user when it differs.
-fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> Option<String> {
-    let name = run.snapshot_name();
+/// Compares a run with its snapshot (its line's, on another nginx line); what to tell the
+/// user when it differs, and whether it matched the default line's snapshot.
+fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<String>, bool) {
+    let name = run.line_snapshot_name().filter(|own| {
+        harness::snapshot::equals(snapshots, &run.snapshot_name(), run) != Some(true)
+            || snapshots.join(format!("{own}.snap")).exists()
+    });
+    let name = name.unwrap_or_else(|| run.snapshot_name());
     let existed = snapshots.join(format!("{name}.snap")).exists();
     // insta reports a mismatch by panicking, after printing its diff; the panic is expected.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let r = harness::snapshot::check(snapshots, run);
+    let r = harness::snapshot::check_line(snapshots, run);
     std::panic::set_hook(previous);
     let dir = snapshots.display();
-    r.err().map(|_| {
+    let same = matches!(r, Ok(harness::snapshot::VersionVerdict::SameAsDefault));
+    let failure = r.err().map(|why| {
+        if why.contains("is stale") {
+            return why;
+        }
         if !existed && !update {
             format!("no snapshot yet: run with --update to write {dir}/{name}.snap.new, review it, and commit it as .snap")
         } else if update {
@@ -157,13 +167,14 @@ fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> Option<String> 
         } else {
             format!("snapshot differs from {dir}/{name}.snap (run with --update to write a .snap.new)")
         }
-    })
+    });
+    (failure, same)
 }
 
-/// `harness run`.
+/// `harness run`: every scenario under each placement (one per nginx line asked for).
 pub async fn run(
     args: RunArgs,
-    runtime: Runtime,
+    placements: Vec<Placement>,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
     let backend = backend_spec(args.stack.as_deref())?;
@@ -181,48 +192,95 @@ pub async fn run(
         .snapshots
         .clone()
         .unwrap_or_else(|| workspace_dir().join("snapshots"));
-    let Some(runs) = run_all(&scenarios, runtime, &backend, args.jobs, signals).await else {
-        return Ok(ExitCode::from(130));
-    };
     let mut rows = Vec::new();
     let mut report = harness::report::Report::new();
-    report.context("runtime", runtime.name());
     report.context("backend", backend.name());
-    if let Ok(nginx) = harness::nginx::find_nginx() {
-        report.context(
-            "nginx",
-            &harness::nginx::version(&nginx).unwrap_or_else(|| "?".into()),
-        );
-    }
     report.context("scenarios", &scenarios.len().to_string());
-    for ((path, scenario), run) in scenarios.iter().zip(runs) {
-        match run {
-            Ok(run) => {
-                let failure = args
-                    .profile
-                    .is_none()
-                    .then(|| compare(&snapshots, &run, args.update))
-                    .flatten();
-                report.add(scenario, Some(path), Ok(&run), failure.clone());
-                rows.extend(harness::summary::rows(&run, failure.as_deref()));
+    for at in placements {
+        let Some(runs) = run_all(&scenarios, at, &backend, args.jobs, signals).await else {
+            return Ok(ExitCode::from(130));
+        };
+        report.context("runtime", at.runtime.name());
+        let version = runs
+            .iter()
+            .flatten()
+            .map(|r| r.nginx_version.clone())
+            .next();
+        report.context("nginx", version.as_deref().unwrap_or("?"));
+        let mut same = Vec::new();
+        for ((path, scenario), run) in scenarios.iter().zip(runs) {
+            let (failure, default_like) = match &run {
+                Ok(run) if args.profile.is_none() => compare(&snapshots, run, args.update),
+                _ => (None, false),
+            };
+            if default_like && run.as_ref().is_ok_and(|r| r.line_snapshot_name().is_some()) {
+                same.push(scenario.name.clone());
             }
-            Err(e) => {
-                report.add(scenario, Some(path), Err(e.to_string()), None);
-                rows.push(harness::summary::did_not_run(
-                    &scenario.name,
-                    format!("{}: {e}", path.display()),
-                ));
-            }
+            record(&mut report, &mut rows, path, scenario, run, failure);
+        }
+        if let (Some(line), false) = (
+            at.nginx
+                .filter(|l| *l != harness::nginx::NginxLine::DEFAULT),
+            same.is_empty(),
+        ) {
+            println!(
+                "nginx {line}: the same outcome as on 1.22 for {} scenarios: {}",
+                same.len(),
+                same.join(", ")
+            );
         }
     }
     print!("{}", harness::summary::table(&rows));
+    finish(&args, &rows, &report, &snapshots)
+}
+
+/// Adds a run (or why it did not run) to the report and the rows.
+fn record(
+    report: &mut harness::report::Report,
+    rows: &mut Vec<harness::summary::Row>,
+    path: &Path,
+    scenario: &Scenario,
+    run: Result<ScenarioRun, HarnessError>,
+    failure: Option<String>,
+) {
+    match run {
+        Ok(run) => {
+            report.add(scenario, Some(path), Ok(&run), failure.clone());
+            let mut these = harness::summary::rows(&run, failure.as_deref());
+            if let Some(line) = run
+                .nginx_line()
+                .filter(|l| *l != harness::nginx::NginxLine::DEFAULT)
+            {
+                for r in &mut these {
+                    r.scenario = format!("{} [nginx {line}]", r.scenario);
+                }
+            }
+            rows.extend(these);
+        }
+        Err(e) => {
+            report.add(scenario, Some(path), Err(e.to_string()), None);
+            rows.push(harness::summary::did_not_run(
+                &scenario.name,
+                format!("{}: {e}", path.display()),
+            ));
+        }
+    }
+}
+
+/// JUnit, the HTML report, the closing line and the exit status.
+fn finish(
+    args: &RunArgs,
+    rows: &[harness::summary::Row],
+    report: &harness::report::Report,
+    snapshots: &Path,
+) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.junit {
-        std::fs::write(path, harness::summary::junit(&rows)?)
+        std::fs::write(path, harness::summary::junit(rows)?)
             .with_context(|| format!("write {}", path.display()))?;
     }
     if let Some(dir) = &args.html {
         let index = report
-            .write(dir, &snapshots)
+            .write(dir, snapshots)
             .with_context(|| format!("write the HTML report into {}", dir.display()))?;
         println!("HTML report: {}", index.display());
     }
