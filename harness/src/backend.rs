@@ -111,6 +111,29 @@ impl StackFile {
     }
 }
 
+/// The timing values a scenario imposes on a backend (scaled with the stack's timeouts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimingValues {
+    /// `{keep_alive}` (`{keep_alive_int}`: rounded up to whole seconds).
+    pub keep_alive: f64,
+    /// `{graceful_timeout}` (`{graceful_timeout_int}`): drain time on SIGTERM.
+    pub graceful_timeout: f64,
+    /// `{slow_download}`: the slow-download threshold.
+    pub slow_download: f64,
+    /// `{twilio_timeout}`: the Twilio budget.
+    pub twilio_timeout: f64,
+}
+
+/// The placeholders that impose timing: refused where a backend runs as deployed.
+pub const TIMING_PLACEHOLDERS: &[&str] = &[
+    "{keep_alive}",
+    "{keep_alive_int}",
+    "{graceful_timeout}",
+    "{graceful_timeout_int}",
+    "{slow_download}",
+    "{twilio_timeout}",
+];
+
 /// Values the harness fills into a backend's command and environment.
 #[derive(Debug, Clone, Default)]
 pub struct Placeholders {
@@ -120,22 +143,17 @@ pub struct Placeholders {
     pub recordings_dir: PathBuf,
     /// `{public_url}`: nginx's URL.
     pub public_url: String,
-    /// `{keep_alive}`, `{graceful_timeout}`, `{slow_download}`, `{twilio_timeout}`: seconds
-    /// (`{keep_alive_int}` and `{graceful_timeout_int}`: rounded up to whole seconds).
-    pub keep_alive: f64,
-    /// Drain time on SIGTERM.
-    pub graceful_timeout: f64,
-    /// Slow-download threshold.
-    pub slow_download: f64,
-    /// Twilio budget.
-    pub twilio_timeout: f64,
+    /// The timing values; `None` where the backend runs as deployed (its own defaults).
+    pub timing: Option<TimingValues>,
     /// `{sandbox}`.
     pub sandbox: PathBuf,
 }
 
 impl Placeholders {
-    fn fill(&self, s: &str, bind: &str, fd: Option<i32>) -> String {
-        s.replace("{twilio_account_sid}", &self.twilio.0)
+    /// `s` with every placeholder filled in; `Err` names a timing placeholder that has no value.
+    fn fill(&self, s: &str, bind: &str, fd: Option<i32>) -> Result<String, String> {
+        let mut out = s
+            .replace("{twilio_account_sid}", &self.twilio.0)
             .replace("{twilio_auth_token}", &self.twilio.1)
             .replace("{twilio_api_base}", &self.twilio.2)
             .replace(
@@ -143,21 +161,27 @@ impl Placeholders {
                 &self.recordings_dir.display().to_string(),
             )
             .replace("{public_url}", &self.public_url)
-            .replace(
-                "{keep_alive_int}",
-                &(self.keep_alive.ceil() as u64).to_string(),
-            )
-            .replace("{keep_alive}", &self.keep_alive.to_string())
-            .replace(
-                "{graceful_timeout_int}",
-                &(self.graceful_timeout.ceil() as u64).to_string(),
-            )
-            .replace("{graceful_timeout}", &self.graceful_timeout.to_string())
-            .replace("{slow_download}", &self.slow_download.to_string())
-            .replace("{twilio_timeout}", &self.twilio_timeout.to_string())
             .replace("{sandbox}", &self.sandbox.display().to_string())
             .replace("{bind}", bind)
-            .replace("{fd}", &fd.map(|f| f.to_string()).unwrap_or_default())
+            .replace("{fd}", &fd.map(|f| f.to_string()).unwrap_or_default());
+        match &self.timing {
+            Some(t) => {
+                let int = |v: f64| (v.ceil() as u64).to_string();
+                out = out
+                    .replace("{keep_alive_int}", &int(t.keep_alive))
+                    .replace("{keep_alive}", &t.keep_alive.to_string())
+                    .replace("{graceful_timeout_int}", &int(t.graceful_timeout))
+                    .replace("{graceful_timeout}", &t.graceful_timeout.to_string())
+                    .replace("{slow_download}", &t.slow_download.to_string())
+                    .replace("{twilio_timeout}", &t.twilio_timeout.to_string());
+            }
+            None => {
+                if let Some(p) = TIMING_PLACEHOLDERS.iter().find(|p| out.contains(*p)) {
+                    return Err(p.to_string());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The reference backend's environment contract, as `{placeholder}` templates.
@@ -222,13 +246,28 @@ impl Launch {
         let fd = listener.as_ref().map(|l| l.as_raw_fd());
         let bind = "127.0.0.1:0";
         let regex = listen_regex.unwrap_or(DEFAULT_LISTEN_REGEX);
+        let as_deployed = |p: String| {
+            HarnessError::Config {
+            file: "stack file".into(),
+            line: 0,
+            message: format!(
+                "{p} has no value here: the backend runs as deployed, with its own timeouts; write the value your deployment uses"
+            ),
+        }
+        };
+        // As deployed, the contract's timing variables are left unset (the backend's defaults).
+        let env = env
+            .iter()
+            .filter(|(_, v)| values.timing.is_some() || !TIMING_PLACEHOLDERS.contains(&v.as_str()));
         Ok(Launch {
-            command: command.iter().map(|c| values.fill(c, bind, fd)).collect(),
+            command: command
+                .iter()
+                .map(|c| values.fill(c, bind, fd).map_err(as_deployed))
+                .collect::<Result<_, _>>()?,
             cwd,
             env: env
-                .iter()
-                .map(|(k, v)| (k.clone(), values.fill(v, bind, fd)))
-                .collect(),
+                .map(|(k, v)| Ok((k.clone(), values.fill(v, bind, fd).map_err(as_deployed)?)))
+                .collect::<Result<_, HarnessError>>()?,
             listener,
             listen_regex: Regex::new(regex).map_err(|e| HarnessError::Config {
                 file: "stack file".into(),

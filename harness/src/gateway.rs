@@ -121,11 +121,11 @@ impl GatewayCause {
     pub fn fix(self) -> &'static str {
         match self {
             GatewayCause::ConnectRefused => "check the backend is up and that the upstream address matches its BIND; make deploys wait on /healthz",
-            GatewayCause::ResetByPeer | GatewayCause::PrematureClose => "keep the backend's keep-alive timeout above nginx's upstream keepalive_timeout (e.g. 75 s vs 60 s), and never let an exception drop a connection: answer a JSON error instead",
+            GatewayCause::ResetByPeer | GatewayCause::PrematureClose => "never let an exception drop a connection: answer a JSON error instead, and drain in-flight requests on shutdown (a failure at once, before the response header, on a reused connection is the keep-alive race: see the keep-alive fix)",
             GatewayCause::TimedOut => "make the backend give up on Twilio (TWILIO_TIMEOUT_SECS) well before proxy_read_timeout, and pre-download recordings from the status webhook",
             GatewayCause::TooBigHeader => "shrink the response headers or raise proxy_buffer_size",
             GatewayCause::InvalidHeader => "make sure the upstream address points at an HTTP server, and that it sends one valid Content-Length (or none, with chunked encoding)",
-            GatewayCause::SendFailed => "as for a reset: align keep-alive timeouts, and drain on shutdown instead of exiting",
+            GatewayCause::SendFailed => "as for a reset: drain on shutdown instead of exiting (on a reused connection: the keep-alive fix)",
             GatewayCause::NoLiveUpstreams => "fix the errors that marked the server failed; consider max_fails=0 for a single backend",
             GatewayCause::Other => "read nginx's error log around this line",
         }
@@ -188,40 +188,6 @@ pub fn classify(line: &str) -> Option<GatewayError> {
 pub fn line_time(line: &str) -> Option<&str> {
     let t = line.get(..19)?;
     (t.as_bytes()[4] == b'/' && t.as_bytes()[13] == b':').then_some(t)
-}
-
-/// The gateway errors of one cause in a log: how many, when, and one raw line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CauseSummary {
-    /// The cause.
-    pub cause: GatewayCause,
-    /// How many lines.
-    pub count: usize,
-    /// The first one's time.
-    pub first: String,
-    /// The last one's time.
-    pub last: String,
-    /// The first line, as nginx wrote it.
-    pub example: String,
-}
-
-/// Every gateway error in an error log, by cause (in report order).
-pub fn summarize(log: &str) -> Vec<CauseSummary> {
-    let mut by: std::collections::BTreeMap<GatewayCause, CauseSummary> = Default::default();
-    for line in log.lines() {
-        let Some(e) = classify(line) else { continue };
-        let time = line_time(line).unwrap_or("").to_string();
-        let entry = by.entry(e.cause).or_insert_with(|| CauseSummary {
-            cause: e.cause,
-            count: 0,
-            first: time.clone(),
-            last: time.clone(),
-            example: e.raw.clone(),
-        });
-        entry.count += 1;
-        entry.last = time;
-    }
-    by.into_values().collect()
 }
 
 #[cfg(test)]

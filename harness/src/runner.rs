@@ -159,11 +159,21 @@ pub async fn run_profile(
     line: Option<NginxLine>,
     backend: &BackendSpec,
 ) -> Result<ProfileRun, HarnessError> {
-    let spec = StackSpec::new(profile)
+    let mut spec = StackSpec::new(profile)
         .timeouts(scenario.timeouts)
         .runtime(runtime)
         .nginx(line)
         .backend(backend.clone());
+    spec.nginx_config = scenario
+        .configs
+        .get(&profile)
+        .map(|c| crate::locate::workspace_dir().join(c));
+    run_spec(scenario, spec).await
+}
+
+/// Runs `scenario` on a fresh stack of `spec` (its profile is the run's).
+pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun, HarnessError> {
+    let profile = spec.profile;
     // A scenario that plays holds a browser slot from before its stack starts to its end, so
     // that no step waits for a slot in the middle of the scenario's timing.
     let slot = if scenario.needs_browser() {
@@ -173,8 +183,18 @@ pub async fn run_profile(
         None
     };
     let stack = Stack::start(spec).await?;
+    run_on_stack(&stack, scenario, slot, profile).await
+}
+
+/// Runs `scenario`'s recordings, faults and steps on a running `stack`.
+pub async fn run_on_stack(
+    stack: &Stack,
+    scenario: &Scenario,
+    slot: Option<BrowserSlot>,
+    profile: Profile,
+) -> Result<ProfileRun, HarnessError> {
     let session = Session::new(Observe::Logs).with_browser(slot);
-    drive(&stack, &session, scenario, profile)
+    drive(stack, &session, scenario, profile)
         .await
         .map_err(|e| HarnessError::Stack {
             source: Box::new(e),

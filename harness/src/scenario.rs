@@ -427,6 +427,10 @@ pub struct Scenario {
     /// Timeout scaling.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Another nginx config for a profile than the one it deploys (a path from the project
+    /// root), to show what one change does: `configs = { legacy = "docker/variants/x.conf" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<Profile, String>,
     /// The steps.
     pub steps: Vec<Step>,
 }
@@ -446,6 +450,7 @@ impl Scenario {
             twilio_faults: Vec::new(),
             hop_faults: Vec::new(),
             timeouts: Timeouts::default(),
+            configs: BTreeMap::new(),
             steps: Vec::new(),
         }
     }
@@ -522,6 +527,14 @@ impl Scenario {
         }
         for (i, step) in self.steps.iter().enumerate() {
             self.validate_step(i, step)?;
+        }
+        for (profile, path) in &self.configs {
+            if !crate::locate::workspace_dir().join(path).is_file() {
+                return Err(InvalidField::new(
+                    format!("configs.{}", profile.name()),
+                    format!("{path}: no such file under the project root"),
+                ));
+            }
         }
         if self.profiles.is_empty() {
             return Err(InvalidField::new(

@@ -198,6 +198,11 @@ pub struct StackSpec {
     pub docker_dir: PathBuf,
     /// Extra environment for the backend (overrides the harness's).
     pub backend_env: Vec<(String, String)>,
+    /// This nginx config instead of the profile's (`harness diagnose --nginx`).
+    pub nginx_config: Option<PathBuf>,
+    /// The backend runs as deployed: no timing value is templated into it (it keeps its own
+    /// keep-alive and timeouts), and nothing is scaled.
+    pub as_deployed: bool,
 }
 
 impl StackSpec {
@@ -211,6 +216,8 @@ impl StackSpec {
             timeouts: Timeouts::default(),
             docker_dir: crate::locate::workspace_dir().join("docker"),
             backend_env: Vec::new(),
+            nginx_config: None,
+            as_deployed: false,
         }
     }
 
@@ -245,6 +252,9 @@ impl StackSpec {
     /// The nginx config this stack deploys: the stack file's for its profile, else the
     /// profile's file in `docker_dir`.
     pub fn nginx_config(&self) -> PathBuf {
+        if let Some(own) = &self.nginx_config {
+            return own.clone();
+        }
         if let BackendSpec::File(f) = &self.backend {
             let own = match self.profile {
                 Profile::Fixed => &f.nginx,

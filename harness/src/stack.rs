@@ -2,7 +2,7 @@
 //! its own, with the [`Hop`] fault point between nginx and the backend. [`StackSpec`] says what
 //! runs, [`Runtime`](crate::Runtime) how; [`Stack::start`] is one sequence for both runtimes.
 
-use crate::backend::{Launch, ListenMode, Placeholders};
+use crate::backend::{Launch, ListenMode, Placeholders, TimingValues};
 use crate::error::HarnessError;
 use crate::hop::Hop;
 use crate::nginx::{self, Render};
@@ -141,8 +141,10 @@ impl Stack {
             twilio,
             launcher,
             spec,
+            // A safety net only: nginx's own timeouts end every request first (a diagnosis
+            // waits, in real time, for a read timeout of several minutes).
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
+                .timeout(Duration::from_secs(600))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("reqwest client"),
@@ -336,6 +338,12 @@ fn backend_launch(
     nginx: SocketAddr,
 ) -> Result<Launch, HarnessError> {
     let t = spec.timeouts;
+    let timing = TimingValues {
+        keep_alive: spec.backend_keep_alive_secs(reference_bin) * t.keepalive_scale,
+        graceful_timeout: 30.0 * t.scale,
+        slow_download: t.slow_download_secs.unwrap_or(10.0 * t.scale),
+        twilio_timeout: t.twilio_timeout_secs.unwrap_or(30.0 * t.scale),
+    };
     let values = Placeholders {
         twilio: (
             twilio.account_sid().into(),
@@ -344,10 +352,7 @@ fn backend_launch(
         ),
         recordings_dir: sandbox.join("recordings"),
         public_url: format!("http://{nginx}"),
-        keep_alive: spec.backend_keep_alive_secs(reference_bin) * t.keepalive_scale,
-        graceful_timeout: 30.0 * t.scale,
-        slow_download: t.slow_download_secs.unwrap_or(10.0 * t.scale),
-        twilio_timeout: t.twilio_timeout_secs.unwrap_or(30.0 * t.scale),
+        timing: (!spec.as_deployed).then_some(timing),
         sandbox: sandbox.to_path_buf(),
     };
     let contract = Placeholders::contract();

@@ -578,3 +578,78 @@ fn an_nginx_version_the_host_lacks_runs_in_containers_against_its_own_snapshot()
         "{stdout}"
     );
 }
+
+#[test]
+fn explain_with_the_access_log_tells_retried_from_received_and_fits_the_fix() {
+    if !tools_present() {
+        return;
+    }
+    use harness::{
+        Profile, RecordingSpec, RequestStep, Scenario, Stack, StackSpec, Step, Timeouts,
+    };
+    use mock_twilio::{Fault, FaultRule, MediaFormat, Signing};
+    // The legacy order (backend 2 s, nginx 24 s) with the race made certain: a GET nginx retries,
+    // a POST it does not, and a body the backend cuts (no race: it was mid-answer).
+    let webhook = |pause_ms| Step::Webhook {
+        recording: 0,
+        signing: Signing::Valid,
+        pause_ms,
+        expect: Default::default(),
+    };
+    let scenario = Scenario::new(
+        "explain",
+        RecordingSpec::new(MediaFormat::Mp3, 200_000).cached(true),
+    )
+    .hop_fault(FaultRule::new(Fault::KeepaliveRace))
+    .request(RequestStep::get().with_path("/healthz"))
+    .request(RequestStep::get().with_path("/healthz").pause_ms(3_000))
+    .step(webhook(0))
+    .step(webhook(3_000))
+    .step(Step::Arm {
+        at: harness::FaultPoint::Hop,
+        rule: FaultRule::new(Fault::CloseAfter { bytes: 10_000 })
+            .path_regex("^/api/")
+            .times(1),
+    })
+    .request(RequestStep::get());
+    let spec = StackSpec::new(Profile::Legacy).timeouts(Timeouts {
+        keepalive_scale: 0.4,
+        ..Timeouts::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::rt().block_on(async {
+        let stack = Stack::start(spec).await.unwrap();
+        harness::runner::run_on_stack(&stack, &scenario, None, Profile::Legacy)
+            .await
+            .unwrap();
+        std::fs::copy(stack.error_log().path(), dir.path().join("error.log")).unwrap();
+        std::fs::copy(stack.access_log().path(), dir.path().join("access.log")).unwrap();
+    });
+    let out = harness()
+        .arg("explain")
+        .arg(dir.path().join("error.log"))
+        .arg("--access-log")
+        .arg(dir.path().join("access.log"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for want in [
+        "premature_close × 3",
+        "1 retried by nginx (the client got 200), e.g. GET /healthz",
+        "1 reached the client (the client got 502), e.g. POST /webhook/recording-status",
+        "2 closed at once before the response header",
+        "fix:   keep the backend's keep-alive timeout above",
+        "fix:   never let an exception drop a connection",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing:\n{stdout}");
+    }
+    // Without the access log nothing is said of what became of them.
+    let out = harness()
+        .arg("explain")
+        .arg(dir.path().join("error.log"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("retried by nginx"), "{stdout}");
+}

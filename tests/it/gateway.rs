@@ -86,7 +86,7 @@ fn keepalive_race_on_post() {
 fn keepalive_race_on_get() {
     check(
         Scenario::new("keepalive-race-get", cached(10_000))
-            .describe("Two downloads (GET) 3 s apart with the keep-alive race made certain at the hop. Legacy: its /api/ sends Connection: close upstream (the WebSocket headers), so no connection is reused and the race cannot happen; fixed: the backend outlives nginx's idle timeout, so it does not happen either")
+            .describe("Two downloads (GET) 3 s apart with the keep-alive race made certain at the hop. Legacy: the first reuses the connection the readiness check left on /healthz (the pool belongs to the upstream block, not to a location), and its Connection: close (the WebSocket headers) closes it after the answer, so the second finds nothing idle to race on; fixed: the backend outlives nginx's idle timeout, so the race does not happen either")
             .timeouts(race())
             .hop_fault(FaultRule::new(Fault::KeepaliveRace))
             .request(RequestStep::get().named("first play"))
@@ -109,7 +109,7 @@ fn keepalive_race_on_a_keepalive_get_is_retried() {
 #[test]
 fn websocket_headers_switch_upstream_keepalive_off() {
     let mut scenario = Scenario::new("websocket-headers-on-api", cached(10_000))
-        .describe("Three plays in a row. The fixed /api/ reuses one upstream connection; the legacy one's Connection: close (from the WebSocket map) opens a new connection for every request. A cost, not a 502");
+        .describe("Three plays in a row. The fixed /api/ reuses one upstream connection; the legacy one reuses the connection the readiness check left, then its Connection: close (from the WebSocket map) closes each connection after its answer, so every later play opens a new one. A cost, not a 502");
     for i in 0..3 {
         scenario = scenario.request(
             RequestStep::get()

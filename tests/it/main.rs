@@ -5,6 +5,7 @@ mod bench;
 mod browser;
 mod cli;
 mod containers;
+mod diagnose;
 mod docs;
 pub mod files;
 mod gateway;

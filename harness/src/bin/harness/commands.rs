@@ -144,8 +144,8 @@ pub async fn check(url: &str, call_sid: &str, token: Option<String>) -> anyhow::
     Ok(exit(failed == 0))
 }
 
-/// `harness explain [ERROR_LOG]`.
-pub fn explain(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+/// `harness explain [ERROR_LOG] [--access-log FILE]`.
+pub fn explain(path: Option<PathBuf>, access: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let text = match &path {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
         None => {
@@ -156,22 +156,14 @@ pub fn explain(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             text
         }
     };
-    let causes = harness::gateway::summarize(&text);
-    if causes.is_empty() {
-        println!("no gateway errors found");
-    }
-    for c in &causes {
-        println!(
-            "{} × {}  (first {}, last {})",
-            c.cause.name(),
-            c.count,
-            c.first,
-            c.last
-        );
-        println!("  means: {}", c.cause.meaning());
-        println!("  fix:   {}", c.cause.fix());
-        println!("  e.g.:  {}", c.example);
-    }
+    let access = match &access {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?)
+        }
+        None => None,
+    };
+    let explained = harness::explain::explain(&text, access.as_deref());
+    println!("{}", harness::explain::render(&explained));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -275,4 +267,36 @@ pub async fn bench(
             .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(exit(report.errors.is_empty()))
+}
+
+/// `harness diagnose`: exit 0 when nothing is exposed, 1 when something is, 2 (an error) when
+/// the stack could not be diagnosed.
+pub async fn diagnose(
+    stack: &Path,
+    nginx: Option<PathBuf>,
+    json: Option<PathBuf>,
+    natural_race: Option<usize>,
+    at: Placement,
+    signals: &mut Signals,
+) -> anyhow::Result<ExitCode> {
+    let opts = harness::diagnose::DiagnoseOptions {
+        backend: backend_spec(Some(stack))?,
+        nginx_config: nginx,
+        runtime: at.runtime,
+        nginx: at.nginx,
+        natural_race,
+    };
+    let found = tokio::select! {
+        d = harness::diagnose::diagnose(&opts) => d.context("diagnose")?,
+        signal = signals.recv() => {
+            eprintln!("harness: {signal}: diagnosis stopped, every stack torn down");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    println!("{}", found.render());
+    if let Some(path) = &json {
+        std::fs::write(path, serde_json::to_string_pretty(&found)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(exit(!found.exposed()))
 }

@@ -124,6 +124,27 @@ enum Command {
     Explain {
         /// The error log; stdin when omitted.
         error_log: Option<PathBuf>,
+        /// nginx's access log (in the harness's format): says which failed upstream attempts
+        /// nginx retried and which the client got.
+        #[arg(long)]
+        access_log: Option<PathBuf>,
+    },
+    /// Diagnose your own nginx config and backend: each 502/504 mechanism measured and run
+    /// with your values (in real time), one verdict each. Exit 0: nothing exposed; 1: something
+    /// is; 2: the stack could not be diagnosed.
+    Diagnose {
+        /// The stack file that runs your backend (its command is run as is: no timing values).
+        #[arg(long)]
+        stack: PathBuf,
+        /// Your nginx config (default: the stack file's `nginx`, else docker/nginx.conf).
+        #[arg(long)]
+        nginx: Option<PathBuf>,
+        /// Also write the diagnosis as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also try the keep-alive race for POST by its natural timing, N times (no fault).
+        #[arg(long)]
+        natural_race: Option<usize>,
     },
     /// Print the JSON Schema of scenario files.
     Schema,
@@ -297,7 +318,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             call_sid,
             token,
         } => commands::check(&url, &call_sid, token).await,
-        Command::Explain { error_log } => commands::explain(error_log),
+        Command::Explain {
+            error_log,
+            access_log,
+        } => commands::explain(error_log, access_log),
+        Command::Diagnose {
+            stack,
+            nginx: config,
+            json,
+            natural_race,
+        } => {
+            let at = one_placement(runtime, nginx)?;
+            commands::diagnose(&stack, config, json, natural_race, at, &mut signals).await
+        }
         Command::Schema => {
             print!("{}", harness::scenario::json_schema());
             Ok(ExitCode::SUCCESS)
