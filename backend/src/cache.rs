@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Bytes read from disk per chunk of a response body.
-const CHUNK: u64 = 256 * 1024;
+const CHUNK: u64 = 64 * 1024;
 
 /// How far a download has come (shared with every reader through a watch channel).
 #[derive(Debug, Clone)]
@@ -194,14 +194,33 @@ pub struct Cache {
     inflight: Mutex<HashMap<String, watch::Receiver<Phase>>>,
 }
 
+/// Whether another process holds the lock of the recording a temp file `.{sid}.{ext}.{n}.part`
+/// belongs to (it is downloading into it: an instance sharing the cache).
+fn lock_is_held(dir: &Path, part: &str) -> bool {
+    let mut pieces = part.trim_start_matches('.').splitn(3, '.');
+    let (Some(sid), Some(ext)) = (pieces.next(), pieces.next()) else {
+        return false;
+    };
+    let Ok(file) = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!(".{sid}.{ext}.lock")))
+    else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 impl Cache {
-    /// A cache in `dir` (created if missing; stale temp files of a crashed run are removed).
+    /// A cache in `dir` (created if missing; temp files of a crashed run are removed, those an
+    /// instance sharing the cache is writing are left alone).
     pub fn new(dir: &Path, twilio: Arc<Twilio>, slow: Duration) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         for entry in std::fs::read_dir(dir)?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".part") {
+            if name.starts_with('.') && name.ends_with(".part") && !lock_is_held(dir, &name) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -317,6 +336,29 @@ impl Cache {
         let began = Instant::now();
         let started = SystemTime::now();
         let final_path = self.path(recording_sid, format);
+        // One download per recording across processes sharing the cache (several instances
+        // behind one upstream): the lock's holder downloads, the others wait and serve its file.
+        let _lock = match self.lock(recording_sid, format).await {
+            Ok(lock) => lock,
+            Err(e) => {
+                let cause = format!("lock {}: {e}", final_path.display());
+                tx.send_replace(Phase::Failed {
+                    error: FetchError::Failed(cause),
+                    written: 0,
+                });
+                return;
+            }
+        };
+        if final_path.exists() {
+            tracing::info!(
+                call_sid,
+                recording_sid,
+                "Recording saved - took {:.2}s (by another process)",
+                began.elapsed().as_secs_f64()
+            );
+            tx.send_replace(Phase::Complete);
+            return;
+        }
         let tmp = self.dir.join(format!(
             ".{recording_sid}.{}.{:016x}.part",
             format.ext(),
@@ -365,6 +407,29 @@ impl Cache {
                 tx.send_replace(Phase::Failed { error: e, written });
             }
         }
+    }
+
+    /// An exclusive lock on the recording's lock file (held while the file is open).
+    async fn lock(&self, recording_sid: &str, format: Format) -> std::io::Result<File> {
+        self.lock_named(&format!("{recording_sid}.{}", format.ext()))
+            .await
+    }
+
+    /// An exclusive lock named `name`, shared with every process using this cache folder
+    /// (several backend instances): held while the returned file is open.
+    pub async fn lock_named(&self, name: &str) -> std::io::Result<File> {
+        let path = self.dir.join(format!(".{name}.lock"));
+        tokio::task::spawn_blocking(move || {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     async fn fetch_into(

@@ -53,6 +53,12 @@ pub struct Config {
     /// Budget in seconds for one Twilio download (retries included) and for any stall in its body.
     #[arg(long, env = "TWILIO_TIMEOUT_SECS", default_value_t = 30.0)]
     pub twilio_timeout_secs: f64,
+    /// When set (e.g. `/_recordings/`), a cached recording is handed to nginx to send itself:
+    /// `X-Accel-Redirect: {prefix}{recording}.{ext}` to an `internal` location aliasing
+    /// RECORDINGS_DIR. A Range nginx would answer wrongly (invalid syntax, several ranges) and
+    /// every cache miss are still served by the backend.
+    #[arg(long, env = "ACCEL_REDIRECT")]
+    pub accel_redirect: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -70,6 +76,7 @@ impl std::fmt::Debug for Config {
             .field("graceful_shutdown_timeout", &self.graceful_shutdown_timeout)
             .field("slow_download_secs", &self.slow_download_secs)
             .field("twilio_timeout_secs", &self.twilio_timeout_secs)
+            .field("accel_redirect", &self.accel_redirect)
             .finish()
     }
 }

@@ -83,6 +83,9 @@ pub struct StackFile {
     /// The stock profile's nginx config (default: docker/nginx.stock.conf).
     #[serde(default)]
     pub nginx_stock: Option<PathBuf>,
+    /// The hardened profile's nginx config (default: docker/nginx.hardened.conf).
+    #[serde(default)]
+    pub nginx_hardened: Option<PathBuf>,
     /// The folder the file is in (paths are relative to it).
     #[serde(skip)]
     pub dir: PathBuf,

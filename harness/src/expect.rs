@@ -115,6 +115,10 @@ pub struct Expect {
     /// For a `play` step: the page played (`true`) or showed the user a media error (`false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plays: Option<bool>,
+    /// For a `deploy` step: at most this many of the load's requests may fail (no 2xx, no
+    /// answer, or a body cut short).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
 }
 
 /// `a`, `a or b`, `a, b or c`.
@@ -132,6 +136,18 @@ impl Expect {
     pub fn failures(&self, o: &Outcome) -> Vec<String> {
         if o.load.is_some() {
             return self.load_failures(o);
+        }
+        if let Some(d) = &o.deploy {
+            return match self.failed {
+                Some(most) if d.failed > most => vec![format!(
+                    "{}: {} of {} requests failed (at most {most} may): {}",
+                    o.step,
+                    d.failed,
+                    d.requests,
+                    d.failures_by_cause()
+                )],
+                _ => Vec::new(),
+            };
         }
         let mut f = Vec::new();
         let step = &o.step;

@@ -11,6 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// How long [`Hop::down`] lets its connections pass on what the backend sent before it went.
+const FORWARD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The nginx→backend fault point.
 pub struct Hop {
     addr: SocketAddr,
@@ -39,8 +42,13 @@ fn hold_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
 }
 
 impl Hop {
-    /// Takes an OS-chosen port on `ip` and holds it (down until [`Hop::up`]).
-    pub fn reserve(ip: IpAddr) -> Result<Hop, HarnessError> {
+    /// Takes an OS-chosen port on `ip` and holds it (down until [`Hop::up`]); its rules and
+    /// journal are shared with the stack's other hops (one per backend instance).
+    pub fn reserve(
+        ip: IpAddr,
+        faults: Arc<FaultSet>,
+        journal: Arc<Journal>,
+    ) -> Result<Hop, HarnessError> {
         let hold = hold_port(SocketAddr::new(ip, 0))
             .map_err(HarnessError::io("reserve the hop fault point's address"))?;
         let addr = hold
@@ -48,8 +56,8 @@ impl Hop {
             .map_err(HarnessError::io("hop fault point address"))?;
         Ok(Hop {
             addr,
-            faults: Arc::default(),
-            journal: Arc::default(),
+            faults,
+            journal,
             state: Mutex::new(State {
                 proxy: None,
                 hold: Some(hold),
@@ -103,7 +111,21 @@ impl Hop {
         Ok(())
     }
 
-    /// Stops forwarding: closes every connection, holds the address (connects are refused),
+    /// Refuses new connections as a backend that stopped listening does (nginx logs
+    /// `connect() failed (111: Connection refused)`), and holds the address; the connections
+    /// it has carry on until [`Hop::down`].
+    pub async fn refuse(&self) {
+        let proxy = self.state.lock().unwrap().proxy.take();
+        if let Some(proxy) = proxy {
+            proxy.stop_accepting().await;
+            let mut state = self.state.lock().unwrap();
+            state.hold = hold_port(self.addr).ok();
+            state.proxy = Some(proxy);
+        }
+    }
+
+    /// Stops forwarding: passes on what the backend answered before it went, closes every
+    /// connection, holds the address (connects are refused),
     /// and returns once nginx has let go of every connection it had to the hop, so its next
     /// request meets a refused connect, not a race with a closing one.
     pub async fn down(&self) {
@@ -111,8 +133,13 @@ impl Hop {
         if let Some(proxy) = proxy {
             self.earlier
                 .fetch_add(proxy.connections(), Ordering::SeqCst);
-            proxy.shutdown().await;
-            self.state.lock().unwrap().hold = hold_port(self.addr).ok();
+            // The backend is gone: what it answered before it went is still passed on (a
+            // real network would deliver it), then every connection closes.
+            proxy.finish(FORWARD_DEADLINE).await;
+            let mut state = self.state.lock().unwrap();
+            if state.hold.is_none() {
+                state.hold = hold_port(self.addr).ok();
+            }
         }
         poll(READY_DEADLINE, || async {
             (self.open_connections() == 0).then_some(())

@@ -29,6 +29,7 @@ pub mod browser;
 pub mod check;
 pub mod containers;
 pub mod diagnose;
+pub mod deploy;
 pub mod docker;
 pub mod error;
 pub mod events;

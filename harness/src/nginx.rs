@@ -115,13 +115,23 @@ pub fn version(nginx: &Path) -> Option<String> {
     text.split("version: ").nth(1).map(|v| v.trim().to_string())
 }
 
+/// RECORDINGS_DIR in the backend's image (`docker/Dockerfile.backend`): the folder an
+/// `internal` location aliases in a deployed config.
+pub const DEPLOYED_RECORDINGS_DIR: &str = "/data/recordings";
+
 /// What differs between one rendered config and another.
 #[derive(Debug, Clone)]
 pub struct Render {
     /// The address nginx listens on (already bound by the harness).
     pub listen: SocketAddr,
-    /// Where `upstream` servers point (the hop fault point, or the backend).
-    pub upstream: SocketAddr,
+    /// Where the `upstream` block's servers point, in order (one hop fault point per backend
+    /// instance): the Nth `server` line becomes the Nth address, its parameters kept; servers
+    /// beyond them are dropped.
+    pub upstreams: Vec<SocketAddr>,
+    /// The stack's recordings folder (the backend's RECORDINGS_DIR): an `alias` to the backend
+    /// image's [`DEPLOYED_RECORDINGS_DIR`] is pointed here, so nginx sends what the backend hands
+    /// it by `X-Accel-Redirect`.
+    pub recordings_dir: PathBuf,
     /// The stack's sandbox: logs, pid and temp files go there.
     pub sandbox: PathBuf,
     /// The static root (`root` directive).
@@ -225,7 +235,8 @@ struct Walk {
     upstream_depth: Option<usize>,
     upstream_has_keepalive_timeout: bool,
     saw_listen: bool,
-    saw_upstream_server: bool,
+    /// `server` lines seen in upstream blocks.
+    upstream_servers: usize,
     saw_http: bool,
     /// The config has an `access_log` in its `http` block (else the harness adds one).
     http_access_log: bool,
@@ -301,15 +312,28 @@ fn rewrite(
             w.saw_listen = true;
             Some(format!("{indent}listen {};", r.listen))
         }
-        // One upstream server: the stack's. Extra servers are dropped.
+        // The Nth upstream server: the stack's Nth address, its parameters kept.
         "server" if w.upstream_depth.is_some() && !l.trimmed.ends_with('{') => {
-            let first = !w.saw_upstream_server;
-            w.saw_upstream_server = true;
-            first.then(|| format!("{indent}server {};", r.upstream))
+            let n = w.upstream_servers;
+            w.upstream_servers += 1;
+            r.upstreams.get(n).map(|addr| {
+                let params: String = l.words[2..].iter().map(|p| format!(" {p}")).collect();
+                format!("{indent}server {addr}{params};")
+            })
+        }
+        "alias" if l.words.get(1).is_some_and(|p| p.starts_with(DEPLOYED_RECORDINGS_DIR)) => {
+            let rest = &l.words[1][DEPLOYED_RECORDINGS_DIR.len()..];
+            Some(format!(
+                "{indent}alias {}{rest};",
+                r.recordings_dir.display()
+            ))
         }
         "root" => Some(format!("{indent}root {};", r.static_root.display())),
         "include" if l.words.get(1).is_some_and(|p| !Path::new(p).exists()) => None,
-        "proxy_read_timeout" | "proxy_send_timeout" | "proxy_connect_timeout" => {
+        "proxy_read_timeout"
+        | "proxy_send_timeout"
+        | "proxy_connect_timeout"
+        | "proxy_next_upstream_timeout" => {
             Some(scaled(source_name, l, r.timeout_scale)?)
         }
         "keepalive_timeout" => {
@@ -400,7 +424,7 @@ pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, Har
     for (ok, what) in [
         (w.saw_http, "an `http {` block"),
         (w.saw_listen, "a `listen` directive"),
-        (w.saw_upstream_server, "an `upstream` block with a `server`"),
+        (w.upstream_servers > 0, "an `upstream` block with a `server`"),
     ] {
         if !ok {
             return Err(HarnessError::Config {
@@ -420,7 +444,8 @@ mod tests {
     fn params() -> Render {
         Render {
             listen: "127.0.0.1:4000".parse().unwrap(),
-            upstream: "127.0.0.1:5000".parse().unwrap(),
+            upstreams: vec!["127.0.0.1:5000".parse().unwrap()],
+            recordings_dir: "/sb/recordings".into(),
             sandbox: "/sb".into(),
             static_root: "/sb/www".into(),
             timeout_scale: 0.01,

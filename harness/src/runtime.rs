@@ -384,10 +384,11 @@ impl Launcher {
         Ok(self.component("nginx", log, how, reach, None))
     }
 
-    /// Starts the backend (not yet: [`Component::start`] does). The reference backend runs
+    /// Starts a backend instance named `name` (not yet: [`Component::start`] does). The reference backend runs
     /// in a container under containers; any other runs as a process.
     pub async fn backend(
         &self,
+        name: &'static str,
         launch: Launch,
         log: LogFile,
         reference: bool,
@@ -396,7 +397,7 @@ impl Launcher {
         let (how, reach) = match (&self.engine, reference) {
             (Some(engine), true) => {
                 let spec = backend_container(&launch, self.images.as_ref().expect("images"), &log);
-                let how = self.container(engine, "backend", &spec, &log).await?;
+                let how = self.container(engine, name, &spec, &log).await?;
                 (how, Reach::Network(BACKEND_CONTAINER_PORT))
             }
             _ => {
@@ -410,7 +411,7 @@ impl Launcher {
                 (process(launch), reach)
             }
         };
-        Ok(self.component("backend", log, how, reach, health))
+        Ok(self.component(name, log, how, reach, health))
     }
 
     async fn container(

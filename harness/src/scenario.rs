@@ -158,6 +158,46 @@ fn yes() -> bool {
     true
 }
 
+/// A deploy: every backend instance restarted in turn (its listener closes, it drains on
+/// SIGTERM, it starts again) while clients keep downloading recordings and posting webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployStep {
+    /// A name for reports (default: `deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Clients sending requests throughout (default 4), each alternating a whole download of
+    /// one of the scenario's recordings and a signed status webhook.
+    #[serde(default = "four")]
+    pub clients: u32,
+    /// Downloads, and webhooks, that must be answered while each instance is out of service
+    /// (stopped, before it starts again), default 2: the instance stays out until they are.
+    #[serde(default = "two")]
+    pub during: u32,
+    /// Explicit checks (`failed`: how many of the load's requests may fail).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub expect: Expect,
+}
+
+fn four() -> u32 {
+    4
+}
+
+fn two() -> u32 {
+    2
+}
+
+impl Default for DeployStep {
+    fn default() -> Self {
+        DeployStep {
+            name: None,
+            clients: four(),
+            during: two(),
+            expect: Expect::default(),
+        }
+    }
+}
+
 impl PlayStep {
     /// Plays recording `index`, seeking, with the default deadline.
     pub fn recording(index: usize) -> Self {
@@ -358,8 +398,10 @@ pub enum Step {
     StopBackend,
     /// Starts it again.
     StartBackend,
-    /// SIGTERM (it drains), then start again.
+    /// SIGTERM (every instance at once: it drains), then start again.
     RestartBackend,
+    /// A rolling restart under load (see [`DeployStep`]).
+    Deploy(DeployStep),
     /// Waits for a backend log line containing `text`.
     WaitLog {
         /// The text.
@@ -381,6 +423,7 @@ impl Step {
         "stop_backend",
         "start_backend",
         "restart_backend",
+        "deploy",
         "wait_log",
     ];
 
@@ -390,6 +433,7 @@ impl Step {
             Step::Request(r) => Some(&r.expect),
             Step::Play(p) => Some(&p.expect),
             Step::Webhook { expect, .. } => Some(expect),
+            Step::Deploy(d) => Some(&d.expect),
             _ => None,
         }
     }
@@ -539,7 +583,7 @@ impl Scenario {
         if self.profiles.is_empty() {
             return Err(InvalidField::new(
                 "profiles",
-                "name at least one profile (fixed, legacy)",
+                "name at least one profile (fixed, legacy, stock, hardened)",
             ));
         }
         Ok(())

@@ -28,6 +28,10 @@ pub enum Profile {
     /// `docker/nginx.stock.conf`, what teams start from (an upstream block and `proxy_pass`,
     /// nothing else); backend keep-alive 5 s (uvicorn's default).
     Stock,
+    /// `docker/nginx.hardened.conf`: every fix of `fixed`, two backend instances deployed one at
+    /// a time (nginx moves to the other on a refused connect), no upstream keep-alive for the
+    /// webhook (a POST), and cached recordings sent by nginx itself (`X-Accel-Redirect`).
+    Hardened,
 }
 
 /// The backend's keep-alive under a profile.
@@ -50,36 +54,68 @@ pub struct ProfileRow {
     pub config_file: &'static str,
     /// The backend's keep-alive.
     pub keep_alive: KeepAlive,
+    /// Backend instances behind nginx's upstream (each with its own hop fault point).
+    pub instances: usize,
+    /// Settings the reference backend gets under this profile.
+    pub backend_env: &'static [(&'static str, &'static str)],
+    /// How long a backend drains in-flight responses on SIGTERM, in seconds before scaling
+    /// (its GRACEFUL_SHUTDOWN_TIMEOUT).
+    pub graceful_timeout_secs: f64,
 }
 
 /// Every profile, as data: they differ in nothing else.
-pub const PROFILES: [ProfileRow; 3] = [
+pub const PROFILES: [ProfileRow; 4] = [
     ProfileRow {
         profile: Profile::Fixed,
         name: "fixed",
         config_file: "nginx.conf",
         keep_alive: KeepAlive::BackendDefault,
+        instances: 1,
+        backend_env: &[],
+        graceful_timeout_secs: 30.0,
     },
     ProfileRow {
         profile: Profile::Legacy,
         name: "legacy",
         config_file: "nginx.legacy.conf",
         keep_alive: KeepAlive::Secs(5.0),
+        instances: 1,
+        backend_env: &[],
+        graceful_timeout_secs: 30.0,
     },
     ProfileRow {
         profile: Profile::Stock,
         name: "stock",
         config_file: "nginx.stock.conf",
         keep_alive: KeepAlive::Secs(5.0),
+        instances: 1,
+        backend_env: &[],
+        graceful_timeout_secs: 30.0,
+    },
+    ProfileRow {
+        profile: Profile::Hardened,
+        name: "hardened",
+        config_file: "nginx.hardened.conf",
+        keep_alive: KeepAlive::BackendDefault,
+        instances: 2,
+        backend_env: &[("ACCEL_REDIRECT", "/_recordings/")],
+        // A deploy waits for every download under way (up to nginx's read timeout), so none
+        // is cut.
+        graceful_timeout_secs: 300.0,
     },
 ];
 
 impl Profile {
     /// Every profile.
-    pub const ALL: [Profile; 3] = [Profile::Fixed, Profile::Legacy, Profile::Stock];
+    pub const ALL: [Profile; 4] = [
+        Profile::Fixed,
+        Profile::Legacy,
+        Profile::Stock,
+        Profile::Hardened,
+    ];
 
     /// The profiles a scenario runs under unless it names its own.
-    pub const DEFAULT: [Profile; 2] = [Profile::Fixed, Profile::Legacy];
+    pub const DEFAULT: [Profile; 3] = [Profile::Fixed, Profile::Legacy, Profile::Hardened];
 
     /// Its row.
     pub fn row(self) -> &'static ProfileRow {
@@ -105,7 +141,7 @@ impl Profile {
         }
     }
 
-    /// `fixed`, `legacy`, `stock`.
+    /// `fixed`, `legacy`, `stock`, `hardened`.
     pub fn name(self) -> &'static str {
         self.row().name
     }
@@ -260,12 +296,22 @@ impl StackSpec {
                 Profile::Fixed => &f.nginx,
                 Profile::Legacy => &f.nginx_legacy,
                 Profile::Stock => &f.nginx_stock,
+                Profile::Hardened => &f.nginx_hardened,
             };
             if let Some(own) = own {
                 return f.dir.join(own);
             }
         }
         self.docker_dir.join(self.profile.config_file())
+    }
+
+    /// How many backend instances run behind nginx: the profile's (one behind a config of
+    /// one's own).
+    pub fn instances(&self) -> usize {
+        match self.nginx_config {
+            Some(_) => 1,
+            None => self.profile.row().instances,
+        }
     }
 
     /// The backend's keep-alive before scaling, in seconds: a stack file's own under `fixed`,

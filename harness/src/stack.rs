@@ -79,13 +79,20 @@ impl Drop for Sandbox {
     }
 }
 
+/// One backend instance and the hop fault point in front of it (nginx's upstream server).
+struct Instance {
+    hop: Hop,
+    backend: Component,
+}
+
 /// A running stack. Dropping it stops every process and container and removes the sandbox,
 /// also on panic. Field order is teardown order: nginx first, sandbox last.
 #[must_use = "the stack stops when dropped"]
 pub struct Stack {
     nginx: Component,
-    hop: Hop,
-    backend: Component,
+    instances: Vec<Instance>,
+    hop_faults: Arc<FaultSet>,
+    hop_journal: Arc<Journal>,
     twilio: MockTwilio,
     /// Under containers, the network (which removes every container when it goes).
     launcher: Launcher,
@@ -115,29 +122,41 @@ impl Stack {
             .start()
             .await
             .map_err(HarnessError::io("start mock-twilio"))?;
-        let hop = Hop::reserve(launcher.host_ip())?;
+        let (hop_faults, hop_journal) = (Arc::<FaultSet>::default(), Arc::<Journal>::default());
+        let hops = (0..spec.instances())
+            .map(|_| Hop::reserve(launcher.host_ip(), hop_faults.clone(), hop_journal.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
         // nginx first: the backend must know its public URL (webhook signatures).
         let (listen, listener) = launcher.nginx_listen()?;
-        let conf = render_nginx_conf(&spec, &sandbox.path, listen, hop.addr())?;
+        let upstreams = hops.iter().map(Hop::addr).collect();
+        let conf = render_nginx_conf(&spec, &sandbox.path, listen, upstreams)?;
         let nginx = launcher.nginx(&sandbox.path, &conf, listener).await?;
         let logs = || logs_of(&sandbox.path);
         let nginx_addr = nginx.start(&logs).await?;
-        let launch = backend_launch(
-            &spec,
-            reference_bin.as_deref(),
-            &twilio,
-            &sandbox.path,
-            nginx_addr,
-        )?;
-        let backend_log = LogFile::new(sandbox.path.join("backend.log"));
-        let reference = matches!(spec.backend, BackendSpec::Reference);
-        let backend = launcher.backend(launch, backend_log, reference).await?;
-        hop.up(backend.start(&logs).await?).await?;
+        let mut instances = Vec::new();
+        for (n, hop) in hops.into_iter().enumerate() {
+            let launch = backend_launch(
+                &spec,
+                reference_bin.as_deref(),
+                &twilio,
+                &sandbox.path,
+                nginx_addr,
+            )?;
+            // Every instance writes to one log: its events are the backend's, whichever runs.
+            let backend_log = LogFile::new(sandbox.path.join("backend.log"));
+            let reference = matches!(spec.backend, BackendSpec::Reference);
+            let backend = launcher
+                .backend(INSTANCE_NAMES[n], launch, backend_log, reference)
+                .await?;
+            hop.up(backend.start(&logs).await?).await?;
+            instances.push(Instance { hop, backend });
+        }
         let stack = Stack {
             nginx_version: launcher.nginx_version(),
             nginx,
-            hop,
-            backend,
+            instances,
+            hop_faults,
+            hop_journal,
             twilio,
             launcher,
             spec,
@@ -154,7 +173,7 @@ impl Stack {
             url: stack.url("/healthz"),
         };
         wait_ready("nginx", &probe, || stack.nginx.exited(), || stack.logs()).await?;
-        stack.hop.journal().clear();
+        stack.hop_journal.clear();
         Ok(stack)
     }
 
@@ -170,13 +189,18 @@ impl Stack {
             .expect("nginx runs for the stack's whole life")
     }
 
-    /// The backend's own address (bypassing nginx), while it runs.
+    /// The (first) backend instance's own address (bypassing nginx), while it runs.
     pub fn backend_addr(&self) -> Option<SocketAddr> {
-        self.backend.addr()
+        self.instances[0].backend.addr()
+    }
+
+    /// How many backend instances run behind nginx.
+    pub fn instances(&self) -> usize {
+        self.instances.len()
     }
 
     /// Under the containers runtime, the stack's Docker network (its containers are named
-    /// `{network}-nginx` and `{network}-backend`).
+    /// `{network}-nginx`, `{network}-backend` and, for a second instance, `{network}-backend-2`).
     pub fn container_network(&self) -> Option<&str> {
         self.launcher.network()
     }
@@ -186,19 +210,19 @@ impl Stack {
         &self.twilio
     }
 
-    /// Fault rules of the nginx→backend hop.
+    /// Fault rules of the nginx→backend hop (every instance's).
     pub fn hop_faults(&self) -> &Arc<FaultSet> {
-        self.hop.faults()
+        &self.hop_faults
     }
 
-    /// Connections nginx has opened to the backend (through the hop) since the stack started.
+    /// Connections nginx has opened to the backend (through the hops) since the stack started.
     pub fn hop_connections(&self) -> u64 {
-        self.hop.connections()
+        self.instances.iter().map(|i| i.hop.connections()).sum()
     }
 
-    /// Requests that crossed the nginx→backend hop.
+    /// Requests that crossed the nginx→backend hops.
     pub fn hop_journal(&self) -> &Arc<Journal> {
-        self.hop.journal()
+        &self.hop_journal
     }
 
     /// What this stack was started from.
@@ -231,20 +255,25 @@ impl Stack {
         LogFile::new(self.sandbox.path.join("access.log"))
     }
 
-    /// The backend's output (one event per line).
+    /// The backend's output, every instance's (one event per line).
     pub fn backend_log(&self) -> LogFile {
-        self.backend.log().clone()
+        self.instances[0].backend.log().clone()
     }
 
-    /// The backend's process id, while it runs as a process of ours.
+    /// The (first) backend instance's process id, while it runs as a process of ours.
     pub fn backend_pid(&self) -> Option<u32> {
-        self.backend.pid()
+        self.instances[0].backend.pid()
     }
 
-    /// The process groups it owns (nginx's, the backend's): every process it started is in one.
+    /// Each backend instance's process id, while it runs as a process of ours.
+    pub fn backend_pids(&self) -> Vec<Option<u32>> {
+        self.instances.iter().map(|i| i.backend.pid()).collect()
+    }
+
+    /// The process groups it owns (nginx's, the backends'): every process it started is in one.
     pub fn process_groups(&self) -> Vec<u32> {
-        [self.nginx.pid(), self.backend.pid()]
-            .into_iter()
+        std::iter::once(self.nginx.pid())
+            .chain(self.instances.iter().map(|i| i.backend.pid()))
             .flatten()
             .collect()
     }
@@ -254,30 +283,91 @@ impl Stack {
         logs_of(&self.sandbox.path)
     }
 
-    /// Kills the backend (SIGKILL) and takes the hop down, so nginx's connects are refused;
-    /// returns once nginx has let go of every connection it had cached.
+    /// Kills every backend instance (SIGKILL) and takes the hops down, so nginx's connects are
+    /// refused; returns once nginx has let go of every connection it had cached.
     pub async fn stop_backend(&self) {
-        self.backend.stop(None).await;
-        self.hop.down().await;
+        for i in &self.instances {
+            i.backend.stop(None).await;
+            i.hop.down().await;
+        }
     }
 
-    /// Starts the backend again after [`Stack::stop_backend`], on the same address.
+    /// Starts every backend instance again after [`Stack::stop_backend`], on the same address.
     pub async fn start_backend(&self) -> Result<(), HarnessError> {
-        if self.backend.addr().is_some() {
+        for i in &self.instances {
+            self.start_instance(i).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_instance(&self, i: &Instance) -> Result<(), HarnessError> {
+        if i.backend.addr().is_some() {
             return Ok(());
         }
-        let addr = self.backend.start(&|| self.logs()).await?;
-        self.hop.up(addr).await
+        let addr = i.backend.start(&|| self.logs()).await?;
+        i.hop.up(addr).await
     }
 
-    /// Stops the backend with SIGTERM (it drains), waits for it, and starts it again.
+    /// The drain time a backend gets on SIGTERM (its GRACEFUL_SHUTDOWN_TIMEOUT).
+    fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.spec.profile.row().graceful_timeout_secs * self.spec.timeouts.scale)
+    }
+
+    /// Stops every instance at once with SIGTERM (each drains), waits, and starts them again:
+    /// the backend is away for a moment.
     pub async fn restart_backend(&self) -> Result<(), HarnessError> {
-        let grace = Duration::from_secs_f64(30.0 * self.spec.timeouts.scale);
-        self.backend.stop(Some(grace)).await;
-        self.hop.down().await;
+        let grace = self.grace();
+        futures::future::join_all(self.instances.iter().map(|i| async move {
+            i.backend.stop(Some(grace)).await;
+            i.hop.down().await;
+        }))
+        .await;
         self.start_backend().await
     }
+
+    /// A deploy: each instance in turn stops listening (its connects are refused, so nginx
+    /// moves to another instance if it has one), drains on SIGTERM, and starts again.
+    /// `out` is called once per instance while it is out of service, after its listener
+    /// closed and before it starts again.
+    pub async fn deploy<F, Fut>(&self, mut out: F) -> Result<(), HarnessError>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        for (n, i) in self.instances.iter().enumerate() {
+            i.hop.refuse().await;
+            i.backend.stop(Some(self.grace())).await;
+            i.hop.down().await;
+            out(n).await;
+            self.start_instance(i).await?;
+            if n + 1 < self.instances.len() {
+                self.until_nginx_reaches(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `/healthz` through nginx until one of them reaches instance `i` again, so the next
+    /// instance goes out of service only once nginx routes to this one: a request nginx had
+    /// just found this one refusing and moved to the next must not meet that one closing too.
+    async fn until_nginx_reaches(&self, i: &Instance) -> Result<(), HarnessError> {
+        let before = i.hop.connections();
+        let url = self.url("/healthz");
+        let reached = crate::ready::poll(READY_DEADLINE, || async {
+            let _ = self.client.get(&url).send().await;
+            (i.hop.connections() > before).then_some(())
+        });
+        reached.await.ok_or_else(|| HarnessError::NotReady {
+            component: i.backend.name().into(),
+            url,
+            waited: READY_DEADLINE,
+            logs: self.logs(),
+        })
+    }
 }
+
+/// Container and log names of the backend instances (a profile runs at most this many).
+pub const INSTANCE_NAMES: [&str; 2] = ["backend", "backend-2"];
 
 /// The tail of each component's log in `sandbox`.
 fn logs_of(sandbox: &Path) -> String {
@@ -305,7 +395,7 @@ fn render_nginx_conf(
     spec: &StackSpec,
     sandbox: &Path,
     listen: SocketAddr,
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
 ) -> Result<PathBuf, HarnessError> {
     let source = spec.nginx_config();
     let text = std::fs::read_to_string(&source)
@@ -315,7 +405,8 @@ fn render_nginx_conf(
         &text,
         &Render {
             listen,
-            upstream,
+            upstreams,
+            recordings_dir: sandbox.join("recordings"),
             sandbox: sandbox.to_path_buf(),
             static_root: sandbox.join("www"),
             timeout_scale: spec.timeouts.scale,
@@ -340,7 +431,7 @@ fn backend_launch(
     let t = spec.timeouts;
     let timing = TimingValues {
         keep_alive: spec.backend_keep_alive_secs(reference_bin) * t.keepalive_scale,
-        graceful_timeout: 30.0 * t.scale,
+        graceful_timeout: spec.profile.row().graceful_timeout_secs * t.scale,
         slow_download: t.slow_download_secs.unwrap_or(10.0 * t.scale),
         twilio_timeout: t.twilio_timeout_secs.unwrap_or(30.0 * t.scale),
     };
@@ -376,6 +467,11 @@ fn backend_launch(
             &values,
         )?,
     };
+    if matches!(spec.backend, BackendSpec::Reference) {
+        for (k, v) in spec.profile.row().backend_env {
+            launch.env.push((k.to_string(), v.to_string()));
+        }
+    }
     for (k, v) in &spec.backend_env {
         launch.env.retain(|(name, _)| name != k);
         launch.env.push((k.clone(), v.clone()));

@@ -166,6 +166,16 @@ impl Session {
         all.len() - 1
     }
 
+    /// The validators last seen for recording `index` (what `{etag}` stands for).
+    pub fn validators(&self, index: usize) -> Option<Validators> {
+        self.validators.lock().unwrap().get(&index).cloned()
+    }
+
+    /// How many recordings it has.
+    pub fn recording_count(&self) -> usize {
+        self.recordings.read().unwrap().len()
+    }
+
     /// Recording `index`.
     pub fn recording(&self, index: usize) -> Option<Recording> {
         self.recordings.read().unwrap().get(index).cloned()
@@ -211,6 +221,9 @@ pub async fn execute(
     match step {
         Step::Request(r) => request(target, session, r, index).await.map(outcome),
         Step::Play(p) => play(target.stack(index)?, session, p, index)
+            .await
+            .map(outcome),
+        Step::Deploy(d) => crate::deploy::deploy(target.stack(index)?, session, d, index)
             .await
             .map(outcome),
         Step::Webhook {
@@ -264,7 +277,11 @@ async fn change(stack: &Stack, step: &Step) -> Result<(), HarnessError> {
         Step::StopBackend => stack.stop_backend().await,
         Step::StartBackend => stack.start_backend().await?,
         Step::RestartBackend => stack.restart_backend().await?,
-        Step::Request(_) | Step::Play(_) | Step::Webhook { .. } | Step::WaitLog { .. } => {}
+        Step::Request(_)
+        | Step::Play(_)
+        | Step::Webhook { .. }
+        | Step::WaitLog { .. }
+        | Step::Deploy(_) => {}
     }
     Ok(())
 }

@@ -92,6 +92,10 @@ pub struct FaultProxy {
     journal: Arc<Journal>,
     connections: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
+    /// Stops only the accept loop (its listener closes); connections carry on.
+    accepting: CancellationToken,
+    /// The accept loop (it owns the listener).
+    acceptor: TaskTracker,
     tasks: TaskTracker,
 }
 
@@ -117,17 +121,15 @@ impl FaultProxy {
             journal: journal.clone(),
         });
         let token = cancel.clone();
+        let accepting = cancel.child_token();
+        let stop_accepting = accepting.clone();
         let connections: Arc<std::sync::atomic::AtomicU64> = Arc::default();
         let counter = connections.clone();
         let tasks = TaskTracker::new();
         let tracker = tasks.clone();
-        tasks.spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = token.cancelled() => break,
-                    a = listener.accept() => a,
-                };
-                let Ok((stream, _)) = accepted else { continue };
+        let acceptor = TaskTracker::new();
+        acceptor.spawn(async move {
+            let serve = |stream: TcpStream| {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let shared = shared.clone();
                 let token = token.clone();
@@ -137,6 +139,28 @@ impl FaultProxy {
                         _ = serve_connection(stream, shared) => {}
                     }
                 });
+            };
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop_accepting.cancelled() => break,
+                    a = listener.accept() => a,
+                };
+                if let Ok((stream, _)) = accepted {
+                    serve(stream);
+                }
+            }
+            // Connections the kernel completed but nobody accepted yet would be reset when the
+            // listener closes, after their client sent a request: serve them instead.
+            let Ok(listener) = listener.into_std() else {
+                return;
+            };
+            while let Ok((stream, _)) = listener.accept() {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(stream));
+                if let Ok(stream) = stream {
+                    serve(stream);
+                }
             }
         });
         Ok(FaultProxy {
@@ -145,6 +169,8 @@ impl FaultProxy {
             journal,
             connections,
             cancel,
+            accepting,
+            acceptor,
             tasks,
         })
     }
@@ -171,9 +197,29 @@ impl FaultProxy {
 }
 
 impl FaultProxy {
+    /// Stops accepting: its listener closes (connects are refused from then on) before this
+    /// returns; the connections it has carry on until they end or [`FaultProxy::shutdown`].
+    pub async fn stop_accepting(&self) {
+        self.accepting.cancel();
+        self.acceptor.close();
+        self.acceptor.wait().await;
+    }
+
+    /// Stops accepting, gives the connections it has up to `deadline` to end by themselves
+    /// (one whose upstream closed still forwards what the upstream sent before it did), then
+    /// closes the rest, and returns once they are closed.
+    pub async fn finish(self, deadline: Duration) {
+        self.stop_accepting().await;
+        self.tasks.close();
+        let _ = tokio::time::timeout(deadline, self.tasks.wait()).await;
+        self.shutdown().await;
+    }
+
     /// Stops: closes the listener and every connection, and returns once they are closed.
     pub async fn shutdown(self) {
         self.cancel.cancel();
+        self.acceptor.close();
+        self.acceptor.wait().await;
         self.tasks.close();
         self.tasks.wait().await;
     }

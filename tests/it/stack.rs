@@ -2,6 +2,7 @@
 
 use crate::support::tools_present;
 use harness::{Profile, Stack, StackSpec};
+use mock_twilio::Fault;
 use std::path::PathBuf;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -209,4 +210,53 @@ fn the_fixed_profile_keeps_the_keepalive_rule() {
         legacy.upstream_keepalive > Profile::Legacy.backend_keep_alive_secs(&backend),
         "the legacy profile reproduces the race"
     );
+}
+
+/// A deploy under `hardened` lets a download under way finish: the instance it runs on drains
+/// (its listener closed, SIGTERM) and only then stops; the client gets every byte, whether its
+/// answer had begun (Twilio slow) or not (Twilio late).
+#[rstest::rstest]
+#[case::answer_begun(Fault::Throttle { bytes_per_sec: 200_000 })]
+#[case::answer_not_begun(Fault::Delay { ms: 1500, max_ms: None, seed: None })]
+fn a_deploy_lets_the_download_under_way_finish(#[case] fault: Fault) {
+    if !tools_present() {
+        return;
+    }
+    use mock_twilio::{FaultRule, MediaFormat, Recording};
+    rt().block_on(async {
+        let stack = Stack::start(StackSpec::new(Profile::Hardened)).await.unwrap();
+        let rec = stack.twilio().add_recording(Recording::new(
+            "RE00000000000000000000000000000031",
+            "CA00000000000000000000000000000031",
+            MediaFormat::Mp3,
+            400_000,
+        ));
+        stack
+            .twilio()
+            .arm(FaultRule::new(fault).recording(&rec.sid))
+            .unwrap();
+        let url = stack.url(&harness::app::download_path(&rec.call_sid, None));
+        // Keep-alive connections that have served a request already.
+        for _ in 0..4 {
+            let h = stack.client().get(stack.url("/healthz")).send().await.unwrap();
+            assert_eq!(h.status(), 200);
+        }
+        let download = tokio::spawn({
+            let client = stack.client().clone();
+            async move {
+                let resp = client.get(url).send().await.unwrap();
+                (resp.status().as_u16(), resp.bytes().await.map(|b| b.len()))
+            }
+        });
+        let log = stack.backend_log();
+        harness::ready::poll(std::time::Duration::from_secs(10), || async {
+            log.lines_since(0).0.iter().any(|l| l.contains("Cache miss")).then_some(())
+        })
+        .await
+        .expect("the download began");
+        stack.deploy(|_| async {}).await.unwrap();
+        let (status, body) = download.await.unwrap();
+        assert_eq!(status, 200, "{}", stack.logs());
+        assert_eq!(body.unwrap(), 400_000, "{}", stack.logs());
+    });
 }

@@ -143,7 +143,8 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
     let text = std::fs::read_to_string(&source).map_err(HarnessError::io("read nginx.conf"))?;
     let render = crate::nginx::Render {
         listen,
-        upstream: "127.0.0.1:9".parse().expect("addr"),
+        upstreams: vec!["127.0.0.1:9".parse().expect("addr")],
+        recordings_dir: dir.path().join("recordings"),
         sandbox: dir.path().to_path_buf(),
         static_root: www,
         timeout_scale: 1.0,

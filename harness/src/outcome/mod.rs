@@ -11,7 +11,7 @@ use crate::browser::BrowserOutcome;
 use crate::events::BackendEvent;
 use crate::gateway::GatewayError;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use snapshot::{redact_error_line, redact_ports, SnapshotBrowser, SnapshotOutcome};
 
@@ -152,6 +152,38 @@ pub struct LoadOutcome {
     pub gateway_errors: BTreeMap<String, u32>,
 }
 
+/// What a `deploy` step's load saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployOutcome {
+    /// Backend instances restarted, one after the other.
+    pub instances: usize,
+    /// Requests the load sent.
+    pub requests: u64,
+    /// Of them, those that failed: no 2xx, no answer, or a body cut short.
+    pub failed: u64,
+    /// Failed requests by what the client got (`502`, `504`, `none`, `cut`).
+    pub failed_by_status: BTreeMap<String, u64>,
+    /// While an instance was out of service: the statuses the load got (`none`: no answer).
+    pub statuses_while_out: BTreeSet<String>,
+    /// While an instance was out of service: the causes in nginx's error log (including
+    /// attempts nginx retried on another instance).
+    pub nginx_causes_while_out: BTreeSet<String>,
+}
+
+impl DeployOutcome {
+    /// `502×3, none×1`, or `none`.
+    pub fn failures_by_cause(&self) -> String {
+        if self.failed_by_status.is_empty() {
+            return "none".into();
+        }
+        self.failed_by_status
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Body facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BodyOutcome {
@@ -224,6 +256,9 @@ pub struct Outcome {
     /// For a `play` step: what the browser's page saw and the requests it made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browser: Option<BrowserOutcome>,
+    /// For a `deploy` step: what the load saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployOutcome>,
     /// The response's validators (they vary by run: snapshots keep only `present`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validators: Option<Validators>,
@@ -263,13 +298,18 @@ impl Outcome {
             client_error: None,
             load: None,
             browser: None,
+            deploy: None,
             validators: None,
             timing: None,
         }
     }
 
-    /// A word for tables: the status (`-` when none), or for a `play` step `played` / `no-play`.
+    /// A word for tables: the status (`-` when none), for a `play` step `played` / `no-play`,
+    /// for a `deploy` step how many of its requests failed.
     pub fn cell(&self) -> String {
+        if let Some(d) = &self.deploy {
+            return format!("deploy:{}/{}failed", d.failed, d.requests);
+        }
         match &self.browser {
             Some(b) if b.page.played() => "played".to_string(),
             Some(_) => "no-play".to_string(),

@@ -2,7 +2,7 @@
 //! where anything is redacted (times, pids, ports, the Twilio account, timing-dependent counts);
 //! the Outcome itself keeps every raw line and number.
 
-use super::{AnsweredBy, BodyCheck, LoadOutcome, Outcome, TwilioRequest};
+use super::{AnsweredBy, BodyCheck, DeployOutcome, LoadOutcome, Outcome, TwilioRequest};
 use crate::browser::{BrowserOutcome, BrowserRequest};
 use crate::events::BackendEvent;
 use crate::gateway::GatewayError;
@@ -107,6 +107,34 @@ pub struct SnapshotOutcome {
     /// A load step's counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadOutcome>,
+    /// A `deploy` step: what its load saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<SnapshotDeploy>,
+}
+
+/// The snapshot form of a `deploy` step: how many requests ran and failed is timing; whether any
+/// failed, and what the load got while an instance was out, is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotDeploy {
+    /// Instances restarted one after the other.
+    pub instances: usize,
+    /// `none`, or `some` (the report and the Outcome have the counts by status).
+    pub failed: &'static str,
+    /// The statuses the load got while an instance was out of service.
+    pub statuses_while_out: Vec<String>,
+    /// nginx's causes while an instance was out of service (retried attempts included).
+    pub nginx_causes_while_out: Vec<String>,
+}
+
+impl SnapshotDeploy {
+    fn of(d: &DeployOutcome) -> Self {
+        SnapshotDeploy {
+            instances: d.instances,
+            failed: if d.failed == 0 { "none" } else { "some" },
+            statuses_while_out: d.statuses_while_out.iter().cloned().collect(),
+            nginx_causes_while_out: d.nginx_causes_while_out.iter().cloned().collect(),
+        }
+    }
 }
 
 /// The snapshot form of a `play` step's browser: what the user saw, and the browser's requests.
@@ -162,7 +190,7 @@ impl SnapshotBrowser {
 impl Outcome {
     /// The redacted, run-stable form for snapshots.
     pub fn snapshot(&self) -> SnapshotOutcome {
-        let http = self.browser.is_none();
+        let http = self.browser.is_none() && self.deploy.is_none();
         SnapshotOutcome {
             step: (self.step != self.request).then(|| self.step.clone()),
             request: self.request.clone(),
@@ -190,6 +218,7 @@ impl Outcome {
                 .then_some(self.upstream_connections_opened),
             client_error: self.client_error.as_deref().map(redact_ports),
             load: self.load.clone(),
+            deploy: self.deploy.as_ref().map(SnapshotDeploy::of),
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod plan;
 mod report;
 
 pub use plan::{fault_name, pool, SoakPlan};
-pub use report::{Gauge, Life, SoakReport, Violation};
+pub use report::{DeployRecord, Gauge, Life, SoakReport, Violation};
 
 use crate::error::HarnessError;
 use crate::events::{self, BackendEvent};
@@ -22,6 +22,7 @@ use crate::ready::poll;
 use crate::runtime::Runtime;
 use crate::spec::{BackendSpec, Profile, StackSpec};
 use crate::stack::Stack;
+use crate::scenario::Step;
 use crate::step::{execute, Executed, Observe, Session, Target};
 use mock_twilio::{MediaFormat, Recording};
 use report::Sampler;
@@ -45,13 +46,14 @@ pub struct SoakConfig {
     /// The formats recordings are made in; a plan's other format becomes the first of these
     /// (for a backend that serves mp3 only: `[Mp3]`).
     pub formats: Vec<MediaFormat>,
-    /// Backend restarts (SIGTERM, drain, start) this often during load; `None`: never.
+    /// Deploys (every backend instance in turn: its listener closes, it drains on SIGTERM, it
+    /// starts again) this often during load; `None`: never.
     pub restart_every: Option<Duration>,
     /// Run only this step, alone, on a fresh stack.
     pub only_step: Option<u64>,
     /// How far the backend's resident memory may rise above its start within one process life
     /// (kB). The soak's largest recording is 50 MB: a backend that holds one whole in memory
-    /// goes over the default, 64 MiB.
+    /// goes over the default, 32 MiB (the reference backend rises by about 8 MiB).
     pub rss_budget_kb: u64,
     /// How many more open fds than at its start a backend process may hold when its life ends,
     /// beyond [`FDS_PER_CLIENT`] for each client's request in flight (default 64: more than
@@ -68,7 +70,7 @@ pub const FDS_PER_CLIENT: u64 = 4;
 
 impl SoakConfig {
     /// A soak of `duration` with `seed` on the fixed profile against the reference backend:
-    /// 4 clients, 20 % faults, mp3 and wav, a restart every 15 s, 64 MiB and 64 fds of budget.
+    /// 4 clients, 20 % faults, mp3 and wav, a deploy every 15 s, 32 MiB and 64 fds of budget.
     pub fn new(duration: Duration, seed: u64) -> Self {
         SoakConfig {
             duration,
@@ -79,7 +81,7 @@ impl SoakConfig {
             formats: vec![MediaFormat::Mp3, MediaFormat::Wav],
             restart_every: Some(Duration::from_secs(15)),
             only_step: None,
-            rss_budget_kb: 64 * 1024,
+            rss_budget_kb: 32 * 1024,
             fd_budget: 64,
         }
     }
@@ -135,18 +137,19 @@ struct Shared {
     next: AtomicU64,
     /// Every recording made (the pool and each fault step's fresh one), for the cache check.
     recordings: Mutex<Vec<Recording>>,
-    /// Restart windows (start, end), end `None` while one is in progress.
+    /// Deploy windows (start, end), end `None` while one is in progress.
     restarts: Mutex<Vec<(Instant, Option<Instant>)>>,
     report: Mutex<SoakReport>,
 }
 
 impl Shared {
-    fn overlaps_restart(&self, from: Instant, to: Instant) -> bool {
+    /// The deploy a request from `from` to `to` overlapped, if any.
+    fn overlapped_deploy(&self, from: Instant, to: Instant) -> Option<usize> {
         self.restarts
             .lock()
             .unwrap()
             .iter()
-            .any(|(a, b)| *a <= to && b.is_none_or(|b| b >= from))
+            .position(|(a, b)| *a <= to && b.is_none_or(|b| b >= from))
     }
 
     fn violation(&self, step: u64, what: String) {
@@ -170,10 +173,15 @@ impl Shared {
         let started = Instant::now();
         let mut last = None;
         for (i, step) in steps.iter().enumerate() {
+            // The validator an `{etag}` in this step's If-Range stands for.
+            let etag = match step {
+                Step::Request(r) => self.session.validators(r.recording).map(|v| v.etag),
+                _ => None,
+            };
             if let Executed::Outcome(o) =
                 execute(Target::Stack(&self.stack), &self.session, step, i).await?
             {
-                last = Some((*o, step));
+                last = Some((*o, step, etag));
             }
         }
         let ended = Instant::now();
@@ -184,20 +192,23 @@ impl Shared {
             .kinds
             .entry(plan.kind.clone())
             .or_default() += 1;
-        if let Some((o, step)) = last {
-            self.judge(k, &o, step.expect(), started, ended);
+        if let Some((o, step, etag)) = last {
+            self.judge(k, &o, step, etag.as_deref(), started, ended);
         }
         Ok(())
     }
 
-    /// A request that met a restart and failed because of it is counted apart; a gateway error
-    /// otherwise is a violation under `fixed` (and reported by cause under `legacy`); then the
-    /// step's expectations.
+    /// Under `fixed` and `legacy`, a request that met a deploy and failed because of it is
+    /// counted apart, by deploy and cause; under `hardened` nothing is (a deploy must cost no
+    /// request). A gateway error otherwise is a violation under `fixed` and `hardened` (and
+    /// reported by cause under `legacy`); then the step's expectations and RFC 9110's Range
+    /// rules.
     fn judge(
         &self,
         k: u64,
         o: &Outcome,
-        expect: Option<&crate::Expect>,
+        step: &Step,
+        etag: Option<&str>,
         from: Instant,
         to: Instant,
     ) {
@@ -210,19 +221,54 @@ impl Shared {
             .or_default() += 1;
         let gateway = o.status.is_none() || o.is_gateway_failure();
         let cut = matches!(o.body.check, BodyCheck::Truncated { .. });
-        if (gateway || cut) && self.overlaps_restart(from, to) {
-            self.report.lock().unwrap().failed_during_restart += 1;
-            return;
+        let apart = self.config.stack.profile != Profile::Hardened;
+        if gateway || cut {
+            if let Some(n) = self.overlapped_deploy(from, to).filter(|_| apart) {
+                let cause = if cut { "cut".into() } else { o.status_text() };
+                self.report.lock().unwrap().failed_by_deploy(n, cause);
+                return;
+            }
         }
         if gateway {
-            if self.config.stack.profile == Profile::Fixed {
+            if self.config.stack.profile != Profile::Legacy {
                 self.violation(k, format!("{}: {}", o.step, o.summary()));
             }
             return;
         }
-        for failure in expect.map(|e| e.failures(o)).unwrap_or_default() {
+        for failure in step.expect().map(|e| e.failures(o)).unwrap_or_default() {
             self.violation(k, failure);
         }
+        if let Err(e) = self.range_rfc(o, step, etag) {
+            self.violation(k, format!("{}: {e}", o.step));
+        }
+    }
+
+    /// A GET's answer is one RFC 9110 allows for its Range and If-Range: every 206 has the
+    /// Content-Range, length and bytes of the range asked, a valid single range is honoured.
+    fn range_rfc(&self, o: &Outcome, step: &Step, etag: Option<&str>) -> Result<(), String> {
+        let Step::Request(r) = step else {
+            return Ok(());
+        };
+        // A cut body is the step's expectations' business (a Twilio fault may cut one).
+        let cut = matches!(o.body.check, BodyCheck::Truncated { .. });
+        if r.method != crate::scenario::Method::Get || cut || !matches!(o.status, Some(200 | 206 | 416)) {
+            return Ok(());
+        }
+        let Some(rec) = self.session.recording(r.recording) else {
+            return Ok(());
+        };
+        let size = rec.media(r.format.unwrap_or(rec.format)).len() as u64;
+        // An If-Range holds when it names the validator the answer carries (the current one);
+        // an answer without one (a 416) does not say, and the Range alone is judged.
+        let current = o.validators.as_ref().map(|v| v.etag.as_str());
+        let holds = match (&r.if_range, current) {
+            (Some(template), Some(c)) if !c.is_empty() => {
+                Some(template.replace("{etag}", etag.unwrap_or("")) == c)
+            }
+            _ => None,
+        };
+        let allowed = crate::range_rfc::allowed(r.range.as_deref(), holds, size);
+        crate::range_rfc::check(o, allowed, size, false)
     }
 }
 
@@ -268,7 +314,7 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     let mut sampler = Sampler::default();
     let life_log = control(&shared, &mut workers, &mut sampler, deadline).await?;
     let settle = settle(&shared.stack, life_log).await;
-    sampler.sample(shared.stack.backend_pid());
+    sampler.sample_all(shared.stack.backend_pids());
     let mut report = shared.report.lock().unwrap().clone();
     report.backend_rss_kb = sampler.rss;
     report.backend_fds = sampler.fds;
@@ -302,8 +348,8 @@ async fn client(shared: &Shared, deadline: Instant) -> Result<(), HarnessError> 
     }
 }
 
-/// The controller: samples the backend and restarts it on schedule until the clients are
-/// done. Returns where the last backend process's log begins.
+/// The controller: samples the backend instances and deploys on schedule until the clients
+/// are done. Returns where the last deploy's backend processes' log begins.
 async fn control(
     shared: &Shared,
     workers: &mut tokio::task::JoinSet<Result<(), HarnessError>>,
@@ -312,12 +358,13 @@ async fn control(
 ) -> Result<u64, HarnessError> {
     let config = &shared.config;
     let stack = &shared.stack;
-    sampler.sample(stack.backend_pid());
-    let mut next_restart = config
+    sampler.sample_all(stack.backend_pids());
+    let began = Instant::now();
+    let mut next_deploy = config
         .restart_every
         .filter(|_| config.only_step.is_none())
         .map(|every| Instant::now() + every);
-    // A download that a restart cut short never logs its end, so only the last life's
+    // A download that a restart cut short never logs its end, so only the last lives'
     // downloads are waited for at the end.
     let mut life_log = stack.backend_log().len();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -330,23 +377,44 @@ async fn control(
             },
             _ = tick.tick() => {}
         }
-        sampler.sample(stack.backend_pid());
-        let due = next_restart.is_some_and(|at| Instant::now() >= at && Instant::now() < deadline);
+        sampler.sample_all(stack.backend_pids());
+        let due = next_deploy.is_some_and(|at| Instant::now() >= at && Instant::now() < deadline);
         if due {
-            // The life's last sample, then the next one's first.
-            sampler.sample(stack.backend_pid());
-            shared.restarts.lock().unwrap().push((Instant::now(), None));
-            let result = stack.restart_backend().await;
-            if let Some(w) = shared.restarts.lock().unwrap().last_mut() {
-                w.1 = Some(Instant::now());
-            }
-            result?;
+            deploy(shared, sampler, began).await?;
             life_log = stack.backend_log().len();
-            sampler.sample(stack.backend_pid());
-            shared.report.lock().unwrap().restarts += 1;
-            next_restart = config.restart_every.map(|e| Instant::now() + e);
+            next_deploy = config.restart_every.map(|e| Instant::now() + e);
         }
     }
+}
+
+/// One deploy during the load: its window (for the requests it fails), each instance's last
+/// sample before it goes and first after it is back, and nginx's causes meanwhile.
+async fn deploy(shared: &Shared, sampler: &mut Sampler, began: Instant) -> Result<(), HarnessError> {
+    let stack = &shared.stack;
+    let error_log = stack.error_log().len();
+    let start = Instant::now();
+    shared.restarts.lock().unwrap().push((start, None));
+    shared.report.lock().unwrap().deploys.push(DeployRecord {
+        at_secs: start.duration_since(began).as_secs_f64(),
+        ..Default::default()
+    });
+    sampler.sample_all(stack.backend_pids());
+    let result = stack.deploy(|_| async {}).await;
+    sampler.sample_all(stack.backend_pids());
+    if let Some(w) = shared.restarts.lock().unwrap().last_mut() {
+        w.1 = Some(Instant::now());
+    }
+    result?;
+    let (lines, _) = stack.error_log().lines_since(error_log);
+    let mut report = shared.report.lock().unwrap();
+    report.restarts += 1;
+    if let Some(d) = report.deploys.last_mut() {
+        d.took_secs = start.elapsed().as_secs_f64();
+        for e in lines.iter().filter_map(|l| crate::gateway::classify(l)) {
+            *d.nginx_causes.entry(e.cause.name().to_string()).or_default() += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Downloads the clients started may still be filling the cache: waits until Twilio answers

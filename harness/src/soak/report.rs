@@ -47,6 +47,19 @@ pub struct Life {
     pub fds: Gauge,
 }
 
+/// One deploy during a soak.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeployRecord {
+    /// Seconds into the soak when it began.
+    pub at_secs: f64,
+    /// How long it took (every instance out, drained and back).
+    pub took_secs: f64,
+    /// Requests it failed, by what the client got (counted apart, not violations).
+    pub failed: BTreeMap<String, u64>,
+    /// Gateway errors in nginx's log while it ran, by cause (retried attempts included).
+    pub nginx_causes: BTreeMap<String, u64>,
+}
+
 /// What a soak found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SoakReport {
@@ -60,11 +73,15 @@ pub struct SoakReport {
     pub kinds: BTreeMap<String, u64>,
     /// Answers by status (`none` when the connection failed).
     pub statuses: BTreeMap<String, u64>,
-    /// Backend restarts done.
+    /// Deploys done (each restarts every backend instance in turn).
     pub restarts: u64,
-    /// Requests that overlapped a backend restart and failed because of it: an nginx 502/504,
-    /// a failed connection, or a body cut when the draining backend's grace time ran out.
+    /// Requests that overlapped a deploy and failed because of it (an nginx 502/504, a failed
+    /// connection, or a body cut when the draining backend's grace time ran out), counted
+    /// apart under `fixed` and `legacy`; under `hardened` each is a violation instead.
     pub failed_during_restart: u64,
+    /// Each deploy: when, and the requests it failed by cause (`502`, `504`, `none`, `cut`)
+    /// and nginx's causes in its error log meanwhile.
+    pub deploys: Vec<DeployRecord>,
     /// Gateway errors in nginx's error log, by cause.
     pub gateway_causes: BTreeMap<String, u64>,
     /// Cache files compared byte for byte with their recordings at the end.
@@ -94,22 +111,40 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
+    pub(crate) fn sample_all(&mut self, pids: Vec<Option<u32>>) {
+        for pid in pids {
+            self.sample(pid);
+        }
+    }
+
     pub(crate) fn sample(&mut self, pid: Option<u32>) {
         let Some((pid, (rss, fds))) = pid.and_then(|p| Some((p, crate::process::gauges(p)?)))
         else {
             return;
         };
-        if self.lives.last().is_none_or(|l| l.pid != pid) {
-            self.lives.push(Life {
-                pid,
-                ..Default::default()
-            });
-        }
-        let life = self.lives.last_mut().expect("pushed");
+        // Several instances run at once: each sample goes to its own process's life.
+        let life = match self.lives.iter().rposition(|l| l.pid == pid) {
+            Some(i) => &mut self.lives[i],
+            None => {
+                self.lives.push(Life {
+                    pid,
+                    ..Default::default()
+                });
+                self.lives.last_mut().expect("pushed")
+            }
+        };
         life.rss_kb.see(rss);
         life.fds.see(fds);
         self.rss.see(rss);
         self.fds.see(fds);
+    }
+}
+
+fn or_none(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        "none".into()
+    } else {
+        counts(m)
     }
 }
 
@@ -121,12 +156,20 @@ fn counts(m: &BTreeMap<String, u64>) -> String {
 }
 
 impl SoakReport {
+    /// Counts a request deploy `n` failed with `cause`.
+    pub(crate) fn failed_by_deploy(&mut self, n: usize, cause: String) {
+        self.failed_during_restart += 1;
+        if let Some(d) = self.deploys.get_mut(n) {
+            *d.failed.entry(cause).or_default() += 1;
+        }
+    }
+
     /// The report as printed by `harness soak`: what ran, what was seen, every violation with
     /// the command that replays it.
     pub fn render(&self) -> String {
         let mut out = vec![
             format!(
-                "soak: seed {}, profile {}, {} steps, {} backend restarts",
+                "soak: seed {}, profile {}, {} steps, {} deploys",
                 self.seed, self.profile, self.steps, self.restarts
             ),
             format!("  steps:    {}", counts(&self.kinds)),
@@ -139,11 +182,8 @@ impl SoakReport {
                     counts(&self.gateway_causes)
                 }
             ),
-            format!(
-                "  requests failed by a backend restart (502/504, refused, cut by the drain; not violations): {}",
-                self.failed_during_restart
-            ),
         ];
+        out.extend(self.render_deploys());
         out.extend(self.render_lives());
         out.push(format!(
             "  downloads under way ended {:.1} s after the load stopped; cache files checked byte for byte: {}; Twilio asked again for a recording it was still sending: {}",
@@ -158,6 +198,40 @@ impl SoakReport {
             }
         }
         out.join("\n")
+    }
+
+    fn render_deploys(&self) -> Vec<String> {
+        if self.profile == "hardened" {
+            return vec![format!(
+                "  requests failed by a deploy: none counted apart under hardened (each would be a violation); nginx met during deploys: {}",
+                self.nginx_causes_during_deploys()
+            )];
+        }
+        let mut out = vec![format!(
+            "  requests failed by a deploy (502/504, no answer, cut by the drain; counted apart, not violations): {}",
+            self.failed_during_restart
+        )];
+        for (n, d) in self.deploys.iter().enumerate() {
+            out.push(format!(
+                "    deploy {} at {:.0} s ({:.1} s): failed {}; nginx: {}",
+                n + 1,
+                d.at_secs,
+                d.took_secs,
+                or_none(&d.failed),
+                or_none(&d.nginx_causes)
+            ));
+        }
+        out
+    }
+
+    fn nginx_causes_during_deploys(&self) -> String {
+        let mut all = BTreeMap::new();
+        for d in &self.deploys {
+            for (k, v) in &d.nginx_causes {
+                *all.entry(k.clone()).or_default() += v;
+            }
+        }
+        or_none(&all)
     }
 
     fn render_lives(&self) -> Vec<String> {

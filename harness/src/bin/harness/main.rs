@@ -52,7 +52,9 @@ struct SoakArgs {
     /// The seed every step's plan derives from.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// fixed (default) or legacy (which reports its 502s by cause).
+    /// fixed (default), legacy, stock or hardened. Under fixed and legacy, requests a deploy
+    /// fails are counted apart by deploy and cause; under hardened each is a violation (and
+    /// legacy reports its other 502s by cause).
     #[arg(long, default_value = "fixed")]
     profile: Profile,
     /// Concurrent clients.
@@ -61,7 +63,8 @@ struct SoakArgs {
     /// Share of steps that download through an armed Twilio fault.
     #[arg(long, default_value_t = 0.2)]
     fault_rate: f64,
-    /// Restart the backend this often (seconds; 0: never).
+    /// Deploy this often (seconds; 0: never): every backend instance in turn stops listening,
+    /// drains on SIGTERM and starts again.
     #[arg(long, default_value_t = 15)]
     restart_every: u64,
     /// Replay one step alone on a fresh stack.
@@ -73,8 +76,9 @@ struct SoakArgs {
     /// The formats recordings are made in (mp3 only, for a backend without ?format=wav).
     #[arg(long, value_delimiter = ',', default_value = "mp3,wav", value_parser = parse_format)]
     formats: Vec<MediaFormat>,
-    /// How far (MiB) the backend's memory may rise within one process life.
-    #[arg(long, default_value_t = 64)]
+    /// How far (MiB) the backend's memory may rise within one process life (a backend that
+    /// holds one of the soak's 50 MB recordings in memory goes over the default).
+    #[arg(long, default_value_t = 32)]
     max_rss_growth_mb: u64,
     /// How many more open fds than at its start a backend process may hold when its life
     /// ends, beyond 4 per client for requests in flight.
@@ -99,7 +103,7 @@ enum Command {
     },
     /// Bring a stack up and keep it up until Ctrl-C, printing how to poke it.
     Up {
-        /// fixed (default) or legacy.
+        /// fixed (default), legacy, stock or hardened.
         #[arg(long, default_value = "fixed")]
         profile: Profile,
         /// Size in bytes of the recording it creates.
@@ -148,8 +152,9 @@ enum Command {
     },
     /// Print the JSON Schema of scenario files.
     Schema,
-    /// Seeded chaos under load on one stack: Twilio faults, Range forms, webhooks, backend
-    /// restarts; every answer, the cache, memory and fds checked. Exit 1 on any violation.
+    /// Seeded chaos under load on one stack: Twilio faults, Range forms, webhooks, deploys;
+    /// every answer (Range by RFC 9110), the cache, memory and fds checked. Exit 1 on any
+    /// violation.
     Soak(Box<SoakArgs>),
     /// The containers runtime's images.
     Images {
