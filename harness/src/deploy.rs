@@ -46,13 +46,16 @@ impl Load {
     fn answered_in(&self, phase: u64) -> (u32, u32) {
         let sent = self.sent.lock().unwrap();
         let within = sent.iter().filter(|s| s.phases == (phase, phase));
-        within.fold((0, 0), |(d, w), s| {
-            if s.webhook {
-                (d, w + 1)
-            } else {
-                (d + 1, w)
-            }
-        })
+        within.fold(
+            (0, 0),
+            |(d, w), s| {
+                if s.webhook {
+                    (d, w + 1)
+                } else {
+                    (d + 1, w)
+                }
+            },
+        )
     }
 }
 
@@ -65,7 +68,10 @@ pub async fn deploy(
 ) -> Result<Outcome, HarnessError> {
     let recordings = session.recording_count();
     if recordings == 0 {
-        return Err(HarnessError::step(step, "a deploy needs a recording to load"));
+        return Err(HarnessError::step(
+            step,
+            "a deploy needs a recording to load",
+        ));
     }
     let load = Load::default();
     let clients = (0..d.clients.max(1) as usize).map(|c| client(stack, session, c, &load));
@@ -88,8 +94,17 @@ pub async fn deploy(
     );
     let mut outcome = Outcome::blank(name, request);
     if std::env::var_os("HARNESS_DEBUG_DEPLOY").is_some() {
-        for s in load.sent.lock().unwrap().iter().filter(|s| s.failed.is_some()) {
-            eprintln!("deploy failure: webhook={} phases={:?} status={} failed={:?}", s.webhook, s.phases, s.status, s.failed);
+        for s in load
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.failed.is_some())
+        {
+            eprintln!(
+                "deploy failure: webhook={} phases={:?} status={} failed={:?}",
+                s.webhook, s.phases, s.status, s.failed
+            );
         }
     }
     let short = load.short.lock().unwrap().join("; ");

@@ -321,7 +321,11 @@ fn rewrite(
                 format!("{indent}server {addr}{params};")
             })
         }
-        "alias" if l.words.get(1).is_some_and(|p| p.starts_with(DEPLOYED_RECORDINGS_DIR)) => {
+        "alias"
+            if l.words
+                .get(1)
+                .is_some_and(|p| p.starts_with(DEPLOYED_RECORDINGS_DIR)) =>
+        {
             let rest = &l.words[1][DEPLOYED_RECORDINGS_DIR.len()..];
             Some(format!(
                 "{indent}alias {}{rest};",
@@ -333,9 +337,7 @@ fn rewrite(
         "proxy_read_timeout"
         | "proxy_send_timeout"
         | "proxy_connect_timeout"
-        | "proxy_next_upstream_timeout" => {
-            Some(scaled(source_name, l, r.timeout_scale)?)
-        }
+        | "proxy_next_upstream_timeout" => Some(scaled(source_name, l, r.timeout_scale)?),
         "keepalive_timeout" => {
             if w.upstream_depth.is_some() {
                 w.upstream_has_keepalive_timeout = true;
@@ -424,7 +426,10 @@ pub fn render(source_name: &str, config: &str, r: &Render) -> Result<String, Har
     for (ok, what) in [
         (w.saw_http, "an `http {` block"),
         (w.saw_listen, "a `listen` directive"),
-        (w.upstream_servers > 0, "an `upstream` block with a `server`"),
+        (
+            w.upstream_servers > 0,
+            "an `upstream` block with a `server`",
+        ),
     ] {
         if !ok {
             return Err(HarnessError::Config {

@@ -310,7 +310,9 @@ impl Stack {
 
     /// The drain time a backend gets on SIGTERM (its GRACEFUL_SHUTDOWN_TIMEOUT).
     fn grace(&self) -> Duration {
-        Duration::from_secs_f64(self.spec.profile.row().graceful_timeout_secs * self.spec.timeouts.scale)
+        Duration::from_secs_f64(
+            self.spec.profile.row().graceful_timeout_secs * self.spec.timeouts.scale,
+        )
     }
 
     /// Stops every instance at once with SIGTERM (each drains), waits, and starts them again:

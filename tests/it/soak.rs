@@ -1,4 +1,5 @@
-//! `harness soak`, short: seeded chaos under load on the fixed profile holds every check.
+//! `harness soak`, short: seeded chaos under load, with deploys, on the hardened profile holds
+//! every check and costs no request.
 
 use crate::support::{rt, tools_present};
 use harness::scenario::{Method, Step};
@@ -47,19 +48,27 @@ fn a_step_plan_is_a_function_of_seed_and_step_alone() {
 }
 
 #[test]
-fn a_short_soak_on_the_fixed_profile_finds_no_violation() {
+fn a_short_soak_on_the_hardened_profile_fails_no_request() {
     if !tools_present() {
         return;
     }
-    // About a minute, as CI's short soak; four restarts.
+    // About a minute, as CI's short soak; four deploys. (The `deploy` scenario is the
+    // control: the same deploy under fixed and legacy fails the requests it meets.)
     let mut config = SoakConfig::new(Duration::from_secs(60), 1);
+    config.stack.profile = harness::Profile::Hardened;
     config.clients = 2;
     config.restart_every = Some(Duration::from_secs(12));
     config.stack.runtime = crate::support::runtime();
     let report = rt().block_on(soak(config)).unwrap();
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
+    assert_eq!(report.failed_during_restart, 0, "{report:?}");
     assert!(report.steps > 100, "{report:?}");
     assert!(report.restarts >= 3, "{report:?}");
+    assert_eq!(report.deploys.len() as u64, report.restarts, "{report:?}");
+    assert!(
+        report.deploys.iter().all(|d| d.failed.is_empty()),
+        "{report:?}"
+    );
     assert!(report.cache_files_checked > 0, "{report:?}");
     assert_eq!(report.twilio_overlaps, 0);
     for kind in ["GET", "HEAD", "WEBHOOK"] {
@@ -78,8 +87,12 @@ fn a_short_soak_on_the_fixed_profile_finds_no_violation() {
         // Containers: no backend process on this host to measure.
         assert_eq!(crate::support::runtime(), harness::Runtime::Containers);
     } else {
-        // Every restart began a new, measured life.
-        assert_eq!(report.lives.len() as u64, report.restarts + 1, "{report:?}");
+        // Every deploy began a new, measured life for each of the two instances.
+        assert_eq!(
+            report.lives.len() as u64,
+            2 * (report.restarts + 1),
+            "{report:?}"
+        );
         assert!(report
             .lives
             .iter()

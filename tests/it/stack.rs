@@ -224,7 +224,9 @@ fn a_deploy_lets_the_download_under_way_finish(#[case] fault: Fault) {
     }
     use mock_twilio::{FaultRule, MediaFormat, Recording};
     rt().block_on(async {
-        let stack = Stack::start(StackSpec::new(Profile::Hardened)).await.unwrap();
+        let stack = Stack::start(StackSpec::new(Profile::Hardened))
+            .await
+            .unwrap();
         let rec = stack.twilio().add_recording(Recording::new(
             "RE00000000000000000000000000000031",
             "CA00000000000000000000000000000031",
@@ -238,7 +240,12 @@ fn a_deploy_lets_the_download_under_way_finish(#[case] fault: Fault) {
         let url = stack.url(&harness::app::download_path(&rec.call_sid, None));
         // Keep-alive connections that have served a request already.
         for _ in 0..4 {
-            let h = stack.client().get(stack.url("/healthz")).send().await.unwrap();
+            let h = stack
+                .client()
+                .get(stack.url("/healthz"))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(h.status(), 200);
         }
         let download = tokio::spawn({
@@ -250,7 +257,11 @@ fn a_deploy_lets_the_download_under_way_finish(#[case] fault: Fault) {
         });
         let log = stack.backend_log();
         harness::ready::poll(std::time::Duration::from_secs(10), || async {
-            log.lines_since(0).0.iter().any(|l| l.contains("Cache miss")).then_some(())
+            log.lines_since(0)
+                .0
+                .iter()
+                .any(|l| l.contains("Cache miss"))
+                .then_some(())
         })
         .await
         .expect("the download began");

@@ -181,11 +181,14 @@ pub enum Measurement {
     ColdStart = 1,
     /// 2: scenario files per second, one and two at a time.
     SuiteRate = 2,
-    /// 3: a cached download through nginx → backend, beside nginx serving the same bytes.
+    /// 3: a cached download through nginx → backend, beside nginx serving the same bytes
+    /// (per profile).
     CachedDownload = 3,
-    /// 4: cache-miss time to first byte, small and large, Twilio fast and throttled.
+    /// 4: cache-miss time to first byte, small and large, Twilio fast and throttled to 10 and
+    /// 100 MB/s (per profile).
     Ttfb = 4,
-    /// 5: many clients of a cached recording, then concurrent misses; the backend's memory.
+    /// 5: many clients of a cached recording, then concurrent misses; the backend's memory and
+    /// fds (per profile).
     Concurrency = 5,
     /// 6: mock-twilio's media rate, and how exact its throttle is.
     MockTwilio = 6,
@@ -219,13 +222,25 @@ impl Measurement {
     }
 }
 
+/// What a bench run measures.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// How big.
+    pub size: BenchSize,
+    /// The profiles the download measurements (3, 4, 5) run under, side by side.
+    pub profiles: Vec<crate::spec::Profile>,
+    /// Only this measurement.
+    pub only: Option<Measurement>,
+    /// Break something on purpose.
+    pub sabotage: Option<Sabotage>,
+}
+
 /// Runs the bench: every measurement, or only `only`. `progress` is told what is measured.
 pub async fn run(
-    size: BenchSize,
-    only: Option<Measurement>,
-    sabotage: Option<Sabotage>,
+    options: &BenchOptions,
     progress: &dyn Fn(&str),
 ) -> Result<BenchReport, HarnessError> {
+    let (size, only, sabotage) = (options.size, options.only, options.sabotage);
     let mut r = BenchReport {
         machine: measure::machine()?,
         figures: Vec::new(),
@@ -241,10 +256,19 @@ pub async fn run(
         match m {
             Measurement::ColdStart => measure::cold_start(size, &mut r).await?,
             Measurement::SuiteRate => measure::suite_rate(size, &mut r).await?,
-            Measurement::CachedDownload => measure::cached_download(size, sabotage, &mut r).await?,
-            Measurement::Ttfb => measure::ttfb(size, &mut r).await?,
-            Measurement::Concurrency => measure::concurrency(size, &mut r).await?,
             Measurement::MockTwilio => measure::mock_twilio(size, &mut r).await?,
+            _ => {
+                for &profile in &options.profiles {
+                    progress(&format!("   under {}", profile.name()));
+                    match m {
+                        Measurement::CachedDownload => {
+                            measure::cached_download(size, profile, sabotage, &mut r).await?
+                        }
+                        Measurement::Ttfb => measure::ttfb(size, profile, &mut r).await?,
+                        _ => measure::concurrency(size, profile, &mut r).await?,
+                    }
+                }
+            }
         }
     }
     Ok(r)

@@ -121,3 +121,38 @@ fn cache_files(stack: &Stack, recordings: &[Recording], report: &mut SoakReport)
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::soak::{Gauge, Life};
+    use std::time::Duration;
+
+    /// The default budget serves its stated purpose: a backend that holds the soak's largest
+    /// recording (50 MB) in memory is a violation; the reference backend's rise (about 8 MiB
+    /// in a 10-minute soak) is not.
+    #[test]
+    fn holding_the_50_mb_recording_in_memory_is_over_the_default_budget() {
+        let config = SoakConfig::new(Duration::from_secs(1), 1);
+        let life = |grew_kb: u64| Life {
+            pid: 1,
+            rss_kb: Gauge {
+                start: 14_000,
+                peak: 14_000 + grew_kb,
+                end: 14_000,
+            },
+            fds: Gauge {
+                start: 17,
+                peak: 17,
+                end: 17,
+            },
+        };
+        let report = |grew_kb| SoakReport {
+            lives: vec![life(grew_kb)],
+            ..Default::default()
+        };
+        let whole = 50_000_000 / 1024;
+        assert_eq!(lives(&config, 4, &report(whole)).len(), 1);
+        assert!(lives(&config, 4, &report(8 * 1024)).is_empty());
+    }
+}

@@ -20,9 +20,9 @@ use crate::events::{self, BackendEvent};
 use crate::outcome::{BodyCheck, Outcome};
 use crate::ready::poll;
 use crate::runtime::Runtime;
+use crate::scenario::Step;
 use crate::spec::{BackendSpec, Profile, StackSpec};
 use crate::stack::Stack;
-use crate::scenario::Step;
 use crate::step::{execute, Executed, Observe, Session, Target};
 use mock_twilio::{MediaFormat, Recording};
 use report::Sampler;
@@ -251,7 +251,10 @@ impl Shared {
         };
         // A cut body is the step's expectations' business (a Twilio fault may cut one).
         let cut = matches!(o.body.check, BodyCheck::Truncated { .. });
-        if r.method != crate::scenario::Method::Get || cut || !matches!(o.status, Some(200 | 206 | 416)) {
+        if r.method != crate::scenario::Method::Get
+            || cut
+            || !matches!(o.status, Some(200 | 206 | 416))
+        {
             return Ok(());
         }
         let Some(rec) = self.session.recording(r.recording) else {
@@ -389,7 +392,11 @@ async fn control(
 
 /// One deploy during the load: its window (for the requests it fails), each instance's last
 /// sample before it goes and first after it is back, and nginx's causes meanwhile.
-async fn deploy(shared: &Shared, sampler: &mut Sampler, began: Instant) -> Result<(), HarnessError> {
+async fn deploy(
+    shared: &Shared,
+    sampler: &mut Sampler,
+    began: Instant,
+) -> Result<(), HarnessError> {
     let stack = &shared.stack;
     let error_log = stack.error_log().len();
     let start = Instant::now();
@@ -411,7 +418,9 @@ async fn deploy(shared: &Shared, sampler: &mut Sampler, began: Instant) -> Resul
     if let Some(d) = report.deploys.last_mut() {
         d.took_secs = start.elapsed().as_secs_f64();
         for e in lines.iter().filter_map(|l| crate::gateway::classify(l)) {
-            *d.nginx_causes.entry(e.cause.name().to_string()).or_default() += 1;
+            *d.nginx_causes
+                .entry(e.cause.name().to_string())
+                .or_default() += 1;
         }
     }
     Ok(())

@@ -234,10 +234,11 @@ pub async fn bench(
     quick: bool,
     json: Option<PathBuf>,
     only: Option<u8>,
+    profiles: Vec<Profile>,
     sabotage: Option<String>,
     signals: &mut Signals,
 ) -> anyhow::Result<ExitCode> {
-    use harness::bench::{BenchSize, Measurement, Sabotage};
+    use harness::bench::{BenchOptions, BenchSize, Measurement, Sabotage};
     let sabotage = match sabotage.as_deref() {
         None => None,
         Some("download") => Some(Sabotage::Download),
@@ -254,8 +255,14 @@ pub async fn bench(
         BenchSize::FULL
     };
     let progress = |what: &str| eprintln!("bench: {what}");
+    let options = BenchOptions {
+        size,
+        profiles,
+        only,
+        sabotage,
+    };
     let report = tokio::select! {
-        r = harness::bench::run(size, only, sabotage, &progress) => r?,
+        r = harness::bench::run(&options, &progress) => r?,
         signal = signals.recv() => {
             eprintln!("harness: {signal}: bench stopped, every stack torn down");
             return Ok(ExitCode::from(130));

@@ -172,6 +172,9 @@ enum Command {
         /// Only measurement N (1 cold start, 2 suite rate, 3 cached download, 4 TTFB, 5 concurrency, 6 mock-twilio).
         #[arg(long)]
         only: Option<u8>,
+        /// The profiles measurements 3, 4 and 5 run under, reported side by side.
+        #[arg(long, value_delimiter = ',', default_value = "fixed,hardened")]
+        profile: Vec<Profile>,
         /// Break something on purpose (download | body), to see the bench fail.
         #[arg(long, hide = true)]
         sabotage: Option<String>,
@@ -354,7 +357,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             quick,
             json,
             only,
+            profile,
             sabotage,
-        } => commands::bench(quick, json, only, sabotage, &mut signals).await,
+        } => commands::bench(quick, json, only, profile, sabotage, &mut signals).await,
     }
 }
