@@ -8,6 +8,7 @@
 //! time, however many requests want it.
 
 use crate::error::AppError;
+use crate::lock_file::LockFile;
 use crate::twilio::{error_chain, FetchError, Format, Twilio};
 use bytes::Bytes;
 use futures::Stream;
@@ -201,15 +202,10 @@ fn lock_is_held(dir: &Path, part: &str) -> bool {
     let (Some(sid), Some(ext)) = (pieces.next(), pieces.next()) else {
         return false;
     };
-    let Ok(file) = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(format!(".{sid}.{ext}.lock")))
-    else {
-        return false;
-    };
-    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    matches!(
+        LockFile::try_acquire(&dir.join(format!(".{sid}.{ext}.lock"))),
+        Ok(None)
+    )
 }
 
 impl Cache {
@@ -222,6 +218,10 @@ impl Cache {
             let name = name.to_string_lossy();
             if name.starts_with('.') && name.ends_with(".part") && !lock_is_held(dir, &name) {
                 let _ = std::fs::remove_file(entry.path());
+            }
+            // A lock file a killed process left: taken and so removed, unless it is held.
+            if name.starts_with('.') && name.ends_with(".lock") {
+                drop(LockFile::try_acquire(&entry.path()));
             }
         }
         Ok(Cache {
@@ -409,27 +409,19 @@ impl Cache {
         }
     }
 
-    /// An exclusive lock on the recording's lock file (held while the file is open).
-    async fn lock(&self, recording_sid: &str, format: Format) -> std::io::Result<File> {
+    /// An exclusive lock on the recording, shared with other processes (see [`LockFile`]).
+    async fn lock(&self, recording_sid: &str, format: Format) -> std::io::Result<LockFile> {
         self.lock_named(&format!("{recording_sid}.{}", format.ext()))
             .await
     }
 
     /// An exclusive lock named `name`, shared with every process using this cache folder
-    /// (several backend instances): held while the returned file is open.
-    pub async fn lock_named(&self, name: &str) -> std::io::Result<File> {
+    /// (several backend instances): held until the returned guard drops.
+    pub async fn lock_named(&self, name: &str) -> std::io::Result<LockFile> {
         let path = self.dir.join(format!(".{name}.lock"));
-        tokio::task::spawn_blocking(move || {
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            file.lock()?;
-            Ok(file)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        tokio::task::spawn_blocking(move || LockFile::acquire(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     async fn fetch_into(

@@ -24,6 +24,7 @@
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod lock_file;
 pub mod range;
 mod routes;
 pub mod sid;

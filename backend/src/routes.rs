@@ -154,7 +154,7 @@ async fn download(
         .await?;
     let size = source.size();
     let modified = source.modified();
-    let etag = format!("\"{}-{}-{size}\"", rec.recording_sid, format.ext());
+    let etag = etag(modified, size);
     let header_str = |name| {
         headers
             .get(name)
@@ -207,6 +207,18 @@ async fn download(
         .map_err(|e| AppError::Internal {
             cause: e.to_string(),
         })
+}
+
+/// The recording's strong validator, in nginx's own form (`"{mtime:x}-{size:x}"`): a cached
+/// file nginx sends itself (`X-Accel-Redirect`) carries the same ETag as the backend gave for it,
+/// also while it was still downloading (the file's mtime is set to the download's start), so a
+/// player's `If-Range` holds whichever of the two answers.
+fn etag(modified: std::time::SystemTime, size: u64) -> String {
+    let secs = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("\"{secs:x}-{size:x}\"")
 }
 
 /// Whether nginx's static module answers this Range as RFC 9110 says: none, or one range of

@@ -49,7 +49,10 @@ pub async fn sweep_orphans(docker: &Docker) {
         .filter(|c| !alive(c.labels.as_ref()))
         .filter_map(|c| c.id)
     {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
         let _ = docker.remove_container(&id, Some(options)).await;
     }
     let networks = docker

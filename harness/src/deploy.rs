@@ -93,20 +93,6 @@ pub async fn deploy(
         d.clients.max(1)
     );
     let mut outcome = Outcome::blank(name, request);
-    if std::env::var_os("HARNESS_DEBUG_DEPLOY").is_some() {
-        for s in load
-            .sent
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.failed.is_some())
-        {
-            eprintln!(
-                "deploy failure: webhook={} phases={:?} status={} failed={:?}",
-                s.webhook, s.phases, s.status, s.failed
-            );
-        }
-    }
     let short = load.short.lock().unwrap().join("; ");
     if !short.is_empty() {
         return Err(HarnessError::step(step, short));

@@ -29,8 +29,12 @@ struct State {
     hold: Option<tokio::net::TcpSocket>,
 }
 
-/// Binds (without listening) a socket to `addr` with SO_REUSEADDR: the port stays ours, connects
-/// to it are refused, and a listener may bind it again while this is held.
+/// Binds (without listening) a socket to `addr`: the port stays ours and connects to it are
+/// refused. SO_REUSEADDR is on for the bind (the port may still have connections of the proxy
+/// that held it) and off after it, so no one else can bind the port while it is held: a bound,
+/// non-listening socket with SO_REUSEADDR on lets any other SO_REUSEADDR socket bind and listen
+/// there (Docker's port publisher does, choosing ports from the same ephemeral range).
+/// [`Hop::up`] turns it on again just before the hop's own listener binds.
 fn hold_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -38,6 +42,7 @@ fn hold_port(addr: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    socket.set_reuseaddr(false)?;
     Ok(socket)
 }
 
@@ -94,6 +99,13 @@ impl Hop {
 
     /// Starts forwarding to `backend` on its address.
     pub async fn up(&self, backend: SocketAddr) -> Result<(), HarnessError> {
+        // The held socket lets this listener (SO_REUSEADDR) bind beside it, and no one else.
+        let share = |on: bool| {
+            if let Some(hold) = self.state.lock().unwrap().hold.as_ref() {
+                let _ = hold.set_reuseaddr(on);
+            }
+        };
+        share(true);
         let proxy = FaultProxy::start_with(
             self.addr,
             ProxyConfig::new(backend),
@@ -101,6 +113,7 @@ impl Hop {
             self.journal.clone(),
         )
         .await
+        .inspect_err(|_| share(false))
         .map_err(HarnessError::io(format!(
             "bind the hop fault point on {}",
             self.addr
@@ -159,5 +172,27 @@ impl Hop {
                     || (s.local == self.addr && s.state != TcpState::Other)
             })
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_held_port_is_ours_alone_and_the_hop_binds_it() {
+        let hop = Hop::reserve(
+            IpAddr::from([127, 0, 0, 1]),
+            Arc::new(FaultSet::default()),
+            Arc::new(Journal::default()),
+        )
+        .unwrap();
+        // std's listener sets SO_REUSEADDR, as Docker's port publisher does.
+        let other = std::net::TcpListener::bind(hop.addr());
+        assert!(other.is_err(), "another listener took the held port");
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        hop.up(backend.local_addr().unwrap()).await.unwrap();
+        hop.down().await;
+        assert!(std::net::TcpListener::bind(hop.addr()).is_err());
     }
 }

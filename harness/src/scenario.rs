@@ -456,8 +456,8 @@ pub struct Scenario {
     /// What it shows.
     #[serde(default)]
     pub description: String,
-    /// Profiles to run under (default both).
-    #[serde(default = "both")]
+    /// Profiles to run under (default: fixed, legacy and hardened).
+    #[serde(default = "default_profiles")]
     pub profiles: Vec<Profile>,
     /// Recordings at mock-twilio.
     #[serde(default)]
@@ -479,7 +479,7 @@ pub struct Scenario {
     pub steps: Vec<Step>,
 }
 
-fn both() -> Vec<Profile> {
+fn default_profiles() -> Vec<Profile> {
     Profile::DEFAULT.to_vec()
 }
 
@@ -489,7 +489,7 @@ impl Scenario {
         Scenario {
             name: name.into(),
             description: String::new(),
-            profiles: both(),
+            profiles: default_profiles(),
             recordings: vec![recording],
             twilio_faults: Vec::new(),
             hop_faults: Vec::new(),

@@ -140,12 +140,13 @@ fn the_html_report_renders_in_chromium() {
         assert_eq!(facts["rows"], 1, "{facts}");
         assert_eq!(
             facts["columns"],
-            serde_json::json!(["scenario", "fixed", "legacy"]),
+            serde_json::json!(["scenario", "fixed", "hardened", "legacy"]),
             "{facts}"
         );
-        // Both profiles 502 with the backend down; the play step draws its requests.
-        assert_eq!(facts["failures"], 2, "{facts}");
-        assert!(facts["bars"].as_u64().unwrap() >= 2, "{facts}");
+        // Every profile 502s with the backend down (hardened's two instances are both down);
+        // the play step draws its requests.
+        assert_eq!(facts["failures"], 3, "{facts}");
+        assert!(facts["bars"].as_u64().unwrap() >= 3, "{facts}");
         let raw = facts["raw"].to_string();
         assert!(raw.contains("connect() failed (111: Connection refused)"), "{raw}");
         let png = browser.screenshot().await.unwrap();

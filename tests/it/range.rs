@@ -1,5 +1,6 @@
 //! The Range matrix: every form of Range (and If-Range, HEAD), on a cached and on an uncached
-//! recording, mp3 and wav, under both profiles.
+//! recording, mp3 and wav, under every default profile: the same answers whether the backend
+//! sends the bytes (fixed, legacy) or hands a cached file to nginx (hardened).
 
 use crate::support::check;
 use harness::{Method, RecordingSpec, RequestStep, Scenario};
@@ -65,10 +66,12 @@ fn range_matrix(
         scenario = scenario.request(step);
     }
     let run = check(scenario);
-    // Whatever the profile, the Range answers are the backend's: nginx passes them through.
+    // Whatever the profile, the Range answers are the same: nginx passes the backend's through,
+    // or (hardened) sends the cached file itself, honouring an If-Range the backend's ETag made.
     if let Some(run) = run {
         let fixed = run.snapshot().profiles["fixed"].clone();
         let legacy = run.snapshot().profiles["legacy"].clone();
+        let hardened = run.snapshot().profiles["hardened"].clone();
         let strip = |v: &Vec<harness::outcome::SnapshotOutcome>| {
             v.iter()
                 .map(|o| {
@@ -84,5 +87,6 @@ fn range_matrix(
                 .collect::<Vec<_>>()
         };
         assert_eq!(strip(&fixed), strip(&legacy));
+        assert_eq!(strip(&fixed), strip(&hardened));
     }
 }

@@ -94,7 +94,7 @@ fn recording(n: u64, size: u64) -> Recording {
     Recording::new(sid("RE", n), sid("CA", n), MediaFormat::Mp3, size)
 }
 
-/// 1. Cold start: the whole stack, and nginx alone started the same way (the floor).
+/// Measurement 1: Cold start: the whole stack, and nginx alone started the same way (the floor).
 pub(super) async fn cold_start(size: BenchSize, r: &mut BenchReport) -> Result<(), HarnessError> {
     let mut stacks = Vec::new();
     for _ in 0..size.starts {
@@ -162,7 +162,7 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// 2. Suite rate: scenario files under the fixed profile, 1 and 2 at a time.
+/// Measurement 2: Suite rate: scenario files under the fixed profile, 1 and 2 at a time.
 pub(super) async fn suite_rate(size: BenchSize, r: &mut BenchReport) -> Result<(), HarnessError> {
     let mut files = crate::scenario::files(&crate::stack::workspace_dir().join("scenarios"))?;
     if let Some(n) = size.suite_files {
@@ -227,7 +227,7 @@ async fn cached_stack(
     Ok((stack, session, index, cached))
 }
 
-/// 3. A cached download through nginx → backend under `profile`, against nginx serving the
+/// Measurement 3: A cached download through nginx → backend under `profile`, against nginx serving the
 /// same bytes itself. The target (≥ 0.8 of nginx static) is the hardened profile's, whose
 /// nginx sends cached files itself; under another profile the ratio is reported beside it.
 pub(super) async fn cached_download(
@@ -293,7 +293,7 @@ pub(super) async fn cached_download(
     Ok(())
 }
 
-/// 4. Cache-miss time to first byte under `profile`, small and large, with Twilio at full speed
+/// Measurement 4: cache-miss time to first byte under `profile`, small and large, with Twilio at full speed
 /// and throttled to 10 and 100 MB/s. The target (large ≤ 2× small) holds at any Twilio rate up
 /// to 100 MB/s; at full speed (mock-twilio on the same cores) the ratio is reported.
 pub(super) async fn ttfb(
@@ -419,7 +419,7 @@ fn backend_pids(stack: &Stack) -> Result<Vec<u32>, HarnessError> {
         .ok_or_else(|| HarnessError::step(5, "the backend is not a process of ours"))
 }
 
-/// 5. Concurrency and memory under `profile`: many clients of the cached recording (the
+/// Measurement 5: concurrency and memory under `profile`: many clients of the cached recording (the
 /// backend streams it, or under hardened hands it to nginx), then concurrent misses (streamed
 /// through the backend under every profile). Memory and fds are each backend process's.
 pub(super) async fn concurrency(
@@ -513,7 +513,7 @@ fn fds_target(r: &mut BenchReport, which: &str, before: usize, after: usize, mis
     });
 }
 
-/// 6. mock-twilio's media rate, and how exact its throttle is.
+/// Measurement 6: mock-twilio's media rate, and how exact its throttle is.
 pub(super) async fn mock_twilio(size: BenchSize, r: &mut BenchReport) -> Result<(), HarnessError> {
     let twilio = MockTwilio::start()
         .await

@@ -260,7 +260,7 @@ impl Shared {
         let Some(rec) = self.session.recording(r.recording) else {
             return Ok(());
         };
-        let size = rec.media(r.format.unwrap_or(rec.format)).len() as u64;
+        let size = rec.media(r.format.unwrap_or(rec.format)).len();
         // An If-Range holds when it names the validator the answer carries (the current one);
         // an answer without one (a 416) does not say, and the Range alone is judged.
         let current = o.validators.as_ref().map(|v| v.etag.as_str());
