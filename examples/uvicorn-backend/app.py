@@ -32,6 +32,9 @@ RECORDINGS_DIR = os.environ.get("RECORDINGS_DIR", "recordings")
 PUBLIC_URL = os.environ.get("PUBLIC_URL")
 SLOW_DOWNLOAD_SECS = float(os.environ.get("SLOW_DOWNLOAD_SECS", "10"))
 TWILIO_TIMEOUT_SECS = float(os.environ.get("TWILIO_TIMEOUT_SECS", "30"))
+# IGNORE_RANGE=1 reproduces the bug Range support fixes: every GET answered 200 with the whole
+# file, whatever its Range (the harness's tests use it to show that a soak catches it).
+IGNORE_RANGE = os.environ.get("IGNORE_RANGE") == "1"
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -110,7 +113,7 @@ async def serve_download(scope, send, call_sid):
     size = os.path.getsize(path)
     start, end, status = 0, size - 1, 200
     headers = dict((k.decode().lower(), v.decode()) for k, v in scope["headers"])
-    match = RANGE.match(headers.get("range", ""))
+    match = None if IGNORE_RANGE else RANGE.match(headers.get("range", ""))
     if match:
         first, last = match.groups()
         if first == "" and last != "":

@@ -648,7 +648,7 @@ const SKELETON: &str = r#"#:schema ../scenario.schema.json
 # in scenarios/ and compares it with snapshots/NAME.snap.
 name = "NAME"
 description = "What this scenario shows"
-# profiles = ["fixed", "legacy"]          # default: both, side by side in one snapshot
+# profiles = ["fixed", "legacy"]          # default: fixed, legacy and hardened, side by side in one snapshot (also: stock)
 
 # Recordings at the fake Twilio; steps refer to them by index (0, 1, ...).
 [[recordings]]
@@ -659,7 +659,7 @@ cached = false                             # true: pre-downloaded through a sign
 # Faults armed before the steps, at Twilio (what the backend downloads from) ...
 [[twilio_faults]]
 match = { path_regex = '\.mp3$' }          # also: method = "GET", recording_sid = "RE..."
-fault = { kind = "delay", ms = 500 }       # kinds: delay, throttle, dribble, status, reset, close_after, hang, garbage, keepalive_race
+fault = { kind = "delay", ms = 500 }       # kinds: delay, throttle, dribble, status, reset, close_after, hang, garbage, header, keepalive_race
 times = 1                                  # only the first N matching requests (default: all)
 
 # ... and between nginx and the backend:
@@ -673,7 +673,7 @@ times = 1                                  # only the first N matching requests 
 # slow_download_secs = 10.0                 # unscaled; for recordings of tens of MB
 
 [[steps]]
-do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, wait_log
+do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, deploy, wait_log
 range = "bytes=0-999"
 expect = { status = 206 }                  # checked even while snapshots are updated
 "#;

@@ -188,6 +188,14 @@ fn new_writes_a_skeleton_that_parses_and_never_overwrites() {
     let scenario =
         harness::scenario::load(&path).unwrap_or_else(|e| panic!("the skeleton parses: {e}"));
     assert_eq!(scenario.name, "my-first");
+    // Its comments name every step kind and fault kind there is.
+    let text = std::fs::read_to_string(&path).unwrap();
+    for kind in harness::scenario::Step::KINDS
+        .iter()
+        .chain(mock_twilio::Fault::KINDS)
+    {
+        assert!(text.contains(kind), "the skeleton names {kind}");
+    }
     let again = harness()
         .args(["new", "my-first", "--dir"])
         .arg(dir.path())
@@ -652,4 +660,56 @@ fn explain_with_the_access_log_tells_retried_from_received_and_fits_the_fix() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("retried by nginx"), "{stdout}");
+}
+
+#[test]
+fn a_soak_holds_every_get_to_rfc_9110_range_a_backend_ignoring_range_fails() {
+    if !tools_present() || !crate::support::uvicorn_present() {
+        return;
+    }
+    // The uvicorn example, once as it is and once answering every GET 200 whole (IGNORE_RANGE).
+    let example = harness::stack::workspace_dir().join("examples/uvicorn-backend");
+    let text = std::fs::read_to_string(example.join("stack.toml"))
+        .unwrap()
+        .replace(
+            "cwd = \".\"",
+            &format!("cwd = {:?}", example.display().to_string()),
+        );
+    let soak = |ignore: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = text.clone();
+        if ignore {
+            text.push_str("IGNORE_RANGE = \"1\"\n");
+        }
+        let stack = write(dir.path(), "uvicorn.toml", &text);
+        let out = harness()
+            .args([
+                "soak",
+                "--minutes",
+                "0.1",
+                "--clients",
+                "2",
+                "--restart-every",
+                "0",
+            ])
+            .args(["--fault-rate", "0", "--formats", "mp3", "--stack"])
+            .arg(&stack)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, stdout) = soak(true);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("200, Content-Range (none)") && stdout.contains("RFC 9110 wants 206"),
+        "each ignored Range is named: {stdout}"
+    );
+    let (_, stdout) = soak(false);
+    assert!(
+        !stdout.contains("RFC 9110 wants"),
+        "the example honours Range: {stdout}"
+    );
 }

@@ -5,7 +5,6 @@ use crate::support::{browser_present, tools_present};
 use futures::StreamExt;
 use harness::scenario::{files, json_schema, load, Scenario};
 use harness::stack::workspace_dir;
-use std::process::Command;
 
 #[test]
 fn every_scenario_file_runs_and_matches_its_snapshot() {
@@ -16,25 +15,9 @@ fn runtime() -> harness::Runtime {
     crate::support::runtime()
 }
 
-/// Whether python3 can import uvicorn (the example backend's one dependency).
-fn uvicorn_present() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import uvicorn"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let hint = "python3 with uvicorn: pip install -r examples/uvicorn-backend/requirements.txt";
-        if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-            panic!("HARNESS_REQUIRE_TOOLS=1 and missing {hint}");
-        }
-        eprintln!("SKIPPED (missing tools): {hint}");
-    }
-    ok
-}
-
 #[test]
 fn every_scenario_file_runs_against_the_uvicorn_example() {
-    if !uvicorn_present() {
+    if !crate::support::uvicorn_present() {
         return;
     }
     let file = harness::backend::StackFile::load(

@@ -89,3 +89,19 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
     );
     Some(run)
 }
+
+/// Whether python3 can import uvicorn (the example backend's one dependency).
+pub fn uvicorn_present() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import uvicorn"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let hint = "python3 with uvicorn: pip install -r examples/uvicorn-backend/requirements.txt";
+        if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
+            panic!("HARNESS_REQUIRE_TOOLS=1 and missing {hint}");
+        }
+        eprintln!("SKIPPED (missing tools): {hint}");
+    }
+    ok
+}

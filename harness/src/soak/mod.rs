@@ -161,8 +161,9 @@ impl Shared {
         });
     }
 
-    /// Runs step `k`'s plan and judges what its last step observed.
-    async fn step(&self, k: u64) -> Result<(), HarnessError> {
+    /// Runs step `k`'s plan and judges what its last step observed; true when a deploy failed
+    /// it (counted apart).
+    async fn step(&self, k: u64) -> Result<bool, HarnessError> {
         let plan = self.config.plan(k);
         let fresh = plan.fresh.clone().map(|rec| {
             self.recordings.lock().unwrap().push(rec.clone());
@@ -192,17 +193,16 @@ impl Shared {
             .kinds
             .entry(plan.kind.clone())
             .or_default() += 1;
-        if let Some((o, step, etag)) = last {
-            self.judge(k, &o, step, etag.as_deref(), started, ended);
-        }
-        Ok(())
+        Ok(last.is_some_and(|(o, step, etag)| {
+            self.judge(k, &o, step, etag.as_deref(), started, ended)
+        }))
     }
 
     /// Under `fixed` and `legacy`, a request that met a deploy and failed because of it is
     /// counted apart, by deploy and cause; under `hardened` nothing is (a deploy must cost no
     /// request). A gateway error otherwise is a violation under `fixed` and `hardened` (and
     /// reported by cause under `legacy`); then the step's expectations and RFC 9110's Range
-    /// rules.
+    /// rules. True when the request was counted apart as failed by a deploy.
     fn judge(
         &self,
         k: u64,
@@ -211,7 +211,7 @@ impl Shared {
         etag: Option<&str>,
         from: Instant,
         to: Instant,
-    ) {
+    ) -> bool {
         *self
             .report
             .lock()
@@ -226,14 +226,14 @@ impl Shared {
             if let Some(n) = self.overlapped_deploy(from, to).filter(|_| apart) {
                 let cause = if cut { "cut".into() } else { o.status_text() };
                 self.report.lock().unwrap().failed_by_deploy(n, cause);
-                return;
+                return true;
             }
         }
         if gateway {
             if self.config.stack.profile != Profile::Legacy {
                 self.violation(k, format!("{}: {}", o.step, o.summary()));
             }
-            return;
+            return false;
         }
         for failure in step.expect().map(|e| e.failures(o)).unwrap_or_default() {
             self.violation(k, failure);
@@ -241,6 +241,7 @@ impl Shared {
         if let Err(e) = self.range_rfc(o, step, etag) {
             self.violation(k, format!("{}: {e}", o.step));
         }
+        false
     }
 
     /// A GET's answer is one RFC 9110 allows for its Range and If-Range: every 206 has the
@@ -335,6 +336,9 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     Ok(report)
 }
 
+/// How long a client waits after a request a deploy failed before its next step.
+const USER_RETRY: Duration = Duration::from_millis(250);
+
 /// One client: numbered steps until time is up (or the one step to replay).
 async fn client(shared: &Shared, deadline: Instant) -> Result<(), HarnessError> {
     loop {
@@ -343,8 +347,13 @@ async fn client(shared: &Shared, deadline: Instant) -> Result<(), HarnessError> 
             return Ok(());
         }
         let k = shared.next.fetch_add(1, Ordering::SeqCst);
-        shared.step(k).await?;
+        let failed_by_deploy = shared.step(k).await?;
         shared.report.lock().unwrap().steps += 1;
+        if failed_by_deploy {
+            // Pacing, as a user who saw the error presses Play again: without it a client
+            // that fails at once would send thousands of requests while an instance is out.
+            tokio::time::sleep(USER_RETRY).await;
+        }
         if replay {
             return Ok(());
         }
