@@ -237,6 +237,8 @@ struct Walk {
     saw_listen: bool,
     /// `server` lines seen in upstream blocks.
     upstream_servers: usize,
+    /// `server` lines seen in the current upstream block.
+    block_servers: usize,
     saw_http: bool,
     /// The config has an `access_log` in its `http` block (else the harness adds one).
     http_access_log: bool,
@@ -312,9 +314,11 @@ fn rewrite(
             w.saw_listen = true;
             Some(format!("{indent}listen {};", r.listen))
         }
-        // The Nth upstream server: the stack's Nth address, its parameters kept.
+        // An upstream block's Nth server: the stack's Nth address, its parameters kept (every
+        // upstream block names the same instances in the same order).
         "server" if w.upstream_depth.is_some() && !l.trimmed.ends_with('{') => {
-            let n = w.upstream_servers;
+            let n = w.block_servers;
+            w.block_servers += 1;
             w.upstream_servers += 1;
             r.upstreams.get(n).map(|addr| {
                 let params: String = l.words[2..].iter().map(|p| format!(" {p}")).collect();
@@ -354,6 +358,7 @@ fn after(l: &Line, w: &mut Walk, r: &Render, out: &mut String) {
     if l.directive() == "upstream" {
         w.upstream_depth = Some(w.depth + 1);
         w.upstream_has_keepalive_timeout = false;
+        w.block_servers = 0;
     }
     if l.directive() == "http" && l.trimmed.ends_with('{') {
         w.saw_http = true;
@@ -492,6 +497,35 @@ mod tests {
             out.contains("proxy_buffering off;"),
             "everything else is kept"
         );
+    }
+
+    #[test]
+    fn every_upstream_block_of_the_hardened_config_names_both_instances() {
+        let mut r = params();
+        r.upstreams.push("127.0.0.1:5001".parse().unwrap());
+        let out = render("nginx.hardened.conf", &file("nginx.hardened.conf"), &r).unwrap();
+        let mut blocks: Vec<Vec<&str>> = Vec::new();
+        let mut inside = false;
+        for line in out.lines().map(str::trim) {
+            if line.starts_with("upstream ") && line.ends_with('{') {
+                blocks.push(Vec::new());
+                inside = true;
+            } else if inside && line == "}" {
+                inside = false;
+            } else if inside && line.starts_with("server ") {
+                blocks.last_mut().unwrap().push(line);
+            }
+        }
+        let both = [
+            "server 127.0.0.1:5000 max_fails=0;",
+            "server 127.0.0.1:5001 max_fails=0;",
+        ];
+        assert_eq!(
+            blocks,
+            vec![both.to_vec(), both.to_vec()],
+            "the API's pool and the webhook's"
+        );
+        assert!(out.contains("alias /sb/recordings/;"));
     }
 
     #[test]

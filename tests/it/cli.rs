@@ -682,17 +682,19 @@ fn a_soak_holds_every_get_to_rfc_9110_range_a_backend_ignoring_range_fails() {
             text.push_str("IGNORE_RANGE = \"1\"\n");
         }
         let stack = write(dir.path(), "uvicorn.toml", &text);
+        // One client: the example writes a download in place, so a second first play of the
+        // same recording could read a partial file (a finding of its own, not Range's).
         let out = harness()
+            .args(["soak", "--minutes", "0.1", "--clients", "1"])
             .args([
-                "soak",
-                "--minutes",
-                "0.1",
-                "--clients",
-                "2",
                 "--restart-every",
                 "0",
+                "--fault-rate",
+                "0",
+                "--formats",
+                "mp3",
             ])
-            .args(["--fault-rate", "0", "--formats", "mp3", "--stack"])
+            .arg("--stack")
             .arg(&stack)
             .output()
             .unwrap();

@@ -1,4 +1,4 @@
-//! Gateway failures between nginx and the backend, under both profiles: the legacy 502s,
+//! Gateway failures between nginx and the backend, under every profile: the legacy 502s,
 //! named by nginx's own error log, beside the fixed profile's answers.
 
 use crate::support::check;
@@ -98,7 +98,7 @@ fn keepalive_race_on_get() {
 fn keepalive_race_on_a_keepalive_get_is_retried() {
     check(
         Scenario::new("keepalive-race-get-retried", cached(10_000))
-            .describe("A GET on a location that keeps upstream connections alive (/healthz in both profiles), 3 s after the last: under legacy the backend had closed it and nginx met the race, but a GET is retried on a new connection, so the client sees 200 and only the error log shows it")
+            .describe("A GET on a location that keeps upstream connections alive (/healthz in every profile), 3 s after the last: under legacy the backend had closed it and nginx met the race, but a GET is retried on a new connection, so the client sees 200 and only the error log shows it")
             .timeouts(race())
             .hop_fault(FaultRule::new(Fault::KeepaliveRace))
             .request(RequestStep::get().named("health").with_path("/healthz"))

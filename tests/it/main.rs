@@ -1,5 +1,5 @@
 //! The harness's scenario tables: real stacks (nginx + backend + mock-twilio), every case under
-//! both profiles side by side, compared against `snapshots/`.
+//! every profile side by side, compared against `snapshots/`.
 
 mod bench;
 mod browser;

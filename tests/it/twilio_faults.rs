@@ -1,4 +1,4 @@
-//! Twilio misbehaving on a cache miss, under both profiles: what the client sees, and why.
+//! Twilio misbehaving on a cache miss, under every profile: what the client sees, and why.
 
 use crate::support::check;
 use harness::{RecordingSpec, RequestStep, Scenario, Timeouts};
