@@ -48,21 +48,13 @@ fn the_race_by_its_natural_timing_hits_the_legacy_order_and_never_the_fixed_one(
 
 /// Whether the example backends' tools are here (python3 with uvicorn and gunicorn, node).
 fn examples_present() -> bool {
-    let ok = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let present = ok("python3", &["-c", "import uvicorn, gunicorn"]) && ok("node", &["--version"]);
-    if !present {
-        let hint = "python3 with uvicorn and gunicorn (pip install -r examples/gunicorn-backend/requirements.txt) and node (apt-get install nodejs)";
-        if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
-            panic!("HARNESS_REQUIRE_TOOLS=1 and missing {hint}");
-        }
-        eprintln!("SKIPPED (missing tools): {hint}");
-    }
-    present && tools_present()
+    use crate::support::{command_succeeds, present_or_skip};
+    let present = command_succeeds("python3", &["-c", "import uvicorn, gunicorn"])
+        && command_succeeds("node", &["--version"]);
+    present_or_skip(
+        present,
+        "python3 with uvicorn and gunicorn (pip install -r examples/gunicorn-backend/requirements.txt) and node (apt-get install nodejs)",
+    ) && tools_present()
 }
 
 fn options(stack: &Path) -> DiagnoseOptions {

@@ -92,16 +92,28 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
 
 /// Whether python3 can import uvicorn (the example backend's one dependency).
 pub fn uvicorn_present() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import uvicorn"])
+    present_or_skip(
+        command_succeeds("python3", &["-c", "import uvicorn"]),
+        "python3 with uvicorn: pip install -r examples/uvicorn-backend/requirements.txt",
+    )
+}
+
+/// Whether `cmd args` runs and exits 0.
+pub fn command_succeeds(cmd: &str, args: &[&str]) -> bool {
+    std::process::Command::new(cmd)
+        .args(args)
         .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let hint = "python3 with uvicorn: pip install -r examples/uvicorn-backend/requirements.txt";
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `present`, saying visibly when a tool is missing (`hint`: what to install); under
+/// `HARNESS_REQUIRE_TOOLS=1` a missing tool fails the test instead of skipping it.
+pub fn present_or_skip(present: bool, hint: &str) -> bool {
+    if !present {
         if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") {
             panic!("HARNESS_REQUIRE_TOOLS=1 and missing {hint}");
         }
         eprintln!("SKIPPED (missing tools): {hint}");
     }
-    ok
+    present
 }
