@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// Bytes read from disk per chunk of a response body.
-const CHUNK: u64 = 64 * 1024;
+pub(crate) const CHUNK: u64 = 64 * 1024;
 
 /// How far a download has come (shared with every reader through a watch channel).
 #[derive(Debug, Clone)]
