@@ -185,7 +185,9 @@ pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun
     // A scenario that plays holds a browser slot from before its stack starts to its end, so
     // that no step waits for a slot in the middle of the scenario's timing.
     let slot = if scenario.needs_browser() {
-        crate::browser::find_browser()?;
+        for engine in scenario.engines() {
+            crate::browser::find(engine)?;
+        }
         Some(BrowserSlot::acquire().await?)
     } else {
         None
@@ -223,16 +225,18 @@ async fn drive(
         outcomes: Vec::new(),
         failures: Vec::new(),
     };
-    for (i, step) in scenario.steps.iter().enumerate() {
-        match execute(Target::Stack(stack), session, step, i).await? {
-            Executed::Outcome(o) => {
-                if let Some(expect) = step.expect() {
-                    run.failures.extend(expect.failures(&o));
+    for (i, steps) in scenario.steps.iter().enumerate() {
+        for step in steps.per_engine() {
+            match execute(Target::Stack(stack), session, &step, i).await? {
+                Executed::Outcome(o) => {
+                    if let Some(expect) = step.expect() {
+                        run.failures.extend(expect.failures(&o));
+                    }
+                    run.outcomes.push(*o);
                 }
-                run.outcomes.push(*o);
+                Executed::Failed(why) => run.failures.push(why),
+                Executed::Done => {}
             }
-            Executed::Failed(why) => run.failures.push(why),
-            Executed::Done => {}
         }
     }
     Ok(run)

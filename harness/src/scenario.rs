@@ -1,6 +1,7 @@
 //! [`Scenario`]: the one model of a test scenario. rstest rows build it in Rust; scenario
 //! files (`scenarios/**/*.toml`) are its serialised form.
 
+use crate::browser::{Engine, SeekTo};
 use crate::error::HarnessError;
 pub use crate::expect::Expect;
 use crate::spec::{Profile, Timeouts};
@@ -126,13 +127,17 @@ impl From<Method> for reqwest::Method {
     }
 }
 
-/// Plays a recording in headless Chromium, through the player page nginx serves.
+/// Plays a recording in a browser, through the player page nginx serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlayStep {
     /// A name for reports (default: `play` and the recording).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Which browser plays: `"chromium"` (the default), `"firefox"` or `"webkit"`, or a list of
+    /// them to play the same step in each, one after the other (one Outcome each).
+    #[serde(default, skip_serializing_if = "Engines::is_default")]
+    pub browser: Engines,
     /// Which recording (index into `recordings`, default 0).
     #[serde(default)]
     pub recording: usize,
@@ -143,6 +148,10 @@ pub struct PlayStep {
     /// chooses its own Range requests for the seeks.
     #[serde(default = "yes")]
     pub seek: bool,
+    /// Instead: seek to this point once it can play (`"99%"` of the duration, `"12s"`), and let
+    /// it play from there to the end. WebKit asks for a Range only when it seeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seek_to: Option<SeekTo>,
     /// Deadline for each of the page's waits (`canplay`, `ended`, the seek back), default 10 s.
     #[serde(default = "ten_secs")]
     pub timeout_ms: u64,
@@ -156,6 +165,87 @@ pub struct PlayStep {
 
 fn yes() -> bool {
     true
+}
+
+/// The engines a `play` step plays in: one name or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Engines(Vec<Engine>);
+
+impl Engines {
+    /// These engines, in this order.
+    pub fn new(engines: Vec<Engine>) -> Engines {
+        Engines(engines)
+    }
+
+    /// The engines, in the order the step plays in them.
+    pub fn list(&self) -> &[Engine] {
+        &self.0
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Engines::default()
+    }
+}
+
+impl Default for Engines {
+    fn default() -> Self {
+        Engines(vec![Engine::Chromium])
+    }
+}
+
+impl Serialize for Engines {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Engines {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+        }
+        let names = match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "browser must be an engine name or a list of them (chromium, firefox, webkit)",
+            )
+        })? {
+            Form::One(n) => vec![n],
+            Form::Many(v) => v,
+        };
+        let engines = names
+            .iter()
+            .map(|n| n.parse::<Engine>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| serde::de::Error::custom(format!("browser: {e}")))?;
+        if engines.is_empty() {
+            return Err(serde::de::Error::custom("browser: the list is empty"));
+        }
+        Ok(Engines(engines))
+    }
+}
+
+impl schemars::JsonSchema for Engines {
+    fn schema_name() -> String {
+        "Engines".into()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        let names = serde_json::json!(["chromium", "firefox", "webkit"]);
+        serde_json::from_value(serde_json::json!({
+            "description": "A browser engine, or a list of them",
+            "anyOf": [
+                { "type": "string", "enum": names },
+                { "type": "array", "items": { "type": "string", "enum": names }, "minItems": 1 }
+            ]
+        }))
+        .expect("a valid schema")
+    }
 }
 
 /// A deploy: every backend instance restarted in turn (its listener closes, it drains on
@@ -203,9 +293,11 @@ impl PlayStep {
     pub fn recording(index: usize) -> Self {
         PlayStep {
             name: None,
+            browser: Engines::default(),
             recording: index,
             format: None,
             seek: true,
+            seek_to: None,
             timeout_ms: ten_secs(),
             pause_ms: 0,
             expect: Expect::default(),
@@ -364,7 +456,7 @@ impl RequestStep {
 pub enum Step {
     /// An HTTP request through nginx.
     Request(RequestStep),
-    /// Plays a recording in headless Chromium through the player page nginx serves.
+    /// Plays a recording in a browser through the player page nginx serves.
     Play(PlayStep),
     /// Twilio's recording-status callback, posted through nginx.
     Webhook {
@@ -426,6 +518,24 @@ impl Step {
         "deploy",
         "wait_log",
     ];
+
+    /// The step as it runs: a `play` step in several engines is one step per engine, in order;
+    /// any other step is itself.
+    pub fn per_engine(&self) -> Vec<std::borrow::Cow<'_, Step>> {
+        match self {
+            Step::Play(p) if p.browser.list().len() > 1 => p
+                .browser
+                .list()
+                .iter()
+                .map(|e| {
+                    let mut one = p.clone();
+                    one.browser = Engines::new(vec![*e]);
+                    std::borrow::Cow::Owned(Step::Play(one))
+                })
+                .collect(),
+            _ => vec![std::borrow::Cow::Borrowed(self)],
+        }
+    }
 
     /// What the step must show, for the steps that observe something.
     pub fn expect(&self) -> Option<&Expect> {
@@ -540,9 +650,46 @@ impl Scenario {
         self
     }
 
-    /// True when a step plays in the browser (Chromium and chromedriver are needed).
+    /// True when a step plays in a browser.
     pub fn needs_browser(&self) -> bool {
         self.steps.iter().any(|s| matches!(s, Step::Play(_)))
+    }
+
+    /// Every engine its `play` steps play in.
+    pub fn engines(&self) -> std::collections::BTreeSet<Engine> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Play(p) => Some(p.browser.list()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// The scenario with every `play` step in `engine` instead, named `{name}@{engine}` (its
+    /// snapshot is the engine's own), or the scenario itself for Chromium, the default. `None`
+    /// when it does not play, or already names its engines (it is about them).
+    pub fn on_engine(&self, engine: Engine) -> Option<Scenario> {
+        let mut plays = self.steps.iter().filter_map(|s| match s {
+            Step::Play(p) => Some(p),
+            _ => None,
+        });
+        if !self.needs_browser() || plays.any(|p| !p.browser.is_default()) {
+            return None;
+        }
+        if engine == Engine::Chromium {
+            return Some(self.clone());
+        }
+        let mut s = self.clone();
+        s.name = format!("{}@{engine}", self.name);
+        for step in &mut s.steps {
+            if let Step::Play(p) = step {
+                p.browser = Engines::new(vec![engine]);
+            }
+        }
+        Some(s)
     }
 
     /// Checks what serde cannot: indexes, fault values, SIDs. Names the field at fault.

@@ -566,20 +566,23 @@ async fn play(
         .recording(p.recording)
         .ok_or_else(|| HarnessError::step(step, format!("no recording {}", p.recording)))?;
     // The browser starts before the idle time, which is what the scenario is about.
-    let browser = Browser::launch_in(stack.sandbox(), slot).await?;
+    let engine = p.browser.list().first().copied().unwrap_or_default();
+    let browser = Browser::launch_in(engine, stack.sandbox(), slot).await?;
     pause(p.pause_ms).await;
     let marks = Marks::of(stack);
     let options = PlayOptions {
+        engine,
         format: p.format,
         seek: p.seek,
+        seek_to: p.seek_to,
         wait: Duration::from_millis(p.timeout_ms),
     };
     let observed = browser.play_on(stack, &rec, options).await?;
     let format = p.format.unwrap_or(rec.format);
-    let seek = if p.seek {
-        " (seek to the end and back)"
-    } else {
-        ""
+    let seek = match (p.seek_to, p.seek) {
+        (Some(to), _) => format!(" (seek to {to})"),
+        (None, true) => " (seek to the end and back)".into(),
+        (None, false) => String::new(),
     };
     let name = p
         .name

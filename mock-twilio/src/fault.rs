@@ -74,6 +74,10 @@ pub enum Fault {
     /// the wire. It only fires where the upstream's idle timeout is the shorter one: an upstream
     /// that keeps idle connections longer than the client never triggers it.
     KeepaliveRace,
+    /// Forward the request without its `Range` and `If-Range` headers: the server behind then
+    /// answers as one that ignores Range does (a 200 with the whole body), and the client gets
+    /// that answer for the Range it asked.
+    StripRange,
 }
 
 impl Fault {
@@ -89,6 +93,7 @@ impl Fault {
         "garbage",
         "keepalive_race",
         "header",
+        "strip_range",
     ];
 
     /// The kind's name (`"close_after"`, ...).
@@ -104,6 +109,7 @@ impl Fault {
             Fault::Garbage => "garbage",
             Fault::KeepaliveRace => "keepalive_race",
             Fault::Header { .. } => "header",
+            Fault::StripRange => "strip_range",
         }
     }
 
@@ -252,6 +258,8 @@ pub struct Plan {
     pub close_after: Option<u64>,
     /// Response headers set to these values.
     pub headers: Vec<(String, String)>,
+    /// The request is forwarded without `Range` and `If-Range`.
+    pub strip_range: bool,
     /// The kinds that fired, for the journal.
     pub fired: Vec<&'static str>,
 }
@@ -351,6 +359,7 @@ impl FaultSet {
                     pause_ms,
                 } => plan.dribble = Some((*chunk_bytes, Duration::from_millis(*pause_ms))),
                 Fault::CloseAfter { bytes } => plan.close_after = Some(*bytes),
+                Fault::StripRange => plan.strip_range = true,
                 Fault::Header {
                     name,
                     value,

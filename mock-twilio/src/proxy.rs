@@ -657,7 +657,14 @@ async fn forward(
     let mut builder = hyper::Request::builder()
         .method(head.method.as_str())
         .uri(head.path.as_str());
+    let stripped = |name: &str| {
+        plan.strip_range
+            && (name.eq_ignore_ascii_case("range") || name.eq_ignore_ascii_case("if-range"))
+    };
     for (name, value) in &head.headers {
+        if stripped(name) {
+            continue;
+        }
         if !is_hop_by_hop(name) || name.eq_ignore_ascii_case("connection") {
             builder = builder.header(name.as_str(), value.as_slice());
         }

@@ -1,27 +1,30 @@
 //! The real client: headless Chromium plays recordings through a stack (`Stack::play`), and
 //! opens the HTML report. Scenario files with `play` steps (scenarios/browser/) run in files.rs.
 
-use crate::support::{browser_present, rt, tools_present};
-use harness::browser::{Browser, PlayOptions};
+use crate::support::{browser_present, engine_present, rt, tools_present};
+use harness::browser::{Browser, Engine, PlayOptions};
 use harness::runner::run;
 use harness::scenario::{PlayStep, RecordingSpec, RequestStep, Scenario, Step};
 use harness::{Profile, Stack, StackSpec};
 use mock_twilio::{MediaFormat, Recording};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn ready() -> bool {
     tools_present() && browser_present()
 }
 
-/// Processes whose command line mentions `needle`.
+/// Live processes whose command line or environment mentions `needle`.
 fn processes_with(needle: &str) -> Vec<u32> {
+    let mentions = |pid: u32, what: &str| {
+        std::fs::read(format!("/proc/{pid}/{what}"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+    };
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+            (mentions(*pid, "cmdline") || mentions(*pid, "environ"))
                 && std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|s| !s.contains(") Z "))
         })
@@ -67,25 +70,35 @@ fn stack_play_reports_the_page_and_chromiums_own_requests() {
     });
 }
 
-#[test]
-fn a_dropped_browser_takes_chromium_with_it() {
-    if !ready() {
+#[rstest::rstest]
+fn a_dropped_browser_takes_every_process_of_its_engine_with_it(
+    #[values(Engine::Chromium, Engine::Firefox, Engine::Webkit)] engine: Engine,
+) {
+    if !tools_present() || !engine_present(engine) {
         return;
     }
     rt().block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let browser = Browser::launch(dir.path()).await.unwrap();
-        let profile = browser.profile_dir().display().to_string();
-        assert!(!processes_with(&profile).is_empty(), "Chromium runs");
+        let browser = Browser::launch(engine, dir.path()).await.unwrap();
+        let scratch = browser.scratch_dir().display().to_string();
+        assert!(
+            processes_with(&scratch).len() >= 2,
+            "{engine} and its driver run: {:?}",
+            processes_with(&scratch)
+        );
         drop(browser); // no close(): as when a test panics
-        let start = Instant::now();
-        while !processes_with(&profile).is_empty() && start.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let gone = harness::ready::poll(Duration::from_secs(10), || async {
+            processes_with(&scratch).is_empty().then_some(())
+        });
+        gone.await;
         assert_eq!(
-            processes_with(&profile),
+            processes_with(&scratch),
             Vec::<u32>::new(),
-            "Chromium outlived its guard"
+            "{engine} outlived its guard"
+        );
+        assert!(
+            !std::path::Path::new(&scratch).exists(),
+            "its folder is removed"
         );
     });
 }
@@ -119,7 +132,7 @@ fn the_html_report_renders_in_chromium() {
         );
     }
     rt.block_on(async {
-        let browser = Browser::launch(out.path()).await.unwrap();
+        let browser = Browser::launch(Engine::Chromium, out.path()).await.unwrap();
         browser.open(&format!("file://{}", index.display())).await.unwrap();
         let facts = browser
             .eval(
@@ -131,6 +144,8 @@ fn the_html_report_renders_in_chromium() {
                    failures: document.querySelectorAll('#matrix td.verdict-user_failure').length,
                    bars: document.querySelectorAll('.timeline .bar').length,
                    raw: [...document.querySelectorAll('pre.raw')].map(p => p.textContent),
+                   engines: [...document.querySelectorAll('code.engine')].map(c => c.textContent),
+                   timelines: [...document.querySelectorAll('.timeline-engine')].map(t => t.textContent),
                  };",
             )
             .await
@@ -147,6 +162,14 @@ fn the_html_report_renders_in_chromium() {
         // the play step draws its requests.
         assert_eq!(facts["failures"], 3, "{facts}");
         assert!(facts["bars"].as_u64().unwrap() >= 3, "{facts}");
+        // Each play names the engine that played, and so does its timeline.
+        assert_eq!(facts["engines"], serde_json::json!(["chromium", "chromium", "chromium"]), "{facts}");
+        assert!(
+            facts["timelines"][0]
+                .as_str()
+                .is_some_and(|t| t.starts_with("chromium's requests")),
+            "{facts}"
+        );
         let raw = facts["raw"].to_string();
         assert!(raw.contains("connect() failed (111: Connection refused)"), "{raw}");
         let png = browser.screenshot().await.unwrap();

@@ -30,16 +30,21 @@ pub fn tools_present() -> bool {
     false
 }
 
-/// True when headless Chromium and chromedriver are here; otherwise says so, visibly, with the
-/// install command (and fails under `HARNESS_REQUIRE_TOOLS=1`).
+/// True when headless Chromium and chromedriver are here (see [`engine_present`]).
 pub fn browser_present() -> bool {
-    match harness::browser::available() {
+    engine_present(harness::browser::Engine::Chromium)
+}
+
+/// True when `engine`'s browser and WebDriver server are here; otherwise says so, visibly,
+/// with the install command (and fails under `HARNESS_REQUIRE_TOOLS=1`).
+pub fn engine_present(engine: harness::browser::Engine) -> bool {
+    match harness::browser::available(engine) {
         Ok(()) => true,
         Err(e) if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
             panic!("HARNESS_REQUIRE_TOOLS=1 and: {e}")
         }
         Err(e) => {
-            eprintln!("SKIPPED (browser scenarios): {e}");
+            eprintln!("SKIPPED ({engine} scenarios): {e}");
             false
         }
     }

@@ -1,72 +1,24 @@
-//! The real client: headless Chromium (Debian's `chromium`) driven over WebDriver
-//! (`chromedriver`, through `fantoccini`). It loads the player page the stack's nginx serves
-//! (`web/player.html`), presses Play, seeks near the end and back, and reports what the page saw.
-//! Which Range requests it made is read from nginx's access log (see [`BrowserRequest`]).
+//! The real client: a browser driven over WebDriver (through `fantoccini`), one of three
+//! engines ([`Engine`]: Chromium, Firefox, WebKit). It loads the player page the stack's nginx
+//! serves (`web/player.html`), presses Play, seeks (near the end and back, or to a point), and
+//! reports what the page saw. Which Range requests it made is read from nginx's access log
+//! (see [`BrowserRequest`]).
+
+mod engine;
+
+pub use engine::{find, Engine, EngineTools};
 
 use crate::access::AccessLine;
 use crate::error::HarnessError;
-use crate::process::ChildGuard;
-use crate::ready::{poll, wait_ready, Probe};
+use crate::ready::poll;
 use crate::tcp::{self, TcpState};
+use engine::Driver;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-/// How to install the browser.
-pub const INSTALL_HINT: &str =
-    "install Debian's packages: `apt-get install chromium chromium-driver` \
-     (or point HARNESS_CHROMIUM and HARNESS_CHROMEDRIVER at the binaries)";
-
-/// How long chromedriver and Chromium get to start.
+/// How long a WebDriver server and its browser get to start, and nginx to log a play's requests.
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The browser's binaries.
-#[derive(Debug, Clone)]
-pub struct BrowserTools {
-    /// Chromium itself.
-    pub chromium: PathBuf,
-    /// Its WebDriver server.
-    pub chromedriver: PathBuf,
-}
-
-fn find_tool(env: &str, names: &[&str], extra: &[&str]) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    extra
-        .iter()
-        .map(PathBuf::from)
-        .chain(std::env::split_paths(&path).flat_map(|d| names.iter().map(move |n| d.join(n))))
-        .find(|p| p.is_file())
-}
-
-/// Finds Chromium and chromedriver (`HARNESS_CHROMIUM`, `HARNESS_CHROMEDRIVER`, else `PATH`).
-pub fn find_browser() -> Result<BrowserTools, HarnessError> {
-    // Debian's /usr/bin/chromium is a wrapper script; the binary proper is under /usr/lib.
-    let chromium = find_tool(
-        "HARNESS_CHROMIUM",
-        &["chromium", "chromium-browser", "google-chrome"],
-        &["/usr/lib/chromium/chromium"],
-    )
-    .ok_or_else(|| HarnessError::ToolMissing {
-        tool: "chromium",
-        hint: INSTALL_HINT.to_string(),
-    })?;
-    let chromedriver =
-        find_tool("HARNESS_CHROMEDRIVER", &["chromedriver"], &[]).ok_or_else(|| {
-            HarnessError::ToolMissing {
-                tool: "chromedriver",
-                hint: INSTALL_HINT.to_string(),
-            }
-        })?;
-    Ok(BrowserTools {
-        chromium,
-        chromedriver,
-    })
-}
 
 /// What the player page saw (the `<audio>` element's view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,17 +117,20 @@ impl BrowserRequest {
 /// What a `play` step observed in the browser.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrowserOutcome {
+    /// The engine that played.
+    pub engine: Engine,
     /// The page's view.
     pub page: PageOutcome,
     /// The browser's requests for the recording, in the order they started.
     pub requests: Vec<BrowserRequest>,
 }
 
-/// A headless Chromium session, with its chromedriver; both are killed when it drops.
+/// A browser session, with its WebDriver server (and X display); all are killed when it drops.
 pub struct Browser {
+    engine: Engine,
     client: fantoccini::Client,
-    driver: ChildGuard,
-    _profile: tempfile::TempDir,
+    driver: Driver,
+    scratch: tempfile::TempDir,
     /// The process's browser slot, when this browser took it itself (see [`BrowserSlot`]).
     slot: Option<BrowserSlot>,
 }
@@ -216,54 +171,65 @@ pub fn browser_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
 }
 
 impl Browser {
-    /// Starts chromedriver (on a port the OS picks) and a headless Chromium session, taking a
-    /// browser slot of its own. Logs go to `log_dir/chromedriver-N-ATTEMPT.log`.
-    pub async fn launch(log_dir: &Path) -> Result<Browser, HarnessError> {
-        find_browser()?;
+    /// Starts `engine`'s WebDriver server (on a port of its own) and a browser session, taking a
+    /// browser slot of its own. Logs go to `log_dir` (`chromedriver-N-ATTEMPT.log`, ...).
+    pub async fn launch(engine: Engine, log_dir: &Path) -> Result<Browser, HarnessError> {
+        find(engine)?;
         let slot = BrowserSlot::acquire().await?;
-        let mut browser = Browser::launch_in(log_dir, &slot).await?;
+        let mut browser = Browser::launch_in(engine, log_dir, &slot).await?;
         browser.slot = Some(slot);
         Ok(browser)
     }
 
     /// Like [`Browser::launch`], within a slot the caller holds.
-    pub async fn launch_in(log_dir: &Path, _slot: &BrowserSlot) -> Result<Browser, HarnessError> {
-        let tools = find_browser()?;
-        let (driver, port) = start_driver(&tools, log_dir).await?;
-        let profile = tempfile::Builder::new()
-            .prefix("harness-chromium-")
+    pub async fn launch_in(
+        engine: Engine,
+        log_dir: &Path,
+        _slot: &BrowserSlot,
+    ) -> Result<Browser, HarnessError> {
+        let tools = find(engine)?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("harness-{engine}-"))
             .tempdir()
-            .map_err(HarnessError::io("create a Chromium profile dir"))?;
-        let url = format!("http://127.0.0.1:{port}");
+            .map_err(HarnessError::io("create a browser profile dir"))?;
+        let driver = engine::start_driver(&tools, log_dir, scratch.path()).await?;
+        let url = format!("http://127.0.0.1:{}", driver.port);
         let client = fantoccini::ClientBuilder::new(
             hyper_util::client::legacy::connect::HttpConnector::new(),
         )
-        .capabilities(chromium_capabilities(&tools, profile.path()))
+        .capabilities(engine::capabilities(&tools, scratch.path()))
         .connect(&url)
         .await
         .map_err(|e| HarnessError::Browser {
             what: format!(
-                "start headless Chromium ({}) through chromedriver at {url}",
-                tools.chromium.display()
+                "start {engine} ({}) through {} at {url}",
+                tools.browser.display(),
+                tools.driver.display()
             ),
-            message: format!("{e}\n{}", driver.log().tail(20)),
+            message: format!("{e}\n{}", driver.process.log().tail(20)),
         })?;
         Ok(Browser {
+            engine,
             client,
             driver,
-            _profile: profile,
+            scratch,
             slot: None,
         })
     }
 
+    /// The engine.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
     /// Opens `page_url` (the player page), runs its `harnessPlay` and returns what it saw. Each
-    /// of the page's waits (for `canplay`, `ended`, the seek back) has `wait` as its deadline.
+    /// of the page's waits (for `canplay`, `ended`, a seek) has `options.wait` as its deadline.
     pub async fn play(
         &self,
         page_url: &str,
-        seek: bool,
-        wait: Duration,
+        options: &PlayOptions,
     ) -> Result<PageOutcome, HarnessError> {
+        let wait = options.wait;
         let fail = |what: &str, e: &dyn std::fmt::Display| HarnessError::Browser {
             what: format!("{what} {page_url}"),
             message: e.to_string(),
@@ -287,7 +253,11 @@ impl Browser {
             .execute_async(
                 "const done = arguments[arguments.length - 1];
                  window.harnessPlay(arguments[0]).then(done, e => done({ stage: 'script error: ' + e }));",
-                vec![serde_json::json!({ "seek": seek, "wait_ms": wait.as_millis() as u64 })],
+                vec![serde_json::json!({
+                    "seek": options.seek,
+                    "seek_to": options.seek_to.map(SeekTo::to_json),
+                    "wait_ms": wait.as_millis() as u64,
+                })],
             )
             .await
             .map_err(|e| fail("play on", &e))?;
@@ -317,10 +287,11 @@ impl Browser {
             })
     }
 
-    /// Chromium's profile folder (`--user-data-dir`), removed when the browser drops: every
-    /// Chromium process of this session has it on its command line.
-    pub fn profile_dir(&self) -> &Path {
-        self._profile.path()
+    /// The session's own folder (Chromium's `--user-data-dir`, Firefox's TMPDIR, WebKit's XDG
+    /// folders), removed when the browser drops: every process of the session names it on its
+    /// command line or in its environment.
+    pub fn scratch_dir(&self) -> &Path {
+        self.scratch.path()
     }
 
     /// Runs `script` in the current page and returns its value.
@@ -334,86 +305,19 @@ impl Browser {
             })
     }
 
-    /// Ends the session (Chromium exits) and stops chromedriver.
+    /// Ends the session (the browser exits) and stops its WebDriver server and X display.
     pub async fn close(self) {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.client.clone().close()).await;
-        self.driver.kill();
+        self.driver.process.kill();
+        if let Some(x) = &self.driver.display {
+            x.kill();
+        }
     }
 }
 
-/// Starts chromedriver on a port the OS picks, and returns once it accepts connections.
-/// chromedriver binds the port the OS gave it on IPv4 on IPv6 too; where that port is taken on
-/// IPv6 it gives up, so a failed start is tried again (on another port), up to three times.
-async fn start_driver(
-    tools: &BrowserTools,
-    log_dir: &Path,
-) -> Result<(ChildGuard, u16), HarnessError> {
-    // One log per launch: a stack plays several times.
-    static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let port_line =
-        regex::Regex::new(r"started successfully on port (\d+)\.").expect("valid regex");
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let log = log_dir.join(format!("chromedriver-{n}-{attempt}.log"));
-        let mut cmd = Command::new(&tools.chromedriver);
-        cmd.arg("--port=0");
-        let driver = ChildGuard::spawn("chromedriver", cmd, &log)?;
-        // Only once the number is complete (followed by its full stop).
-        let announced = Probe::LogLine {
-            log: driver.log().clone(),
-            offset: 0,
-            pattern: port_line.clone(),
-        };
-        let exited = || async { driver.try_exit().map(|s| s.to_string()) };
-        let port =
-            match wait_ready("chromedriver", &announced, exited, || driver.log().tail(20)).await {
-                Ok(port) => port.parse::<u16>().unwrap_or(0),
-                Err(e) if attempt >= 3 => return Err(e),
-                Err(_) => continue,
-            };
-        // It announces the port a moment before it accepts on it.
-        let accepts = Probe::Connect {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        wait_ready("chromedriver", &accepts, exited, || driver.log().tail(20)).await?;
-        return Ok((driver, port));
-    }
-}
-
-/// The WebDriver capabilities of a headless Chromium with its own profile folder.
-fn chromium_capabilities(
-    tools: &BrowserTools,
-    profile: &Path,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut args = vec![
-        "--headless=new".to_string(),
-        "--autoplay-policy=no-user-gesture-required".to_string(),
-        "--mute-audio".to_string(),
-        "--disable-gpu".to_string(),
-        "--disable-dev-shm-usage".to_string(),
-        "--no-first-run".to_string(),
-        "--disable-background-networking".to_string(),
-        "--window-size=1280,900".to_string(),
-        format!("--user-data-dir={}", profile.display()),
-    ];
-    // Chromium refuses to start as root with its sandbox on; only then is it turned off.
-    if nix::unistd::geteuid().is_root() {
-        args.push("--no-sandbox".to_string());
-    }
-    let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), "chrome".into());
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({ "binary": tools.chromium, "args": args }),
-    );
-    caps
-}
-
-/// Is a browser installed? `Err` carries the install command (for skip messages).
-pub fn available() -> Result<(), String> {
-    find_browser().map(|_| ()).map_err(|e| e.to_string())
+/// Is `engine` installed? `Err` carries the install command (for skip messages).
+pub fn available(engine: Engine) -> Result<(), String> {
+    find(engine).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// How many bytes a full answer to `range` carries for a recording of `size` bytes.
@@ -445,13 +349,99 @@ fn open_client_ports(port: u16) -> std::collections::BTreeSet<u16> {
         .collect()
 }
 
+/// A point to seek to: a fraction of the duration (`"50%"`) or a time (`"12s"`, `"1.5s"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SeekTo {
+    /// This fraction of the duration (0 to 1).
+    Fraction(f64),
+    /// This many seconds from the start (capped at the duration).
+    Secs(f64),
+}
+
+impl SeekTo {
+    /// The form the player page's `harnessPlay` takes.
+    fn to_json(self) -> serde_json::Value {
+        match self {
+            SeekTo::Fraction(f) => serde_json::json!({ "fraction": f }),
+            SeekTo::Secs(s) => serde_json::json!({ "secs": s }),
+        }
+    }
+}
+
+impl std::str::FromStr for SeekTo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!("{s:?} is not a point to seek to: a percentage (\"50%\") or seconds (\"12s\")")
+        };
+        let number = |n: &str| {
+            n.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n >= 0.0)
+        };
+        if let Some(pct) = s.strip_suffix('%') {
+            let pct = number(pct).filter(|p| *p <= 100.0).ok_or_else(bad)?;
+            Ok(SeekTo::Fraction(pct / 100.0))
+        } else if let Some(secs) = s.strip_suffix('s') {
+            number(secs).map(SeekTo::Secs).ok_or_else(bad)
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+impl std::fmt::Display for SeekTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeekTo::Fraction(x) => write!(f, "{}%", x * 100.0),
+            SeekTo::Secs(s) => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl Serialize for SeekTo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeekTo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e| serde::de::Error::custom(format!("seek_to: {e}")))
+    }
+}
+
+impl schemars::JsonSchema for SeekTo {
+    fn schema_name() -> String {
+        "SeekTo".into()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        serde_json::from_value(serde_json::json!({
+            "description": "A percentage of the duration (\"50%\") or seconds from the start (\"12s\")",
+            "type": "string",
+            "pattern": "^[0-9]+(\\.[0-9]+)?(%|s)$"
+        }))
+        .expect("a valid schema")
+    }
+}
+
 /// How a `play` is done.
 #[derive(Debug, Clone, Copy)]
 pub struct PlayOptions {
+    /// The browser engine (default Chromium).
+    pub engine: Engine,
     /// `?format=` (default: the recording's own).
     pub format: Option<mock_twilio::MediaFormat>,
-    /// Seek near the end, let it end, then seek back to the start.
+    /// Seek near the end, let it end, then seek back to the start (unless `seek_to` is set).
     pub seek: bool,
+    /// Seek to this point once it can play, and let it play from there to the end (instead of
+    /// `seek`).
+    pub seek_to: Option<SeekTo>,
     /// Deadline for each of the page's waits.
     pub wait: Duration,
 }
@@ -459,8 +449,10 @@ pub struct PlayOptions {
 impl Default for PlayOptions {
     fn default() -> Self {
         PlayOptions {
+            engine: Engine::Chromium,
             format: None,
             seek: true,
+            seek_to: None,
             wait: Duration::from_secs(10),
         }
     }
@@ -483,7 +475,7 @@ impl Browser {
             &recording.call_sid,
             options.format,
         ));
-        let page = self.play(&page_url, options.seek, options.wait).await;
+        let page = self.play(&page_url, &options).await;
         self.close().await;
         let page = page?;
         // Every connection the browser opened is closed by nginx once it has logged it.
@@ -510,19 +502,23 @@ impl Browser {
             r.at_ms -= first;
         }
         requests.sort_by_key(|r| r.at_ms);
-        Ok(BrowserOutcome { page, requests })
+        Ok(BrowserOutcome {
+            engine: options.engine,
+            page,
+            requests,
+        })
     }
 }
 
 impl crate::stack::Stack {
-    /// Plays `recording` in a fresh headless Chromium through this stack (see
+    /// Plays `recording` in a fresh browser of `options.engine` through this stack (see
     /// [`Browser::play_on`]).
     pub async fn play(
         &self,
         recording: &mock_twilio::Recording,
         options: PlayOptions,
     ) -> Result<BrowserOutcome, HarnessError> {
-        Browser::launch(self.sandbox())
+        Browser::launch(options.engine, self.sandbox())
             .await?
             .play_on(self, recording, options)
             .await

@@ -3,7 +3,7 @@
 //! the Outcome itself keeps every raw line and number.
 
 use super::{AnsweredBy, BodyCheck, DeployOutcome, LoadOutcome, Outcome, TwilioRequest};
-use crate::browser::{BrowserOutcome, BrowserRequest};
+use crate::browser::{BrowserOutcome, BrowserRequest, Engine};
 use crate::events::BackendEvent;
 use crate::gateway::GatewayError;
 use regex::Regex;
@@ -140,6 +140,8 @@ impl SnapshotDeploy {
 /// The snapshot form of a `play` step's browser: what the user saw, and the browser's requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotBrowser {
+    /// The engine that played (`chromium`, `firefox`, `webkit`).
+    pub engine: String,
     /// Where the page stopped (`played`, `error before canplay`, ...).
     pub stage: String,
     /// `canplay` fired.
@@ -156,22 +158,61 @@ pub struct SnapshotBrowser {
     pub requests: Vec<String>,
 }
 
-fn snapshot_browser_request(r: &BrowserRequest) -> String {
-    let range = r.range.as_deref().unwrap_or("no range");
+/// Where a request's Range starts (`bytes=N-` or `bytes=N-M`; a suffix range or none: `None`).
+fn range_start(r: &BrowserRequest) -> Option<u64> {
+    let spec = r.range.as_deref()?.strip_prefix("bytes=")?;
+    spec.split_once('-')?.0.trim().parse().ok()
+}
+
+/// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then exact
+/// ranges by their start, then the ones from a point the browser reached (`bytes=…-`): an
+/// open-ended range from inside the recording, below the furthest start of the play, is where
+/// its buffer ended when it asked (WebKit fills the gap before a seek that way), which is
+/// timing; so is whether nginx or the backend answered it (`upstream 2xx`).
+fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> ((u8, u64), String) {
     let upstream = if r.upstream_status.is_empty() {
-        "-"
+        "-".to_string()
     } else {
-        &r.upstream_status
+        r.upstream_status.clone()
     };
-    format!("{range} → {} (upstream {upstream}) {}", r.status, r.body)
+    let open_ended = r.range.as_deref().is_some_and(|x| x.ends_with('-'));
+    let (key, range, upstream) = match range_start(r) {
+        Some(n) if open_ended && n > 0 && n < furthest => {
+            let two_xx = matches!(upstream.as_str(), "200" | "206");
+            let upstream = if two_xx { "2xx".to_string() } else { upstream };
+            ((2, 0), "bytes=…-".to_string(), upstream)
+        }
+        Some(n) => (
+            (u8::from(n > 0), n),
+            r.range.clone().unwrap_or_default(),
+            upstream,
+        ),
+        None => (
+            (0, 0),
+            r.range.clone().unwrap_or("no range".into()),
+            upstream,
+        ),
+    };
+    (
+        key,
+        format!("{range} → {} (upstream {upstream}) {}", r.status, r.body),
+    )
 }
 
 impl SnapshotBrowser {
     fn of(b: &BrowserOutcome) -> Self {
-        let mut requests: Vec<String> = Vec::new();
+        // A request the browser closed before any answer (nginx's 499) is its own cancel, timed
+        // by the browser: left out (the Outcome keeps every request).
+        let answered: Vec<&BrowserRequest> =
+            b.requests.iter().filter(|r| r.status != 499).collect();
+        let furthest = answered.iter().filter_map(|r| range_start(r)).max();
+        let mut requests: Vec<((u8, u64), String)> = Vec::new();
         // Each distinct request once, in the order they started: how often a browser repeats
         // one (a cancelled read it issues again) is timing; the Outcome keeps every one.
-        for r in b.requests.iter().map(snapshot_browser_request) {
+        for r in answered
+            .iter()
+            .map(|r| snapshot_browser_request(r, furthest.unwrap_or(0)))
+        {
             if !requests.contains(&r) {
                 requests.push(r);
             }
@@ -180,26 +221,41 @@ impl SnapshotBrowser {
         // race between the browser's cancel and how fast the bytes come (nginx's sendfile can
         // finish 32 MB first): only the last one says how its body ended.
         let last = requests.len().saturating_sub(1);
-        for r in &mut requests[..last] {
+        for (_, r) in &mut requests[..last] {
             for word in [" partial", " complete"] {
                 if let Some(kept) = r.strip_suffix(word) {
                     *r = kept.to_string();
                 }
             }
         }
-        let mut distinct: Vec<String> = Vec::new();
+        // ...and it stands for the requests like it (WebKit fills a gap in several).
+        let final_one = requests.pop();
+        let base = |r: &str| {
+            r.trim_end_matches(" partial")
+                .trim_end_matches(" complete")
+                .to_string()
+        };
+        let mut distinct: Vec<((u8, u64), String)> = Vec::new();
         for r in requests {
-            if !distinct.contains(&r) {
+            let same_as_final = final_one.as_ref().is_some_and(|f| base(&f.1) == r.1);
+            if !distinct.contains(&r) && !same_as_final {
                 distinct.push(r);
             }
         }
-        let requests = distinct;
+        distinct.extend(final_one);
+        // In a fixed order: whether a browser's gap-filling request came before its seek or
+        // after it is timing too.
+        distinct.sort_by_key(|(key, _)| *key);
+        let requests = distinct.into_iter().map(|(_, r)| r).collect();
         SnapshotBrowser {
+            engine: b.engine.to_string(),
             stage: b.page.stage.clone(),
             canplay: b.page.canplay,
             ended: b.page.ended,
             media_error: b.page.error_name.clone(),
-            duration_ms: b.page.duration_ms,
+            // WebKitGTK (GStreamer) at times reports a few milliseconds for a generated MP3 that
+            // arrives whole at once, and at other times its length: left out for WebKit.
+            duration_ms: b.page.duration_ms.filter(|_| b.engine != Engine::Webkit),
             requests,
         }
     }
@@ -252,6 +308,73 @@ mod tests {
             redact_error_line(line),
             "[error] upstream prematurely closed connection while reading response header from upstream, client: 127.0.0.1, server: _, request: \"POST /webhook/recording-status HTTP/1.1\", upstream: \"http://127.0.0.1:<port>/webhook/recording-status\", host: \"127.0.0.1:<port>\""
         );
+    }
+
+    fn request(at_ms: u64, range: Option<&str>, status: u16, upstream: &str) -> BrowserRequest {
+        BrowserRequest {
+            at_ms,
+            took_ms: 1,
+            range: range.map(str::to_string),
+            status,
+            bytes_sent: 0,
+            upstream_status: upstream.into(),
+            body: crate::browser::Delivered::Partial,
+        }
+    }
+
+    #[test]
+    fn a_browsers_gap_filling_ranges_and_cancels_are_redacted_and_ordered() {
+        let page = crate::browser::PageOutcome {
+            stage: "played".into(),
+            events: vec![],
+            duration_ms: Some(3000),
+            canplay: true,
+            ended: true,
+            error_code: None,
+            error_name: None,
+            error_message: None,
+            ready_state: 4,
+        };
+        // WebKit on a large file: no Range, a cancelled gap-filler, its seek, then the gap.
+        let webkit = BrowserOutcome {
+            engine: Engine::Webkit,
+            page: page.clone(),
+            requests: vec![
+                request(0, None, 200, "200"),
+                request(5, Some("bytes=3604480-"), 499, ""),
+                request(9, Some("bytes=31999872-"), 206, "206"),
+                request(12, Some("bytes=3473408-"), 206, "206"),
+                request(15, Some("bytes=18833408-"), 206, "200"),
+            ],
+        };
+        let b = SnapshotBrowser::of(&webkit);
+        assert_eq!(
+            b.requests,
+            [
+                "no range → 200 (upstream 200)",
+                "bytes=31999872- → 206 (upstream 206)",
+                "bytes=…- → 206 (upstream 2xx) partial",
+            ]
+        );
+        assert_eq!(b.duration_ms, None, "WebKit's duration is left out");
+        // Chromium's exact ranges stay as they are, in the order they started.
+        let chromium = BrowserOutcome {
+            engine: Engine::Chromium,
+            page,
+            requests: vec![
+                request(0, Some("bytes=0-"), 206, "206"),
+                request(9, Some("bytes=31981568-31999999"), 206, "502, 206"),
+            ],
+        };
+        let b = SnapshotBrowser::of(&chromium);
+        assert_eq!(
+            b.requests,
+            [
+                "bytes=0- → 206 (upstream 206)",
+                "bytes=31981568-31999999 → 206 (upstream 502, 206) partial",
+            ]
+        );
+        assert_eq!(b.duration_ms, Some(3000));
     }
 
     #[test]

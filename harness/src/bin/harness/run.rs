@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// A stack file: run against another backend (snapshots named `{scenario}@{name}`).
     #[arg(long)]
     stack: Option<PathBuf>,
+    /// Only the scenarios that play, each `play` step in this browser: chromium, firefox or
+    /// webkit (snapshots named `{scenario}@{browser}`; chromium's are the files' own).
+    #[arg(long)]
+    browser: Option<harness::browser::Engine>,
 }
 
 /// insta's mode for this run: write `.snap.new` files to review when updating, nothing
@@ -184,6 +188,12 @@ pub async fn run(
         for (_, s) in &mut scenarios {
             s.profiles = vec![p];
         }
+    }
+    if let Some(engine) = args.browser {
+        scenarios = scenarios
+            .into_iter()
+            .filter_map(|(p, s)| s.on_engine(engine).map(|s| (p, s)))
+            .collect();
     }
     if scenarios.is_empty() {
         bail!("no scenario to run");
