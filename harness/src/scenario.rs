@@ -806,7 +806,7 @@ cached = false                             # true: pre-downloaded through a sign
 # Faults armed before the steps, at Twilio (what the backend downloads from) ...
 [[twilio_faults]]
 match = { path_regex = '\.mp3$' }          # also: method = "GET", recording_sid = "RE..."
-fault = { kind = "delay", ms = 500 }       # kinds: delay, throttle, dribble, status, reset, close_after, hang, garbage, header, keepalive_race
+fault = { kind = "delay", ms = 500 }       # kinds: delay, throttle, dribble, status, reset, close_after, hang, garbage, header, keepalive_race, strip_range
 times = 1                                  # only the first N matching requests (default: all)
 
 # ... and between nginx and the backend:
@@ -823,6 +823,12 @@ times = 1                                  # only the first N matching requests 
 do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, deploy, wait_log
 range = "bytes=0-999"
 expect = { status = 206 }                  # checked even while snapshots are updated
+
+# A browser presses Play on the player page nginx serves:
+# [[steps]]
+# do = "play"
+# browser = ["chromium", "firefox", "webkit"]  # default chromium; a list plays the step in each
+# seek_to = "99%"                            # or "2.5s"; default: seek near the end and back
 "#;
 
 /// A commented skeleton of a scenario file named `name`, which parses as it is.

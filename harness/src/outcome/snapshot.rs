@@ -164,11 +164,11 @@ fn range_start(r: &BrowserRequest) -> Option<u64> {
     spec.split_once('-')?.0.trim().parse().ok()
 }
 
-/// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then exact
-/// ranges by their start, then the ones from a point the browser reached (`bytes=…-`): an
+/// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then the
+/// others by their start, then the ones from a point the browser reached (`bytes=…-`): an
 /// open-ended range from inside the recording, below the furthest start of the play, is where
-/// its buffer ended when it asked (WebKit fills the gap before a seek that way), which is
-/// timing; so is whether nginx or the backend answered it (`upstream 2xx`).
+/// its buffer ended when it asked (WebKit asks that way after its first 200), which is timing;
+/// so is whether nginx or the backend answered it (`upstream 2xx`).
 fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> ((u8, u64), String) {
     let upstream = if r.upstream_status.is_empty() {
         "-".to_string()
@@ -207,8 +207,9 @@ impl SnapshotBrowser {
             b.requests.iter().filter(|r| r.status != 499).collect();
         let furthest = answered.iter().filter_map(|r| range_start(r)).max();
         let mut requests: Vec<((u8, u64), String)> = Vec::new();
-        // Each distinct request once, in the order they started: how often a browser repeats
-        // one (a cancelled read it issues again) is timing; the Outcome keeps every one.
+        // Each distinct request once (in the order they started, until the sort below): how
+        // often a browser repeats one (a cancelled read it issues again) is timing; the Outcome
+        // keeps every one.
         for r in answered
             .iter()
             .map(|r| snapshot_browser_request(r, furthest.unwrap_or(0)))
