@@ -223,9 +223,11 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
                 ),
             }
         }
+        // Node's default keepAliveTimeout, 5 s: it closes an idle connection at its next timer
+        // check, seconds late on a loaded machine (7.07 s in one CI run), never early.
         if name == "node-backend default" {
             assert!(
-                idle.is_some_and(|i| (5.0..7.0).contains(&i)),
+                idle.is_some_and(|i| (5.0..10.0).contains(&i)),
                 "{name}: {idle:?}"
             );
         }
