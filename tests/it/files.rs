@@ -24,26 +24,14 @@ fn on_engine(scenario: &Scenario, engine: Engine) -> Option<Scenario> {
     Some(s)
 }
 
-#[test]
-fn every_browser_scenario_on_firefox() {
-    if crate::support::engine_present(Engine::Firefox) {
+#[rstest::rstest]
+fn every_browser_scenario_on(#[values(Engine::Firefox, Engine::Webkit)] engine: Engine) {
+    if engine_present(engine) {
         run_files(
             &harness::stack::BackendSpec::Reference,
             runtime(),
             None,
-            Engines::Only(Engine::Firefox),
-        );
-    }
-}
-
-#[test]
-fn every_browser_scenario_on_webkit() {
-    if crate::support::engine_present(Engine::Webkit) {
-        run_files(
-            &harness::stack::BackendSpec::Reference,
-            runtime(),
-            None,
-            Engines::Only(Engine::Webkit),
+            Engines::Only(engine),
         );
     }
 }

@@ -3,7 +3,7 @@
 //! the Outcome itself keeps every raw line and number.
 
 use super::{AnsweredBy, BodyCheck, DeployOutcome, LoadOutcome, Outcome, TwilioRequest};
-use crate::browser::{BrowserOutcome, BrowserRequest, Engine};
+use crate::browser::{BrowserOutcome, BrowserRequest, Delivered, Engine};
 use crate::events::BackendEvent;
 use crate::gateway::GatewayError;
 use regex::Regex;
@@ -169,7 +169,11 @@ fn range_start(r: &BrowserRequest) -> Option<u64> {
 /// open-ended range from inside the recording, below the furthest start of the play, is where
 /// its buffer ended when it asked (WebKit asks that way after its first 200), which is timing;
 /// so is whether nginx or the backend answered it (`upstream 2xx`).
-fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> ((u8, u64), String) {
+/// The request's line without how its body ended (`range → status (upstream …)`), its sort key,
+/// and how its body ended.
+type RequestLine = ((u8, u64), String, Delivered);
+
+fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> RequestLine {
     let upstream = if r.upstream_status.is_empty() {
         "-".to_string()
     } else {
@@ -195,7 +199,8 @@ fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> ((u8, u64), St
     };
     (
         key,
-        format!("{range} → {} (upstream {upstream}) {}", r.status, r.body),
+        format!("{range} → {} (upstream {upstream})", r.status),
+        r.body,
     )
 }
 
@@ -206,44 +211,36 @@ impl SnapshotBrowser {
         let answered: Vec<&BrowserRequest> =
             b.requests.iter().filter(|r| r.status != 499).collect();
         let furthest = answered.iter().filter_map(|r| range_start(r)).max();
-        let mut requests: Vec<((u8, u64), String)> = Vec::new();
-        // Each distinct request once (in the order they started, until the sort below): how
-        // often a browser repeats one (a cancelled read it issues again) is timing; the Outcome
-        // keeps every one.
-        for r in answered
+        let mut lines: Vec<RequestLine> = Vec::new();
+        // Each distinct request once: how often a browser repeats one (a cancelled read it
+        // issues again) is timing; the Outcome keeps every one.
+        for line in answered
             .iter()
             .map(|r| snapshot_browser_request(r, furthest.unwrap_or(0)))
         {
-            if !requests.contains(&r) {
-                requests.push(r);
+            if !lines.contains(&line) {
+                lines.push(line);
             }
         }
         // Whether a request that a later one followed was read to its end or cancelled is a
         // race between the browser's cancel and how fast the bytes come (nginx's sendfile can
-        // finish 32 MB first): only the last one says how its body ended.
-        let last = requests.len().saturating_sub(1);
-        for (_, r) in &mut requests[..last] {
-            for word in [" partial", " complete"] {
-                if let Some(kept) = r.strip_suffix(word) {
-                    *r = kept.to_string();
-                }
-            }
-        }
-        // ...and it stands for the requests like it (WebKit fills a gap in several).
-        let final_one = requests.pop();
-        let base = |r: &str| {
-            r.trim_end_matches(" partial")
-                .trim_end_matches(" complete")
-                .to_string()
+        // finish 32 MB first): only the last one says how its body ended, and it stands for the
+        // requests like it (WebKit fills a gap in several).
+        // (An error answer is no race: it keeps its word.)
+        let raceless = |(_, text, body): &RequestLine| match body {
+            Delivered::Error => format!("{text} {body}"),
+            _ => text.clone(),
         };
+        let last = lines.pop();
+        let like_last = last.as_ref().map(raceless);
         let mut distinct: Vec<((u8, u64), String)> = Vec::new();
-        for r in requests {
-            let same_as_final = final_one.as_ref().is_some_and(|f| base(&f.1) == r.1);
-            if !distinct.contains(&r) && !same_as_final {
-                distinct.push(r);
+        for line in &lines {
+            let text = raceless(line);
+            if like_last.as_ref() != Some(&text) && !distinct.iter().any(|d| d.1 == text) {
+                distinct.push((line.0, text));
             }
         }
-        distinct.extend(final_one);
+        distinct.extend(last.map(|(key, text, body)| (key, format!("{text} {body}"))));
         // In a fixed order: whether a browser's gap-filling request came before its seek or
         // after it is timing too.
         distinct.sort_by_key(|(key, _)| *key);
@@ -319,7 +316,7 @@ mod tests {
             status,
             bytes_sent: 0,
             upstream_status: upstream.into(),
-            body: crate::browser::Delivered::Partial,
+            body: Delivered::Partial,
         }
     }
 
