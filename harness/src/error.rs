@@ -13,6 +13,12 @@ pub enum HarnessError {
         /// How to install it.
         hint: String,
     },
+    /// No `harness.toml` in the working directory or any parent.
+    #[error("no harness.toml in {} or any folder above it: run `harness init` to make this folder a project, or cd into one (or set HARNESS_PROJECT to its root)", from.display())]
+    NoProject {
+        /// Where the search started.
+        from: std::path::PathBuf,
+    },
     /// A config file the harness renders lacks something it needs.
     #[error("{file}{}: {message}", if *line > 0 { format!(":{line}") } else { String::new() })]
     Config {

@@ -178,12 +178,7 @@ async fn build_base(
 
 /// Runs `recipe` (a debootstrap command line) into a fresh tree and imports it as `tag`.
 fn import_rootfs(recipe: &str, tag: &str) -> Result<(), HarnessError> {
-    let which = |tool: &str| {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    };
+    let which = crate::locate::which;
     let debootstrap = which("debootstrap").ok_or(HarnessError::ToolMissing {
         tool: "debootstrap",
         hint: "apt-get install debootstrap (it builds the base images from Debian's packages)"

@@ -1,35 +1,47 @@
-//! Where things are: the workspace (configs, scenarios, snapshots) and the reference backend's
-//! binary, and what that binary says of its own defaults.
+//! Where the reference backend's binary is, and what it says of its own defaults.
 
 use crate::error::HarnessError;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The workspace root (where `docker/`, `scenarios/` and `snapshots/` are).
-pub fn workspace_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HARNESS_WORKSPACE") {
-        return PathBuf::from(dir);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
+/// The reference backend's executable name.
+pub const BACKEND_BIN: &str = "recordings-backend";
 
-/// Finds `recordings-backend`: `$HARNESS_BACKEND_BIN`, or beside the running executable
-/// (cargo puts workspace binaries in `target/<profile>/`, tests in `target/<profile>/deps/`).
+/// Finds `recordings-backend`: `$HARNESS_BACKEND_BIN`; else beside the running executable
+/// (cargo puts workspace binaries in `target/<profile>/`, tests in `target/<profile>/deps/`,
+/// `cargo install` both in one folder); else on `PATH`.
 pub fn find_backend() -> Result<PathBuf, HarnessError> {
     if let Some(p) = std::env::var_os("HARNESS_BACKEND_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(HarnessError::io("current_exe"))?;
+    beside_exe()
+        .or_else(|| which(BACKEND_BIN))
+        .ok_or_else(|| HarnessError::ToolMissing {
+            tool: BACKEND_BIN,
+            hint: "install it with `cargo install --path backend` from the harness's source \
+                   (in the checkout, `cargo test --workspace` builds it), or set HARNESS_BACKEND_BIN"
+                .into(),
+        })
+}
+
+/// `recordings-backend` in the running executable's folder or the one above.
+fn beside_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|d| d.join("recordings-backend"))
+        .map(|d| d.join(BACKEND_BIN))
         .find(|p| p.is_file())
-        .ok_or_else(|| HarnessError::ToolMissing {
-            tool: "recordings-backend",
-            hint: "build it with `cargo build -p recordings-backend` (`cargo test --workspace` does), or set HARNESS_BACKEND_BIN".into(),
-        })
+}
+
+/// The first file named `name` in a folder of `PATH`, then in the sbin folders a non-root
+/// `PATH` lacks (where Debian puts nginx and debootstrap).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// A flag's default as the backend's `--help` states it (`[default: 75]`).
@@ -54,11 +66,15 @@ pub fn backend_default(backend: &Path, flag: &str) -> Option<f64> {
     default.trim().parse().ok()
 }
 
-/// When run from the workspace: a message if `recordings-backend` is older than its sources
-/// (`cargo test -p harness` does not rebuild it; `cargo test --workspace` does).
+/// When `binary` is the one cargo built beside the running executable in the harness's own
+/// checkout: a message if it is older than its sources (`cargo test -p harness` does not
+/// rebuild it; `cargo test --workspace` does).
 pub fn stale_backend(binary: &Path) -> Option<String> {
+    if beside_exe().as_deref() != Some(binary) {
+        return None;
+    }
     let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
-    let src = workspace_dir().join("backend/src");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend/src");
     let newest = std::fs::read_dir(&src)
         .ok()?
         .flatten()

@@ -29,15 +29,10 @@ pub fn find_nginx() -> Result<PathBuf, HarnessError> {
             })
         };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-        .ok_or(HarnessError::ToolMissing {
-            tool: "nginx",
-            hint: INSTALL_HINT.to_string(),
-        })
+    crate::locate::which("nginx").ok_or(HarnessError::ToolMissing {
+        tool: "nginx",
+        hint: INSTALL_HINT.to_string(),
+    })
 }
 
 /// A line of nginx releases, as one Debian suite ships it: the versions teams really run.

@@ -169,9 +169,9 @@ impl Report {
         let mut entry = ReportScenario {
             name: scenario.name.clone(),
             description: scenario.description.clone(),
-            file: file.map(|f| {
-                let root = crate::stack::workspace_dir();
-                f.strip_prefix(&root).unwrap_or(f).display().to_string()
+            file: file.map(|f| match crate::project::current() {
+                Ok(project) => project.relative(f).display().to_string(),
+                Err(_) => f.display().to_string(),
             }),
             snapshot: None,
             error: None,

@@ -27,6 +27,9 @@ pub struct ProfileRun {
     pub outcomes: Vec<Outcome>,
     /// Explicit expectations that did not hold.
     pub failures: Vec<String>,
+    /// How long it took, its stack's start and end included (not in snapshots: it varies).
+    #[serde(skip)]
+    pub elapsed: std::time::Duration,
 }
 
 /// A scenario's runs, one per profile, side by side.
@@ -172,10 +175,9 @@ pub async fn run_profile(
         .runtime(runtime)
         .nginx(line)
         .backend(backend.clone());
-    spec.nginx_config = scenario
-        .configs
-        .get(&profile)
-        .map(|c| crate::locate::workspace_dir().join(c));
+    if let Some(config) = scenario.configs.get(&profile) {
+        spec.nginx_config = Some(crate::project::current()?.root.join(config));
+    }
     run_spec(scenario, spec).await
 }
 
@@ -192,8 +194,12 @@ pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun
     } else {
         None
     };
+    let started = std::time::Instant::now();
     let stack = Stack::start(spec).await?;
-    run_on_stack(&stack, scenario, slot, profile).await
+    let mut run = run_on_stack(&stack, scenario, slot, profile).await?;
+    drop(stack);
+    run.elapsed = started.elapsed();
+    Ok(run)
 }
 
 /// Runs `scenario`'s recordings, faults and steps on a running `stack`.
@@ -224,6 +230,7 @@ async fn drive(
         nginx_version: stack.nginx_version().to_string(),
         outcomes: Vec::new(),
         failures: Vec::new(),
+        elapsed: std::time::Duration::ZERO,
     };
     for (i, steps) in scenario.steps.iter().enumerate() {
         for step in steps.per_engine() {

@@ -720,9 +720,12 @@ impl Scenario {
             self.validate_step(i, step)?;
         }
         for (profile, path) in &self.configs {
-            if !crate::locate::workspace_dir().join(path).is_file() {
+            let field = format!("configs.{}", profile.name());
+            let root = crate::project::current()
+                .map_err(|e| InvalidField::new(field.clone(), e.to_string()))?;
+            if !root.root.join(path).is_file() {
                 return Err(InvalidField::new(
-                    format!("configs.{}", profile.name()),
+                    field,
                     format!("{path}: no such file under the project root"),
                 ));
             }

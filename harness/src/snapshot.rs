@@ -5,7 +5,7 @@
 //! starts; the library never changes the environment.
 
 use crate::runner::ScenarioRun;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Compares `run` with `dir/{name}.snap`; returns insta's message on a mismatch.
 pub fn check(dir: &Path, run: &ScenarioRun) -> Result<(), String> {
@@ -33,6 +33,21 @@ pub fn check(dir: &Path, run: &ScenarioRun) -> Result<(), String> {
 pub fn yaml(run: &ScenarioRun) -> String {
     use insta::_macro_support::{serialize_value, SerializationFormat};
     serialize_value(&run.snapshot(), SerializationFormat::Yaml)
+}
+
+/// Writes `run` as the pending `dir/{name}.snap.new` insta would write for a new snapshot, to
+/// review and commit as `.snap`; returns its path.
+pub fn write_pending(dir: &Path, name: &str, run: &ScenarioRun) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{name}.snap.new"));
+    std::fs::write(
+        &path,
+        format!(
+            "---\nsource: harness/src/snapshot.rs\n---\n{}\n",
+            yaml(run).trim_end()
+        ),
+    )?;
+    Ok(path)
 }
 
 /// What a snapshot file holds after its header, if the file exists.

@@ -230,8 +230,9 @@ pub struct StackSpec {
     pub backend: BackendSpec,
     /// Timeout scaling.
     pub timeouts: Timeouts,
-    /// Folder holding `nginx.conf` and `nginx.legacy.conf`.
-    pub docker_dir: PathBuf,
+    /// The project's nginx configs folder (`None` outside a project: every profile runs the
+    /// config the harness carries).
+    pub configs_dir: Option<PathBuf>,
     /// Extra environment for the backend (overrides the harness's).
     pub backend_env: Vec<(String, String)>,
     /// This nginx config instead of the profile's (`harness diagnose --nginx`).
@@ -250,7 +251,7 @@ impl StackSpec {
             nginx: None,
             backend: BackendSpec::Reference,
             timeouts: Timeouts::default(),
-            docker_dir: crate::locate::workspace_dir().join("docker"),
+            configs_dir: crate::project::current().ok().map(|p| p.configs.clone()),
             backend_env: Vec::new(),
             nginx_config: None,
             as_deployed: false,
@@ -285,11 +286,12 @@ impl StackSpec {
         self
     }
 
-    /// The nginx config this stack deploys: the stack file's for its profile, else the
-    /// profile's file in `docker_dir`.
-    pub fn nginx_config(&self) -> PathBuf {
+    /// The nginx config this stack deploys: `nginx_config`, else the stack file's for its
+    /// profile, else the profile's file among the project's configs, else the one the harness
+    /// carries.
+    pub fn nginx_config(&self) -> NginxConfig {
         if let Some(own) = &self.nginx_config {
-            return own.clone();
+            return NginxConfig::File(own.clone());
         }
         if let BackendSpec::File(f) = &self.backend {
             let own = match self.profile {
@@ -299,10 +301,14 @@ impl StackSpec {
                 Profile::Hardened => &f.nginx_hardened,
             };
             if let Some(own) = own {
-                return f.dir.join(own);
+                return NginxConfig::File(f.dir.join(own));
             }
         }
-        self.docker_dir.join(self.profile.config_file())
+        let name = self.profile.config_file();
+        match &self.configs_dir {
+            Some(dir) if dir.join(name).is_file() => NginxConfig::File(dir.join(name)),
+            _ => NginxConfig::Carried(name),
+        }
     }
 
     /// How many backend instances run behind nginx: the profile's (one behind a config of
@@ -323,6 +329,41 @@ impl StackSpec {
             }
             (_, Some(bin)) => self.profile.backend_keep_alive_secs(bin),
             _ => Profile::Legacy.backend_keep_alive_secs(Path::new("")),
+        }
+    }
+}
+
+/// Where a stack's nginx config comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NginxConfig {
+    /// A file.
+    File(PathBuf),
+    /// The profile's config the harness carries, by its file name (see
+    /// [`crate::assets::NGINX_CONFIGS`]).
+    Carried(&'static str),
+}
+
+impl NginxConfig {
+    /// What to call it in messages: the file's path, or `(carried) nginx.conf`.
+    pub fn label(&self) -> String {
+        match self {
+            NginxConfig::File(p) => p.display().to_string(),
+            NginxConfig::Carried(name) => format!("(carried) {name}"),
+        }
+    }
+
+    /// Its text.
+    pub fn read(&self) -> Result<String, crate::HarnessError> {
+        match self {
+            NginxConfig::File(p) => std::fs::read_to_string(p)
+                .map_err(crate::HarnessError::io(format!("read {}", p.display()))),
+            NginxConfig::Carried(name) => crate::assets::nginx_config(name)
+                .map(str::to_string)
+                .ok_or_else(|| crate::HarnessError::Config {
+                    file: (*name).into(),
+                    line: 0,
+                    message: "the harness carries no config of this name".into(),
+                }),
         }
     }
 }

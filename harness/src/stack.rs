@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::locate::{backend_default, find_backend, stale_backend, workspace_dir};
+pub use crate::locate::{backend_default, find_backend, stale_backend};
 pub use crate::ready::READY_DEADLINE;
 pub use crate::spec::*;
 
@@ -400,10 +400,9 @@ fn render_nginx_conf(
     upstreams: Vec<SocketAddr>,
 ) -> Result<PathBuf, HarnessError> {
     let source = spec.nginx_config();
-    let text = std::fs::read_to_string(&source)
-        .map_err(HarnessError::io(format!("read {}", source.display())))?;
+    let text = source.read()?;
     let rendered = nginx::render(
-        &source.display().to_string(),
+        &source.label(),
         &text,
         &Render {
             listen,

@@ -19,6 +19,8 @@ pub struct Row {
     pub causes: String,
     /// Expectations and the snapshot comparison that failed.
     pub failures: Vec<String>,
+    /// How long it ran (zero when it did not).
+    pub elapsed: std::time::Duration,
 }
 
 impl Row {
@@ -64,6 +66,7 @@ pub fn rows(run: &ScenarioRun, snapshot_failure: Option<&str>) -> Vec<Row> {
                 .cloned()
                 .chain(snapshot_failure.map(str::to_string))
                 .collect(),
+            elapsed: r.elapsed,
         })
         .collect()
 }
@@ -76,6 +79,7 @@ pub fn did_not_run(scenario: &str, why: String) -> Row {
         statuses: "did not run".into(),
         causes: String::new(),
         failures: vec![why],
+        elapsed: std::time::Duration::ZERO,
     }
 }
 
@@ -118,6 +122,7 @@ pub fn junit(rows: &[Row]) -> Result<String, HarnessError> {
         };
         let mut case = TestCase::new(format!("{} [{}]", r.scenario, r.profile), status);
         case.set_classname(r.scenario.clone());
+        case.set_time(r.elapsed);
         suite.add_test_case(case);
     }
     let mut report = Report::new("harness");

@@ -6,7 +6,7 @@ use std::process::Command;
 
 fn bench(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .env("HARNESS_WORKSPACE", harness::stack::workspace_dir())
+        .current_dir(crate::support::checkout())
         .arg("bench")
         .args(args)
         .output()

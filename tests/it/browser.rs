@@ -122,7 +122,7 @@ fn the_html_report_renders_in_chromium() {
     report.context("test", "the_html_report_renders_in_chromium");
     report.add(&scenario, None, Ok(&run), None);
     let out = tempfile::tempdir().unwrap();
-    let snapshots = harness::stack::workspace_dir().join("snapshots");
+    let snapshots = crate::support::checkout().join("snapshots");
     let index = report.write(out.path(), &snapshots).unwrap();
     let html = std::fs::read_to_string(&index).unwrap();
     for remote in ["src=\"http", "href=\"http", "<link ", "@import"] {
@@ -176,7 +176,7 @@ fn the_html_report_renders_in_chromium() {
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         let artifacts = std::env::var_os("HARNESS_ARTIFACTS")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| harness::stack::workspace_dir().join("target/artifacts"));
+            .unwrap_or_else(|| crate::support::checkout().join("target/artifacts"));
         std::fs::create_dir_all(&artifacts).unwrap();
         std::fs::write(artifacts.join("report.png"), png).unwrap();
         browser.close().await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 fn harness() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
-    c.env("HARNESS_WORKSPACE", harness::stack::workspace_dir());
+    c.current_dir(crate::support::checkout());
     c
 }
 
@@ -109,11 +109,13 @@ fn run_without_a_snapshot_says_how_to_make_one() {
     let file = write(dir.path(), "play.toml", PLAY);
     let snaps = dir.path().join("snaps");
     std::fs::create_dir(&snaps).unwrap();
+    // In CI nothing is written; elsewhere the pending file is, as insta does.
     let out = harness()
         .arg("run")
         .arg(&file)
         .arg("--snapshots")
         .arg(&snaps)
+        .env("CI", "true")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -122,6 +124,19 @@ fn run_without_a_snapshot_says_how_to_make_one() {
         stdout.contains("no snapshot yet: run with --update"),
         "{stdout}"
     );
+    assert!(!snaps.join("cli-play.snap.new").exists());
+    let out = harness()
+        .arg("run")
+        .arg(&file)
+        .arg("--snapshots")
+        .arg(&snaps)
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("no snapshot yet: wrote "), "{stdout}");
+    std::fs::remove_file(snaps.join("cli-play.snap.new")).unwrap();
     let out = harness()
         .arg("run")
         .arg(&file)
@@ -474,7 +489,7 @@ fn a_missing_browser_says_how_to_install_it() {
             "fixed",
             "scenarios/browser/play-cached.toml",
         ])
-        .current_dir(harness::stack::workspace_dir())
+        .current_dir(crate::support::checkout())
         .env("HARNESS_CHROMIUM", "/nonexistent/chromium")
         .output()
         .unwrap();
@@ -529,8 +544,13 @@ fn soak_of_a_broken_backend_exits_1_naming_each_violation_and_its_replay() {
     );
     assert!(stdout.contains("soak: seed 1, profile fixed"), "{stdout}");
     assert!(stdout.contains(" violations:"), "{stdout}");
+    // Under HARNESS_RUNTIME=containers the replay names the runtime it ran in.
+    let runtime = match std::env::var("HARNESS_RUNTIME").as_deref() {
+        Ok("containers") => "--runtime containers ",
+        _ => "",
+    };
     let replay = format!(
-        "reproduce: harness soak --seed 1 --profile fixed --fault-rate 0.2 --stack {} --formats mp3 --only-step ",
+        "reproduce: harness {runtime}soak --seed 1 --profile fixed --fault-rate 0.2 --stack {} --formats mp3 --only-step ",
         stack.display()
     );
     assert!(stdout.contains(&replay), "{stdout}");
@@ -569,7 +589,7 @@ fn an_nginx_version_the_host_lacks_runs_in_containers_against_its_own_snapshot()
     }
     let out = harness()
         .args(["run", "scenarios/versions/stock-keepalive-race.toml"])
-        .current_dir(harness::stack::workspace_dir())
+        .current_dir(crate::support::checkout())
         .env("HARNESS_NGINX_VERSION", "1.30")
         .env_remove("HARNESS_RUNTIME")
         .output()
@@ -668,7 +688,7 @@ fn a_soak_holds_every_get_to_rfc_9110_range_a_backend_ignoring_range_fails() {
         return;
     }
     // The uvicorn example, once as it is and once answering every GET 200 whole (IGNORE_RANGE).
-    let example = harness::stack::workspace_dir().join("examples/uvicorn-backend");
+    let example = crate::support::checkout().join("examples/uvicorn-backend");
     let text = std::fs::read_to_string(example.join("stack.toml"))
         .unwrap()
         .replace(

@@ -3,10 +3,10 @@
 //! measured within a second; the natural-timing race hits the legacy order and never the fixed
 //! one.
 
+use crate::support::checkout;
 use crate::support::{rt, tools_present};
 use harness::diagnose::{diagnose, natural, DiagnoseOptions, Diagnosis, Verdict};
 use harness::nginx::NginxLine;
-use harness::stack::workspace_dir;
 use harness::{BackendSpec, Profile, StackSpec, Timeouts};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -77,7 +77,7 @@ fn verdict(d: &Diagnosis, id: &str) -> Verdict {
 
 /// The uvicorn example with `--timeout-keep-alive secs`, as a stack file in `dir`.
 fn uvicorn_with(dir: &Path, secs: u32) -> PathBuf {
-    let example = workspace_dir().join("examples/uvicorn-backend");
+    let example = checkout().join("examples/uvicorn-backend");
     let text = std::fs::read_to_string(example.join("diagnose.toml"))
         .unwrap()
         .replace(
@@ -119,7 +119,7 @@ fn case(name: &str, stack: PathBuf, races: Verdict) -> Case {
 }
 
 fn cases(dir: &Path) -> Vec<Case> {
-    let examples = workspace_dir().join("examples");
+    let examples = checkout().join("examples");
     let mut all = Vec::new();
     for name in ["uvicorn-backend", "gunicorn-backend", "node-backend"] {
         all.push(case(
@@ -163,7 +163,7 @@ fn cases(dir: &Path) -> Vec<Case> {
 
 fn options_for(c: &Case) -> DiagnoseOptions {
     let mut o = options(&c.stack);
-    o.nginx_config = c.nginx.map(|n| workspace_dir().join(n));
+    o.nginx_config = c.nginx.map(|n| checkout().join(n));
     o.nginx = c.line;
     if let Some(line) = c.line {
         o.runtime = harness::runtime::runtime_for(line);
@@ -241,7 +241,7 @@ fn behind_the_legacy_config_the_websocket_location_costs_and_the_webhook_races()
     }
     let mut c = case(
         "uvicorn behind legacy",
-        workspace_dir().join("examples/uvicorn-backend/diagnose.toml"),
+        checkout().join("examples/uvicorn-backend/diagnose.toml"),
         Verdict::Exposed,
     );
     c.nginx = Some("docker/nginx.legacy.conf");
@@ -282,7 +282,7 @@ fn diagnose_exits_1_when_exposed_and_writes_its_json() {
             "--json",
         ])
         .arg(&json)
-        .current_dir(workspace_dir())
+        .current_dir(checkout())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -346,7 +346,7 @@ fn a_stack_that_cannot_start_is_exit_2_with_its_log_tail() {
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))
         .args(["diagnose", "--stack"])
         .arg(&stack)
-        .current_dir(workspace_dir())
+        .current_dir(checkout())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -363,7 +363,7 @@ fn a_timing_placeholder_is_refused_where_the_backend_runs_as_deployed() {
         return;
     }
     // The bring-your-own-backend example templates its keep-alive in: a diagnosis refuses it.
-    let stack = workspace_dir().join("examples/uvicorn-backend/stack.toml");
+    let stack = checkout().join("examples/uvicorn-backend/stack.toml");
     let err = rt()
         .block_on(diagnose(&options(&stack)))
         .unwrap_err()

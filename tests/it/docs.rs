@@ -2,7 +2,7 @@
 //! guide lists every backend log line the harness reads, every local link resolves, and
 //! nothing points outside the repository.
 
-use harness::stack::workspace_dir;
+use crate::support::checkout as workspace_dir;
 use harness::BackendEvent;
 use std::path::{Path, PathBuf};
 

@@ -1,11 +1,11 @@
 //! Scenario files: every `scenarios/**/*.toml` runs under its profiles and is snapshotted,
 //! so adding a file adds a guarded test with no Rust; bad files are refused before anything runs.
 
+use crate::support::checkout;
 use crate::support::{engine_present, tools_present};
 use futures::StreamExt;
 use harness::browser::Engine;
 use harness::scenario::{files, json_schema, load, Scenario};
-use harness::stack::workspace_dir;
 
 /// Scenario files WebKit does not run: WebKitGTK at times reports a duration of a few
 /// milliseconds (seen on the 32 MB and on 2 MB recordings), and then the seek to 0.25 s before
@@ -50,10 +50,9 @@ fn every_scenario_file_runs_against_the_uvicorn_example() {
     if !crate::support::uvicorn_present() {
         return;
     }
-    let file = harness::backend::StackFile::load(
-        &workspace_dir().join("examples/uvicorn-backend/stack.toml"),
-    )
-    .unwrap();
+    let file =
+        harness::backend::StackFile::load(&checkout().join("examples/uvicorn-backend/stack.toml"))
+            .unwrap();
     run_every_file(
         &harness::stack::BackendSpec::File(Box::new(file)),
         runtime(),
@@ -100,7 +99,7 @@ pub fn run_files(
     line: Option<harness::nginx::NginxLine>,
     engines: Engines,
 ) {
-    let dir = workspace_dir().join("scenarios");
+    let dir = checkout().join("scenarios");
     let paths = files(&dir).unwrap();
     assert!(paths.len() >= 10, "scenario files: {paths:?}");
     let scenarios: Vec<Scenario> = paths
@@ -143,7 +142,7 @@ pub fn run_files(
         .buffered(4)
         .collect::<Vec<_>>(),
     );
-    let snapshots = workspace_dir().join("snapshots");
+    let snapshots = checkout().join("snapshots");
     let mut failures = Vec::new();
     for (path, run) in paths.iter().zip(runs) {
         match run {
@@ -163,7 +162,7 @@ pub fn run_files(
 
 #[test]
 fn the_committed_json_schema_is_current() {
-    let path = workspace_dir().join("scenarios/scenario.schema.json");
+    let path = checkout().join("scenarios/scenario.schema.json");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == json_schema(),

@@ -9,6 +9,7 @@ mod diagnose;
 mod docs;
 pub mod files;
 mod gateway;
+mod project;
 mod range;
 mod soak;
 mod stack;

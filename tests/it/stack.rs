@@ -123,14 +123,14 @@ fn a_broken_nginx_config_fails_with_every_log_tail() {
     }
     let dir = tempfile::tempdir().unwrap();
     let good =
-        std::fs::read_to_string(harness::stack::workspace_dir().join("docker/nginx.conf")).unwrap();
+        std::fs::read_to_string(crate::support::checkout().join("docker/nginx.conf")).unwrap();
     std::fs::write(
         dir.path().join("nginx.conf"),
         good.replace("proxy_buffering off;", "proxy_buffering sideways;"),
     )
     .unwrap();
     let mut spec = StackSpec::new(Profile::Fixed);
-    spec.docker_dir = dir.path().to_path_buf();
+    spec.configs_dir = Some(dir.path().to_path_buf());
     let err = rt()
         .block_on(Stack::start(spec))
         .err()
@@ -187,7 +187,7 @@ fn the_fixed_profile_keeps_the_keepalive_rule() {
         return assert!(!tools_present());
     };
     let conf =
-        std::fs::read_to_string(harness::stack::workspace_dir().join("docker/nginx.conf")).unwrap();
+        std::fs::read_to_string(crate::support::checkout().join("docker/nginx.conf")).unwrap();
     let nginx = harness::nginx::timeouts(&conf);
     let backend_keepalive = Profile::Fixed.backend_keep_alive_secs(&backend);
     assert!(
@@ -203,7 +203,7 @@ fn the_fixed_profile_keeps_the_keepalive_rule() {
         nginx.proxy_read
     );
     let legacy = harness::nginx::timeouts(
-        &std::fs::read_to_string(harness::stack::workspace_dir().join("docker/nginx.legacy.conf"))
+        &std::fs::read_to_string(crate::support::checkout().join("docker/nginx.legacy.conf"))
             .unwrap(),
     );
     assert!(

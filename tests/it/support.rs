@@ -4,6 +4,14 @@
 use harness::runner::ScenarioRun;
 use harness::{Runtime, Scenario};
 
+/// The harness's checkout (a project: its `harness.toml` is at the root).
+pub fn checkout() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the harness crate is in the workspace")
+        .to_path_buf()
+}
+
 /// True when the tools these tests need are here; otherwise says so, visibly. With
 /// `HARNESS_REQUIRE_TOOLS=1` (set in CI) a missing tool fails the test instead.
 pub fn tools_present() -> bool {
@@ -82,7 +90,7 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
     let run = rt
         .block_on(harness::run(&scenario, runtime))
         .unwrap_or_else(|e| panic!("scenario {} failed to run: {e}", scenario.name));
-    let dir = harness::stack::workspace_dir().join("snapshots");
+    let dir = crate::support::checkout().join("snapshots");
     if let Err(report) = harness::snapshot::check(&dir, &run) {
         panic!("{report}");
     }

@@ -139,8 +139,7 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
     let launcher = Launcher::new(Runtime::Processes, None, "bench", None).await?;
     let (listen, listener) = launcher.nginx_listen()?;
     let spec = StackSpec::new(Profile::Fixed);
-    let source = spec.nginx_config();
-    let text = std::fs::read_to_string(&source).map_err(HarnessError::io("read nginx.conf"))?;
+    let text = spec.nginx_config().read()?;
     let render = crate::nginx::Render {
         listen,
         upstreams: vec!["127.0.0.1:9".parse().expect("addr")],
@@ -164,7 +163,7 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
 
 /// Measurement 2: Suite rate: scenario files under the fixed profile, 1 and 2 at a time.
 pub(super) async fn suite_rate(size: BenchSize, r: &mut BenchReport) -> Result<(), HarnessError> {
-    let mut files = crate::scenario::files(&crate::stack::workspace_dir().join("scenarios"))?;
+    let mut files = crate::scenario::files(&crate::project::current()?.scenarios)?;
     if let Some(n) = size.suite_files {
         files.truncate(n);
     }

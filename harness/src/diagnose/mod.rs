@@ -116,9 +116,7 @@ impl DiagnoseOptions {
 
 /// The config's text, and what nginx applies of it on `version`.
 fn read_facts(spec: &StackSpec, version: &str) -> Result<NginxFacts, HarnessError> {
-    let path = spec.nginx_config();
-    let text = std::fs::read_to_string(&path)
-        .map_err(HarnessError::io(format!("read {}", path.display())))?;
+    let text = spec.nginx_config().read()?;
     Ok(nginx_conf::facts(&text, version))
 }
 

@@ -45,12 +45,16 @@ fn exit(ok: bool) -> ExitCode {
 }
 
 /// `harness new NAME`: a commented skeleton, never over an existing file.
-pub fn new(name: &str, dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     if name.is_empty() || !name.chars().all(valid) {
         bail!("NAME must be letters, digits, - and _ (it names the file and the snapshot), got {name:?}");
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let dir = match dir {
+        Some(dir) => dir,
+        None => harness::project::current()?.scenarios.clone(),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let path = dir.join(format!("{name}.toml"));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -60,6 +64,33 @@ pub fn new(name: &str, dir: &Path) -> anyhow::Result<ExitCode> {
     file.write_all(harness::scenario::skeleton(name).as_bytes())?;
     println!("wrote {}", path.display());
     println!("run it:  harness run {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `harness init`: makes `dir` (default: here) a project; writes nothing if a file it would
+/// write exists.
+pub fn init(dir: Option<PathBuf>, backend: &[String]) -> anyhow::Result<ExitCode> {
+    let root = std::path::absolute(dir.unwrap_or_else(|| ".".into()))?;
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "backend".into());
+    let files = harness::init::files(backend, &name);
+    for path in harness::init::write(&root, &files)? {
+        println!(
+            "wrote {}",
+            path.strip_prefix(&root).unwrap_or(&path).display()
+        );
+    }
+    println!(
+        "\nrun the starter scenarios (from {} or below):  harness run",
+        root.display()
+    );
+    if backend.is_empty() {
+        println!("against your backend: harness init -- COMMAND… writes a stack file for it (see `harness help init`)");
+    } else {
+        println!("against your backend:   harness run --stack stack.toml");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

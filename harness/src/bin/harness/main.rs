@@ -93,13 +93,22 @@ struct SoakArgs {
 enum Command {
     /// Run scenario files (default: scenarios/) and compare them with snapshots/.
     Run(run::RunArgs),
-    /// Write a commented scenario skeleton to scenarios/NAME.toml.
+    /// Make a folder a harness project: harness.toml, starter scenarios, an empty snapshots/,
+    /// the nginx configs to edit, and (given `-- COMMAND…`) a stack file for your backend.
+    Init {
+        /// The folder (default: the working directory).
+        dir: Option<PathBuf>,
+        /// Your backend's command line, after `--` (e.g. `-- uvicorn app:app --fd {fd}`).
+        #[arg(last = true)]
+        backend: Vec<String>,
+    },
+    /// Write a commented scenario skeleton to the project's scenarios/NAME.toml.
     New {
         /// The scenario's name (also its file name).
         name: String,
-        /// Folder to write into.
-        #[arg(long, default_value = "scenarios")]
-        dir: PathBuf,
+        /// Folder to write into (default: the project's scenarios folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Bring a stack up and keep it up until Ctrl-C, printing how to poke it.
     Up {
@@ -312,7 +321,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let (runtime, nginx) = (cli.runtime, cli.nginx_version);
     match cli.command {
         Command::Run(args) => run::run(args, placements(runtime, nginx), &mut signals).await,
-        Command::New { name, dir } => commands::new(&name, &dir),
+        Command::Init { dir, backend } => commands::init(dir, &backend),
+        Command::New { name, dir } => commands::new(&name, dir),
         Command::Up {
             profile,
             size,

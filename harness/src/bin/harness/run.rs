@@ -7,7 +7,6 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use harness::runner::ScenarioRun;
 use harness::scenario::{self, Scenario};
-use harness::stack::workspace_dir;
 use harness::{BackendSpec, HarnessError, Profile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,7 +73,7 @@ pub fn backend_spec(stack: Option<&Path>) -> anyhow::Result<BackendSpec> {
 /// one bad file stops the run with its position.
 fn load_all(paths: &[PathBuf], filter: Option<&str>) -> anyhow::Result<Vec<(PathBuf, Scenario)>> {
     let roots = if paths.is_empty() {
-        vec![workspace_dir().join("scenarios")]
+        vec![harness::project::current()?.scenarios.clone()]
     } else {
         paths.to_vec()
     };
@@ -165,14 +164,33 @@ fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<String>
             return why;
         }
         if !existed && !update {
-            format!("no snapshot yet: run with --update to write {dir}/{name}.snap.new, review it, and commit it as .snap")
+            first_snapshot(snapshots, &name, run)
         } else if update {
             format!("snapshot differs: review {dir}/{name}.snap.new")
         } else {
-            format!("snapshot differs from {dir}/{name}.snap (run with --update to write a .snap.new)")
+            format!(
+                "snapshot differs from {dir}/{name}.snap (run with --update to write a .snap.new)"
+            )
         }
     });
     (failure, same)
+}
+
+/// What to say of a scenario without a snapshot: outside CI its pending `.snap.new` is written
+/// (as insta does for a new snapshot), in CI nothing is.
+fn first_snapshot(snapshots: &Path, name: &str, run: &ScenarioRun) -> String {
+    let dir = snapshots.display();
+    let in_ci = std::env::var("CI").is_ok_and(|v| v != "false" && v != "0");
+    if in_ci {
+        return format!("no snapshot yet: run with --update to write {dir}/{name}.snap.new, review it, and commit it as .snap");
+    }
+    match harness::snapshot::write_pending(snapshots, name, run) {
+        Ok(path) => format!(
+            "no snapshot yet: wrote {}; review it and commit it as {name}.snap",
+            path.display()
+        ),
+        Err(e) => format!("no snapshot yet, and writing {dir}/{name}.snap.new failed: {e}"),
+    }
 }
 
 /// `harness run`: every scenario under each placement (one per nginx line asked for).
@@ -198,10 +216,10 @@ pub async fn run(
     if scenarios.is_empty() {
         bail!("no scenario to run");
     }
-    let snapshots = args
-        .snapshots
-        .clone()
-        .unwrap_or_else(|| workspace_dir().join("snapshots"));
+    let snapshots = match &args.snapshots {
+        Some(dir) => dir.clone(),
+        None => harness::project::current()?.snapshots.clone(),
+    };
     let mut rows = Vec::new();
     let mut report = harness::report::Report::new();
     report.context("backend", backend.name());
