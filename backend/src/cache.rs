@@ -338,7 +338,7 @@ impl Cache {
         let final_path = self.path(recording_sid, format);
         // One download per recording across processes sharing the cache (several instances
         // behind one upstream): the lock's holder downloads, the others wait and serve its file.
-        let _lock = match self.lock(recording_sid, format).await {
+        let lock = match self.lock(recording_sid, format).await {
             Ok(lock) => lock,
             Err(e) => {
                 let cause = format!("lock {}: {e}", final_path.display());
@@ -350,6 +350,7 @@ impl Cache {
             }
         };
         if final_path.exists() {
+            drop(lock);
             tracing::info!(
                 call_sid,
                 recording_sid,
@@ -367,6 +368,9 @@ impl Cache {
         let result = self
             .fetch_into(tx, recording_sid, format, &tmp, &final_path, started)
             .await;
+        // Released (and its file removed) before the log line that says the download is over,
+        // so a reader of that line finds the cache as it stays.
+        drop(lock);
         match result {
             Ok(size) => {
                 let took = began.elapsed().as_secs_f64();

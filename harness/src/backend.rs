@@ -74,16 +74,16 @@ pub struct StackFile {
     pub name: String,
     /// The backend.
     pub backend: CommandBackend,
-    /// The fixed profile's nginx config (default: docker/nginx.conf).
+    /// The fixed profile's nginx config (default: the project's `nginx.conf`, else the carried one).
     #[serde(default)]
     pub nginx: Option<PathBuf>,
-    /// The legacy profile's nginx config (default: docker/nginx.legacy.conf).
+    /// The legacy profile's nginx config (default: the project's `nginx.legacy.conf`, else the carried one).
     #[serde(default)]
     pub nginx_legacy: Option<PathBuf>,
-    /// The stock profile's nginx config (default: docker/nginx.stock.conf).
+    /// The stock profile's nginx config (default: the project's `nginx.stock.conf`, else the carried one).
     #[serde(default)]
     pub nginx_stock: Option<PathBuf>,
-    /// The hardened profile's nginx config (default: docker/nginx.hardened.conf).
+    /// The hardened profile's nginx config (default: the project's `nginx.hardened.conf`, else the carried one).
     #[serde(default)]
     pub nginx_hardened: Option<PathBuf>,
     /// The folder the file is in (paths are relative to it).

@@ -1,6 +1,6 @@
 //! `harness init`: makes a folder a project (see [`crate::project`]) with a starter set of
 //! scenarios, an empty snapshots folder, the nginx configs to edit and, for a backend command,
-//! a stack file that runs it.
+//! a stack file that runs it. It writes only what is missing.
 
 use crate::error::HarnessError;
 use crate::project::MANIFEST;
@@ -74,34 +74,33 @@ fn stack_file(command: &[String], name: &str) -> String {
     )
 }
 
-/// Writes `files` under `root`; writes nothing if any of them exists already (so nothing is
-/// overwritten). Returns the paths written.
-pub fn write(root: &Path, files: &[(PathBuf, String)]) -> Result<Vec<PathBuf>, HarnessError> {
-    let existing: Vec<String> = files
-        .iter()
-        .filter(|(rel, _)| root.join(rel).exists())
-        .map(|(rel, _)| rel.display().to_string())
-        .collect();
-    if !existing.is_empty() {
-        return Err(HarnessError::Config {
-            file: root.join(MANIFEST).display().to_string(),
-            line: 0,
-            message: format!(
-                "not written: these exist already (move them away or init elsewhere): {}",
-                existing.join(", ")
-            ),
-        });
-    }
-    let mut written = Vec::new();
+/// What [`write`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Written {
+    /// The files it wrote.
+    pub written: Vec<PathBuf>,
+    /// The files that existed already, left as they were.
+    pub kept: Vec<PathBuf>,
+}
+
+/// Writes each of `files` under `root` that does not exist yet; never overwrites one (so
+/// `harness init -- COMMAND…` in a project adds its stack file, and a deleted starter file
+/// comes back).
+pub fn write(root: &Path, files: &[(PathBuf, String)]) -> Result<Written, HarnessError> {
+    let mut done = Written::default();
     for (rel, text) in files {
         let path = root.join(rel);
+        if path.exists() {
+            done.kept.push(rel.clone());
+            continue;
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(HarnessError::io(format!("create {}", dir.display())))?;
         }
         std::fs::write(&path, text)
             .map_err(HarnessError::io(format!("write {}", path.display())))?;
-        written.push(path);
+        done.written.push(rel.clone());
     }
-    Ok(written)
+    Ok(done)
 }

@@ -67,18 +67,40 @@ impl Project {
 
     /// The project rooted at `root`, as its `harness.toml` says.
     pub fn open(root: &Path) -> Result<Project, HarnessError> {
+        let root = std::path::absolute(root).map_err(HarnessError::io("absolute path"))?;
         let path = root.join(MANIFEST);
-        let text = std::fs::read_to_string(&path)
-            .map_err(HarnessError::io(format!("read {}", path.display())))?;
-        let manifest: Manifest =
-            crate::toml_file::parse(&path.display().to_string(), &text, |_, _| {
-                Some("harness.toml knows scenarios, snapshots and configs (folders)".into())
-            })?;
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(&path).map_err(HarnessError::io(format!("read {file}")))?;
+        let manifest: Manifest = crate::toml_file::parse(&file, &text, |_, _| {
+            Some("harness.toml knows scenarios, snapshots and configs (folders)".into())
+        })?;
+        let inside = |field: &str, dir: PathBuf| {
+            let escapes = dir.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if escapes {
+                let message = format!(
+                    "{}: must be a folder inside the project root (relative, no ..)",
+                    dir.display()
+                );
+                return Err(crate::toml_file::refused(
+                    &file,
+                    &text,
+                    field.into(),
+                    message,
+                ));
+            }
+            Ok(root.join(dir))
+        };
         Ok(Project {
-            root: root.to_path_buf(),
-            scenarios: root.join(manifest.scenarios),
-            snapshots: root.join(manifest.snapshots),
-            configs: root.join(manifest.configs),
+            scenarios: inside("scenarios", manifest.scenarios)?,
+            snapshots: inside("snapshots", manifest.snapshots)?,
+            configs: inside("configs", manifest.configs)?,
+            root: root.clone(),
         })
     }
 
@@ -95,7 +117,16 @@ pub fn current() -> Result<&'static Project, HarnessError> {
     if let Some(p) = CURRENT.get() {
         return Ok(p);
     }
-    let found = match std::env::var_os(ROOT_ENV) {
+    let found = match std::env::var_os(ROOT_ENV).filter(|v| !v.is_empty()) {
+        Some(root) if !Path::new(&root).join(MANIFEST).is_file() => {
+            return Err(HarnessError::Config {
+                file: format!("{ROOT_ENV}={}", Path::new(&root).display()),
+                line: 0,
+                message: format!(
+                    "no {MANIFEST} there (run `harness init` in it, or unset {ROOT_ENV})"
+                ),
+            })
+        }
         Some(root) => Project::open(Path::new(&root))?,
         None => {
             let cwd = std::env::current_dir().map_err(HarnessError::io("working directory"))?;

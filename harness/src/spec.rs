@@ -230,8 +230,7 @@ pub struct StackSpec {
     pub backend: BackendSpec,
     /// Timeout scaling.
     pub timeouts: Timeouts,
-    /// The project's nginx configs folder (`None` outside a project: every profile runs the
-    /// config the harness carries).
+    /// A folder of nginx configs instead of the current project's.
     pub configs_dir: Option<PathBuf>,
     /// Extra environment for the backend (overrides the harness's).
     pub backend_env: Vec<(String, String)>,
@@ -251,7 +250,7 @@ impl StackSpec {
             nginx: None,
             backend: BackendSpec::Reference,
             timeouts: Timeouts::default(),
-            configs_dir: crate::project::current().ok().map(|p| p.configs.clone()),
+            configs_dir: None,
             backend_env: Vec::new(),
             nginx_config: None,
             as_deployed: false,
@@ -288,10 +287,10 @@ impl StackSpec {
 
     /// The nginx config this stack deploys: `nginx_config`, else the stack file's for its
     /// profile, else the profile's file among the project's configs, else the one the harness
-    /// carries.
-    pub fn nginx_config(&self) -> NginxConfig {
+    /// carries (outside any project; a `harness.toml` that does not parse is an error).
+    pub fn nginx_config(&self) -> Result<NginxConfig, crate::HarnessError> {
         if let Some(own) = &self.nginx_config {
-            return NginxConfig::File(own.clone());
+            return Ok(NginxConfig::File(own.clone()));
         }
         if let BackendSpec::File(f) = &self.backend {
             let own = match self.profile {
@@ -301,14 +300,20 @@ impl StackSpec {
                 Profile::Hardened => &f.nginx_hardened,
             };
             if let Some(own) = own {
-                return NginxConfig::File(f.dir.join(own));
+                return Ok(NginxConfig::File(f.dir.join(own)));
             }
         }
         let name = self.profile.config_file();
-        match &self.configs_dir {
+        let dir = match (&self.configs_dir, crate::project::current()) {
+            (Some(dir), _) => Some(dir.as_path()),
+            (None, Ok(project)) => Some(project.configs.as_path()),
+            (None, Err(crate::HarnessError::NoProject { .. })) => None,
+            (None, Err(e)) => return Err(e),
+        };
+        Ok(match dir {
             Some(dir) if dir.join(name).is_file() => NginxConfig::File(dir.join(name)),
             _ => NginxConfig::Carried(name),
-        }
+        })
     }
 
     /// How many backend instances run behind nginx: the profile's (one behind a config of

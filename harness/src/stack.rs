@@ -399,7 +399,7 @@ fn render_nginx_conf(
     listen: SocketAddr,
     upstreams: Vec<SocketAddr>,
 ) -> Result<PathBuf, HarnessError> {
-    let source = spec.nginx_config();
+    let source = spec.nginx_config()?;
     let text = source.read()?;
     let rendered = nginx::render(
         &source.label(),

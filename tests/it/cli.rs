@@ -51,6 +51,14 @@ fn run_passes_writes_junit_and_fails_on_a_broken_expectation() {
         xml.contains("<testcase") && xml.contains("cli-play [fixed]"),
         "{xml}"
     );
+    // The case's time is its stack's life: more than nothing.
+    let time: f64 = xml
+        .split("time=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("a time on the test case: {xml}"));
+    assert!(time > 0.0, "{xml}");
 
     let broken = write(
         dir.path(),

@@ -209,14 +209,18 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
             );
         }
         let idle = d.backend.idle_close_secs;
-        // uvicorn's idle timeout, measured within a second of what it was given.
+        // uvicorn's idle timeout, measured as what it was given: never early, and late by at
+        // most a few seconds (31.15 s for 30 s was seen on a loaded 2-core machine).
         if let Some(secs) = name
             .strip_prefix("uvicorn ")
             .and_then(|s| s.strip_suffix(" s"))
         {
             let secs: f64 = secs.parse().unwrap();
             match idle {
-                Some(idle) => assert!((idle - secs).abs() < 1.0, "{name}: measured {idle}"),
+                Some(idle) => assert!(
+                    idle > secs - 0.5 && idle < secs + 3.0,
+                    "{name}: measured {idle}"
+                ),
                 None => assert!(
                     secs > d.nginx.keepalive_timeout_secs,
                     "{name}: not measured"

@@ -84,41 +84,68 @@ fn body(path: &Path) -> String {
 }
 
 #[test]
-fn init_writes_a_project_and_refuses_to_overwrite_it() {
+fn init_writes_a_project_and_never_overwrites_a_file() {
     let installed = install();
     let project = tempfile::tempdir().unwrap();
-    let out = installed.run(
-        project.path(),
-        &[
-            "init", "--", "python3", "-m", "uvicorn", "app:app", "--fd", "{fd}",
-        ],
-    );
+    let out = installed.run(project.path(), &["init"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        tree(project.path()),
-        [
-            "harness.toml",
-            "nginx/nginx.conf",
-            "nginx/nginx.hardened.conf",
-            "nginx/nginx.legacy.conf",
-            "nginx/nginx.stock.conf",
-            "scenarios/backend-restart.toml",
-            "scenarios/keepalive-race.toml",
-            "scenarios/play-keepalive-race.toml",
-            "scenarios/scenario.schema.json",
-            "scenarios/seed-manual-checks.toml",
-            "scenarios/twilio-reset.toml",
-            "snapshots/.gitkeep",
-            "stack.toml",
-        ]
-    );
-    for name in ["nginx.conf", "nginx.legacy.conf"] {
+    let starter = [
+        "harness.toml",
+        "nginx/nginx.conf",
+        "nginx/nginx.hardened.conf",
+        "nginx/nginx.legacy.conf",
+        "nginx/nginx.stock.conf",
+        "scenarios/backend-restart.toml",
+        "scenarios/keepalive-race.toml",
+        "scenarios/play-keepalive-race.toml",
+        "scenarios/scenario.schema.json",
+        "scenarios/seed-manual-checks.toml",
+        "scenarios/twilio-reset.toml",
+        "snapshots/.gitkeep",
+    ];
+    assert_eq!(tree(project.path()), starter);
+    for name in [
+        "nginx.conf",
+        "nginx.legacy.conf",
+        "nginx.stock.conf",
+        "nginx.hardened.conf",
+    ] {
         assert_eq!(
             std::fs::read(project.path().join("nginx").join(name)).unwrap(),
             std::fs::read(checkout().join("docker").join(name)).unwrap(),
             "{name} is the checkout's"
         );
     }
+    let race =
+        std::fs::read_to_string(project.path().join("scenarios/keepalive-race.toml")).unwrap();
+    assert!(
+        race.starts_with("#:schema scenario.schema.json\n"),
+        "{race}"
+    );
+
+    // Again, with a backend command: what exists is kept (an edit survives), what is missing
+    // (a deleted starter file, the stack file) is written.
+    let edited = project.path().join("scenarios/seed-manual-checks.toml");
+    std::fs::write(&edited, "mine").unwrap();
+    std::fs::remove_file(project.path().join("nginx/nginx.stock.conf")).unwrap();
+    let again = installed.run(
+        project.path(),
+        &[
+            "init", "--", "python3", "-m", "uvicorn", "app:app", "--fd", "{fd}",
+        ],
+    );
+    let said = text(&again);
+    assert!(again.status.success(), "{said}");
+    assert!(
+        said.contains("kept  scenarios/seed-manual-checks.toml (exists)"),
+        "{said}"
+    );
+    assert!(said.contains("wrote nginx/nginx.stock.conf"), "{said}");
+    assert!(said.contains("wrote stack.toml"), "{said}");
+    assert_eq!(std::fs::read_to_string(&edited).unwrap(), "mine");
+    let mut with_stack: Vec<&str> = starter.to_vec();
+    with_stack.push("stack.toml");
+    assert_eq!(tree(project.path()), with_stack);
     let stack = harness::backend::StackFile::load(&project.path().join("stack.toml"))
         .unwrap_or_else(|e| panic!("the stack file init writes loads: {e}"));
     assert_eq!(
@@ -131,19 +158,24 @@ fn init_writes_a_project_and_refuses_to_overwrite_it() {
         stack_text.contains(r#"command = ["python3", "-m", "uvicorn", "app:app", "--fd", "{fd}"]"#),
         "{stack_text}"
     );
+}
 
-    // Again: refused, naming what exists, and nothing is touched.
+#[test]
+fn a_harness_toml_names_folders_inside_the_root_only() {
+    let installed = install();
+    let project = tempfile::tempdir().unwrap();
     std::fs::write(
-        project.path().join("scenarios/seed-manual-checks.toml"),
-        "mine",
+        project.path().join("harness.toml"),
+        "scenarios = \"scenarios\"\nsnapshots = \"../elsewhere\"\n",
     )
     .unwrap();
-    let again = installed.run(project.path(), &["init"]);
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
-    assert!(text(&again).contains("exist already"), "{}", text(&again));
-    assert_eq!(
-        std::fs::read_to_string(project.path().join("scenarios/seed-manual-checks.toml")).unwrap(),
-        "mine"
+    let out = installed.run(project.path(), &["run"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("harness.toml:2:")
+            && said.contains("snapshots: ../elsewhere: must be a folder inside the project root"),
+        "{said}"
     );
 }
 

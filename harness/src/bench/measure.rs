@@ -139,7 +139,7 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
     let launcher = Launcher::new(Runtime::Processes, None, "bench", None).await?;
     let (listen, listener) = launcher.nginx_listen()?;
     let spec = StackSpec::new(Profile::Fixed);
-    let text = spec.nginx_config().read()?;
+    let text = spec.nginx_config()?.read()?;
     let render = crate::nginx::Render {
         listen,
         upstreams: vec!["127.0.0.1:9".parse().expect("addr")],

@@ -85,7 +85,8 @@ impl Diagnosis {
 pub struct DiagnoseOptions {
     /// The backend (a stack file's).
     pub backend: BackendSpec,
-    /// The nginx config (default: the stack file's, else `docker/nginx.conf`).
+    /// The nginx config (default: the stack file's, else the profile's, see
+    /// [`StackSpec::nginx_config`]).
     pub nginx_config: Option<PathBuf>,
     /// Where it runs.
     pub runtime: crate::Runtime,
@@ -116,7 +117,7 @@ impl DiagnoseOptions {
 
 /// The config's text, and what nginx applies of it on `version`.
 fn read_facts(spec: &StackSpec, version: &str) -> Result<NginxFacts, HarnessError> {
-    let text = spec.nginx_config().read()?;
+    let text = spec.nginx_config()?.read()?;
     Ok(nginx_conf::facts(&text, version))
 }
 

@@ -61,35 +61,65 @@ pub fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .create_new(true)
         .open(&path)
         .with_context(|| format!("{} already exists or cannot be created", path.display()))?;
-    file.write_all(harness::scenario::skeleton(name).as_bytes())?;
+    let text = harness::scenario::skeleton(name).replace(
+        "#:schema ../scenario.schema.json",
+        &format!("#:schema {}", schema_from(&dir)),
+    );
+    file.write_all(text.as_bytes())?;
     println!("wrote {}", path.display());
     println!("run it:  harness run {}", path.display());
     Ok(ExitCode::SUCCESS)
 }
 
-/// `harness init`: makes `dir` (default: here) a project; writes nothing if a file it would
-/// write exists.
+/// The project's scenario schema as a path relative to `dir` (`../scenario.schema.json` from a
+/// folder below the scenarios folder).
+fn schema_from(dir: &Path) -> String {
+    let depth = harness::project::current()
+        .ok()
+        .and_then(|p| {
+            std::path::absolute(dir)
+                .ok()?
+                .strip_prefix(&p.scenarios)
+                .ok()
+                .map(|rel| rel.components().count())
+        })
+        .unwrap_or(1);
+    format!("{}scenario.schema.json", "../".repeat(depth))
+}
+
+/// `harness init`: makes `dir` (default: here) a project, writing what is missing and keeping
+/// what exists.
 pub fn init(dir: Option<PathBuf>, backend: &[String]) -> anyhow::Result<ExitCode> {
     let root = std::path::absolute(dir.unwrap_or_else(|| ".".into()))?;
+    if let Some(outer) = root
+        .parent()
+        .and_then(|p| harness::project::Project::find(p).ok())
+    {
+        println!(
+            "note: {} is inside the project at {}; it becomes a project of its own",
+            root.display(),
+            outer.root.display()
+        );
+    }
     let name = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "backend".into());
-    let files = harness::init::files(backend, &name);
-    for path in harness::init::write(&root, &files)? {
-        println!(
-            "wrote {}",
-            path.strip_prefix(&root).unwrap_or(&path).display()
-        );
+    let done = harness::init::write(&root, &harness::init::files(backend, &name))?;
+    for path in &done.written {
+        println!("wrote {}", path.display());
     }
+    for path in &done.kept {
+        println!("kept  {} (exists)", path.display());
+    }
+    println!("\nin {}:", root.display());
     println!(
-        "\nrun the starter scenarios (from {} or below):  harness run",
-        root.display()
+        "  harness run                     the starter scenarios, against the reference backend"
     );
-    if backend.is_empty() {
-        println!("against your backend: harness init -- COMMAND… writes a stack file for it (see `harness help init`)");
+    if root.join("stack.toml").exists() {
+        println!("  harness run --stack stack.toml  the same, against your backend");
     } else {
-        println!("against your backend:   harness run --stack stack.toml");
+        println!("  harness init -- COMMAND…        adds a stack file that runs your backend");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -149,7 +149,8 @@ enum Command {
         /// The stack file that runs your backend (its command is run as is: no timing values).
         #[arg(long)]
         stack: PathBuf,
-        /// Your nginx config (default: the stack file's `nginx`, else docker/nginx.conf).
+        /// Your nginx config (default: the stack file's `nginx`, else the project's nginx.conf,
+        /// else the one the harness carries).
         #[arg(long)]
         nginx: Option<PathBuf>,
         /// Also write the diagnosis as JSON.

@@ -180,7 +180,7 @@ fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<String>
 /// (as insta does for a new snapshot), in CI nothing is.
 fn first_snapshot(snapshots: &Path, name: &str, run: &ScenarioRun) -> String {
     let dir = snapshots.display();
-    let in_ci = std::env::var("CI").is_ok_and(|v| v != "false" && v != "0");
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     if in_ci {
         return format!("no snapshot yet: run with --update to write {dir}/{name}.snap.new, review it, and commit it as .snap");
     }
