@@ -3,14 +3,5 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|text: &str| {
-    match harness::scenario::Scenario::from_toml("fuzz.toml", text) {
-        Ok(s) => {
-            let _ = s.validate();
-            let _ = s.needs_browser();
-        }
-        Err(e) => {
-            assert!(e.to_string().starts_with("fuzz.toml"), "{e}");
-        }
-    }
-});
+// The check itself is in src/checks.rs, which cargo test also replays the corpus through.
+fuzz_target!(|data: &[u8]| recordings_fuzz::scenario_toml(data));

@@ -8,6 +8,7 @@ mod containers;
 mod diagnose;
 mod docs;
 pub mod files;
+mod fuzz_corpora;
 mod gateway;
 mod project;
 mod range;
