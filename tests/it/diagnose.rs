@@ -209,8 +209,9 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
             );
         }
         let idle = d.backend.idle_close_secs;
-        // uvicorn's idle timeout, measured as what it was given: never early, and late by at
-        // most a few seconds (31.15 s for 30 s was seen on a loaded 2-core machine).
+        // uvicorn's idle timeout, measured as what it was given: at most half a second early (the
+        // probe's granularity), late by at most a few seconds (31.15 s for 30 s was seen on a
+        // loaded 2-core machine).
         if let Some(secs) = name
             .strip_prefix("uvicorn ")
             .and_then(|s| s.strip_suffix(" s"))
