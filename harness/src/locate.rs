@@ -25,7 +25,7 @@ pub fn find_backend() -> Result<PathBuf, HarnessError> {
 }
 
 /// `recordings-backend` in the running executable's folder or the one above.
-fn beside_exe() -> Option<PathBuf> {
+pub fn beside_exe() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     exe.ancestors()
         .skip(1)
@@ -64,27 +64,4 @@ pub fn backend_default(backend: &Path, flag: &str) -> Option<f64> {
     let after = &help[help.find(&format!("{flag} "))?..];
     let default = after.split("[default: ").nth(1)?.split(']').next()?;
     default.trim().parse().ok()
-}
-
-/// When `binary` is the one cargo built beside the running executable in the harness's own
-/// checkout: a message if it is older than its sources (`cargo test -p harness` does not
-/// rebuild it; `cargo test --workspace` does).
-pub fn stale_backend(binary: &Path) -> Option<String> {
-    if beside_exe().as_deref() != Some(binary) {
-        return None;
-    }
-    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend/src");
-    let newest = std::fs::read_dir(&src)
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-        .max()?;
-    (newest > built).then(|| {
-        format!(
-            "{} is older than {}: run `cargo build -p recordings-backend` (or `cargo test --workspace`)",
-            binary.display(),
-            src.display()
-        )
-    })
 }

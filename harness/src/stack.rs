@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::locate::{backend_default, find_backend, stale_backend};
+pub use crate::locate::{backend_default, find_backend};
 pub use crate::ready::READY_DEADLINE;
 pub use crate::spec::*;
 

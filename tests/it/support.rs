@@ -12,6 +12,28 @@ pub fn checkout() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// A message if `binary`, the `recordings-backend` cargo built beside the test binary, is older
+/// than its sources (`cargo test -p harness` does not rebuild it; `cargo test --workspace` does).
+fn stale_backend(binary: &std::path::Path) -> Option<String> {
+    if harness::locate::beside_exe().as_deref() != Some(binary) {
+        return None;
+    }
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let src = checkout().join("backend/src");
+    let newest = std::fs::read_dir(&src)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .max()?;
+    (newest > built).then(|| {
+        format!(
+            "{} is older than {}: run `cargo build -p recordings-backend` (or `cargo test --workspace`)",
+            binary.display(),
+            src.display()
+        )
+    })
+}
+
 /// True when the tools these tests need are here; otherwise says so, visibly. With
 /// `HARNESS_REQUIRE_TOOLS=1` (set in CI) a missing tool fails the test instead.
 pub fn tools_present() -> bool {
@@ -26,7 +48,7 @@ pub fn tools_present() -> bool {
         .collect();
     if missing.is_empty() {
         let backend = harness::stack::find_backend().unwrap();
-        if let Some(stale) = harness::stack::stale_backend(&backend) {
+        if let Some(stale) = stale_backend(&backend) {
             panic!("{stale}");
         }
         return true;

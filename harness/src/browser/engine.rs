@@ -106,12 +106,11 @@ fn find_tool(env: &str, names: &[&str], extra: &[PathBuf]) -> Option<PathBuf> {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
     extra
         .iter()
-        .cloned()
-        .chain(std::env::split_paths(&path).flat_map(|d| names.iter().map(move |n| d.join(n))))
         .find(|p| p.is_file())
+        .cloned()
+        .or_else(|| names.iter().find_map(|n| crate::locate::which(n)))
 }
 
 /// Where `cargo install` puts binaries (`$CARGO_HOME/bin`, else `~/.cargo/bin`), which a
