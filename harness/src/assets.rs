@@ -8,6 +8,9 @@ pub const PLAYER_PAGE: &str = include_str!("../../web/player.html");
 /// `docker/Dockerfile.backend`, as the harness builds the reference backend's image.
 pub const BACKEND_DOCKERFILE: &str = include_str!("../../docker/Dockerfile.backend");
 
+/// `docker/Dockerfile.mock-twilio`, as the harness builds mock-twilio's image.
+pub const MOCK_TWILIO_DOCKERFILE: &str = include_str!("../../docker/Dockerfile.mock-twilio");
+
 /// The nginx config of every profile, by its file name under `docker/`: what a profile runs
 /// when the project has no file of that name among its configs (and what `harness init`
 /// copies for a team to edit).

@@ -25,9 +25,6 @@ pub fn base_recipe(suite: &str) -> String {
 /// The label every image the harness builds carries (so an untagged one can be found).
 pub const IMAGE_LABEL: &str = "recordings-harness=image";
 
-/// Where the backend binary sits in the Dockerfile's build context.
-pub const BACKEND_IN_CONTEXT: &str = "target/docker/recordings-backend";
-
 /// The images a container stack runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Images {
@@ -206,6 +203,23 @@ fn import_rootfs(recipe: &str, tag: &str) -> Result<(), HarnessError> {
     // The tree is root-owned and large: it is removed when `root` drops, here.
 }
 
+/// An image of one of this workspace's binaries, built from a Dockerfile that copies it from
+/// `target/docker/<binary>` onto a base image.
+struct BinaryImage<'a> {
+    /// The image's repository, also its stable tag's (`recordings-harness/backend`).
+    repository: &'static str,
+    /// The binary.
+    binary: &'a Path,
+    /// Its name in the build context (`recordings-backend`).
+    name: &'static str,
+    /// The Dockerfile's text and name.
+    dockerfile: (&'static str, &'static str),
+}
+
+/// The tag every image of ours also carries, for users who name images by a fixed tag (the
+/// testcontainers images): this harness's version.
+pub const STABLE_TAG: &str = env!("CARGO_PKG_VERSION");
+
 /// The backend image: `docker/Dockerfile.backend` on `base` with this `recordings-backend`,
 /// unless present; older backend images of ours are removed.
 async fn build_backend(
@@ -214,69 +228,119 @@ async fn build_backend(
     base: &str,
     say: &dyn Fn(&str),
 ) -> Result<String, HarnessError> {
-    let binary = std::fs::read(backend_bin)
-        .map_err(HarnessError::io(format!("read {}", backend_bin.display())))?;
-    let backend = format!(
-        "recordings-harness/backend:{}",
-        checksum(&[
-            &binary,
-            crate::assets::BACKEND_DOCKERFILE.as_bytes(),
-            base.as_bytes()
-        ])
+    let image = BinaryImage {
+        repository: "recordings-harness/backend",
+        binary: backend_bin,
+        name: "recordings-backend",
+        dockerfile: (crate::assets::BACKEND_DOCKERFILE, "Dockerfile.backend"),
+    };
+    build_binary_image(docker, &image, base, say).await
+}
+
+/// mock-twilio's image: `docker/Dockerfile.mock-twilio` on `base` with this `mock-twilio`.
+async fn build_mock_twilio(
+    docker: &Docker,
+    bin: &Path,
+    base: &str,
+    say: &dyn Fn(&str),
+) -> Result<String, HarnessError> {
+    let image = BinaryImage {
+        repository: "recordings-harness/mock-twilio",
+        binary: bin,
+        name: "mock-twilio",
+        dockerfile: (
+            crate::assets::MOCK_TWILIO_DOCKERFILE,
+            "Dockerfile.mock-twilio",
+        ),
+    };
+    build_binary_image(docker, &image, base, say).await
+}
+
+/// Builds `image` unless present (tagged by a checksum of what it is made from), tags it
+/// [`STABLE_TAG`] too, and removes older images of the same repository.
+async fn build_binary_image(
+    docker: &Docker,
+    image: &BinaryImage<'_>,
+    base: &str,
+    say: &dyn Fn(&str),
+) -> Result<String, HarnessError> {
+    let binary = std::fs::read(image.binary)
+        .map_err(HarnessError::io(format!("read {}", image.binary.display())))?;
+    let (dockerfile_text, dockerfile_name) = image.dockerfile;
+    let tag = format!(
+        "{}:{}",
+        image.repository,
+        checksum(&[&binary, dockerfile_text.as_bytes(), base.as_bytes()])
     );
-    if image_exists(docker, &backend).await {
-        say(&format!("{backend}: present"));
+    if image_exists(docker, &tag).await {
+        say(&format!("{tag}: present"));
     } else {
         let ctx = tempfile::Builder::new()
             .prefix("harness-build-")
             .tempdir()
             .map_err(HarnessError::io("create a build context"))?;
-        let bin = ctx.path().join(BACKEND_IN_CONTEXT);
+        let bin = ctx.path().join("target/docker").join(image.name);
         std::fs::create_dir_all(bin.parent().unwrap())
             .map_err(HarnessError::io("create the build context"))?;
-        std::fs::write(&bin, &binary).map_err(HarnessError::io("copy the backend binary"))?;
+        std::fs::write(&bin, &binary).map_err(HarnessError::io("copy the binary"))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
-            .map_err(HarnessError::io("chmod the backend binary"))?;
-        let dockerfile = ctx.path().join("Dockerfile.backend");
-        std::fs::write(&dockerfile, crate::assets::BACKEND_DOCKERFILE)
-            .map_err(HarnessError::io("write Dockerfile.backend"))?;
+            .map_err(HarnessError::io("chmod the binary"))?;
+        let dockerfile = ctx.path().join(dockerfile_name);
+        std::fs::write(&dockerfile, dockerfile_text)
+            .map_err(HarnessError::io(format!("write {dockerfile_name}")))?;
         run(
             Command::new("docker")
                 .args(["build", "-q", "--label", IMAGE_LABEL, "--build-arg"])
                 .arg(format!("BASE={base}"))
                 .arg("-t")
-                .arg(&backend)
+                .arg(&tag)
                 .arg("-f")
                 .arg(&dockerfile)
                 .arg(ctx.path()),
-            "docker build of docker/Dockerfile.backend",
+            &format!("docker build of docker/{dockerfile_name}"),
         )?;
-        say(&format!("{backend}: built"));
+        say(&format!("{tag}: built"));
     }
-    remove_superseded(docker, &backend, say).await?;
-    Ok(backend)
+    tag_as(docker, &tag, image.repository, STABLE_TAG).await?;
+    remove_superseded(docker, image.repository, &tag, say).await?;
+    Ok(tag)
 }
 
-/// Older backend images of ours are of no use: removes them.
+/// Tags `image` as `repository:tag` (moving the tag from an older image).
+async fn tag_as(
+    docker: &Docker,
+    image: &str,
+    repository: &str,
+    tag: &str,
+) -> Result<(), HarnessError> {
+    let options = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo(repository)
+        .tag(tag)
+        .build();
+    docker
+        .tag_image(image, Some(options))
+        .await
+        .map_err(err(format!("tag {image} as {repository}:{tag}")))
+}
+
+/// Older images of `repository` are of no use: removes them.
 async fn remove_superseded(
     docker: &Docker,
-    backend: &str,
+    repository: &str,
+    current: &str,
     say: &dyn Fn(&str),
 ) -> Result<(), HarnessError> {
     let listed = docker
         .list_images(Some(
             ListImagesOptionsBuilder::default()
-                .filters(&HashMap::from([(
-                    "reference",
-                    vec!["recordings-harness/backend"],
-                )]))
+                .filters(&HashMap::from([("reference", vec![repository])]))
                 .build(),
         ))
         .await
         .map_err(err("list images"))?;
     for image in listed {
-        if image.repo_tags.iter().any(|t| t == backend) {
+        if image.repo_tags.iter().any(|t| t == current) {
             continue;
         }
         for tag in &image.repo_tags {
@@ -297,6 +361,50 @@ async fn remove_superseded(
         .build();
     let _ = docker.prune_images(Some(options)).await;
     Ok(())
+}
+
+/// What [`build_testcontainers_images`] built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestcontainersImages {
+    /// The nginx images, by line (`recordings-harness/nginx:1.22`).
+    pub nginx: Vec<String>,
+    /// `recordings-harness/backend:<STABLE_TAG>`.
+    pub backend: String,
+    /// `recordings-harness/mock-twilio:<STABLE_TAG>`.
+    pub mock_twilio: String,
+}
+
+/// The images [`crate::testcontainers_images`] names, built where missing: nginx of every line
+/// tagged by its line, and the reference backend and mock-twilio (found as
+/// [`crate::locate::find_backend`] finds them) tagged [`STABLE_TAG`].
+pub async fn build_testcontainers_images(
+    say: &dyn Fn(&str),
+) -> Result<TestcontainersImages, HarnessError> {
+    let docker = engine().await?;
+    let backend_bin = crate::locate::find_backend()?;
+    let mock_bin = crate::locate::find_mock_twilio()?;
+    let mut nginx = Vec::new();
+    for line in NginxLine::ALL {
+        let base = build_base(&docker, line, say).await?;
+        tag_as(&docker, &base, NGINX_REPOSITORY, line.name()).await?;
+        nginx.push(nginx_tag(line));
+    }
+    let base = base_tag();
+    build_backend(&docker, &backend_bin, &base, say).await?;
+    build_mock_twilio(&docker, &mock_bin, &base, say).await?;
+    Ok(TestcontainersImages {
+        nginx,
+        backend: format!("recordings-harness/backend:{STABLE_TAG}"),
+        mock_twilio: format!("recordings-harness/mock-twilio:{STABLE_TAG}"),
+    })
+}
+
+/// The repository of the nginx images' stable tags.
+pub const NGINX_REPOSITORY: &str = "recordings-harness/nginx";
+
+/// The stable tag of a line's nginx image: `recordings-harness/nginx:1.22`.
+pub fn nginx_tag(line: NginxLine) -> String {
+    format!("{NGINX_REPOSITORY}:{line}")
 }
 
 /// The images for `backend_bin` and `line`, built at most once per process (stacks start

@@ -28,7 +28,6 @@ pub mod bench;
 pub mod browser;
 pub mod check;
 pub mod containers;
-pub mod deploy;
 pub mod diagnose;
 pub mod docker;
 pub mod error;
@@ -59,6 +58,7 @@ pub mod stack;
 pub mod step;
 pub mod summary;
 pub mod tcp;
+pub mod testcontainers_images;
 pub mod toml_file;
 
 pub use error::HarnessError;

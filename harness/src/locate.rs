@@ -7,30 +7,53 @@ use std::process::Command;
 /// The reference backend's executable name.
 pub const BACKEND_BIN: &str = "recordings-backend";
 
+/// The mock Twilio's executable name.
+pub const MOCK_TWILIO_BIN: &str = "mock-twilio";
+
 /// Finds `recordings-backend`: `$HARNESS_BACKEND_BIN`; else beside the running executable
 /// (cargo puts workspace binaries in `target/<profile>/`, tests in `target/<profile>/deps/`,
 /// `cargo install` both in one folder); else on `PATH`.
 pub fn find_backend() -> Result<PathBuf, HarnessError> {
-    if let Some(p) = std::env::var_os("HARNESS_BACKEND_BIN") {
+    find_binary(BACKEND_BIN, "HARNESS_BACKEND_BIN", "backend")
+}
+
+/// Finds `mock-twilio` as [`find_backend`] finds the backend (`$HARNESS_MOCK_TWILIO_BIN` first).
+pub fn find_mock_twilio() -> Result<PathBuf, HarnessError> {
+    find_binary(MOCK_TWILIO_BIN, "HARNESS_MOCK_TWILIO_BIN", "mock-twilio")
+}
+
+/// `name` from `$env_var`, beside the running executable, or on `PATH`; else how to install it
+/// from the harness's source folder `crate_dir`.
+fn find_binary(
+    name: &'static str,
+    env_var: &str,
+    crate_dir: &str,
+) -> Result<PathBuf, HarnessError> {
+    if let Some(p) = std::env::var_os(env_var) {
         return Ok(PathBuf::from(p));
     }
-    beside_exe()
-        .or_else(|| which(BACKEND_BIN))
+    beside_exe_named(name)
+        .or_else(|| which(name))
         .ok_or_else(|| HarnessError::ToolMissing {
-            tool: BACKEND_BIN,
-            hint: "install it with `cargo install --path backend` from the harness's source \
-                   (in the checkout, `cargo test --workspace` builds it), or set HARNESS_BACKEND_BIN"
-                .into(),
+            tool: name,
+            hint: format!(
+                "install it with `cargo install --path {crate_dir}` from the harness's source \
+                 (in the checkout, `cargo test --workspace` builds it), or set {env_var}"
+            ),
         })
 }
 
 /// `recordings-backend` in the running executable's folder or the one above.
 pub fn beside_exe() -> Option<PathBuf> {
+    beside_exe_named(BACKEND_BIN)
+}
+
+fn beside_exe_named(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|d| d.join(BACKEND_BIN))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 

@@ -361,12 +361,9 @@ pub fn facts(config: &str, version: &str) -> NginxFacts {
     let all = parse(config);
     let http = block(&all, "http").unwrap_or(&[]);
     let server = block(http, "server").unwrap_or(&[]);
-    let download = location_facts(
-        http,
-        server,
-        "/api/calls/CA00000000000000000000000000000001/download",
-        version,
-    );
+    let call = mock_twilio::sid("CA", 1);
+    let download_path = crate::app::download_path(&call, None);
+    let download = location_facts(http, server, &download_path, version);
     let webhook = location_facts(http, server, crate::app::WEBHOOK_PATH, version);
     let upstream = download
         .as_ref()

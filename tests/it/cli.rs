@@ -592,7 +592,7 @@ fn a_closed_stdout_ends_the_harness_quietly_as_sigpipe_would() {
 
 #[test]
 fn an_nginx_version_the_host_lacks_runs_in_containers_against_its_own_snapshot() {
-    if !tools_present() || harness::docker::available().is_err() {
+    if !tools_present() || !crate::support::docker_present() {
         return;
     }
     let out = harness()

@@ -1,26 +1,12 @@
 //! The containers runtime: the same scenarios and snapshots with nginx and the backend in Docker,
 //! images built offline and reused, and nothing of ours left behind.
 
+use crate::support::docker_present;
 use crate::support::{rt, tools_present};
 use harness::nginx::NginxLine;
 use harness::stack::BackendSpec;
 use harness::{Profile, Runtime, Stack, StackSpec};
 use std::process::Command;
-
-/// True when a Docker engine answers; otherwise says so, visibly (and fails under
-/// `HARNESS_REQUIRE_TOOLS=1`, which CI sets on machines with an engine).
-fn engine_present() -> bool {
-    match harness::docker::available() {
-        Ok(()) => true,
-        Err(e) if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
-            panic!("HARNESS_REQUIRE_TOOLS=1 and: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED (container tests): {e}");
-            false
-        }
-    }
-}
 
 /// Names of our containers and networks whose name starts with `prefix`, from the docker CLI
 /// (an independent view of the engine).
@@ -47,7 +33,7 @@ fn every_scenario_file_passes_unchanged_in_containers() {
         // files.rs already runs every file under containers.
         return;
     }
-    if !tools_present() || !engine_present() {
+    if !tools_present() || !docker_present() {
         return;
     }
     crate::files::run_every_file(&BackendSpec::Reference, Runtime::Containers, None);
@@ -56,7 +42,7 @@ fn every_scenario_file_passes_unchanged_in_containers() {
 /// Every scenario file on nginx of `line`, in containers: its outcome is 1.22's, or the
 /// line's own snapshot says how it differs.
 fn every_file_on(line: NginxLine) {
-    if !tools_present() || !engine_present() {
+    if !tools_present() || !docker_present() {
         return;
     }
     crate::files::run_every_file(&BackendSpec::Reference, Runtime::Containers, Some(line));
@@ -74,7 +60,7 @@ fn every_scenario_file_on_nginx_1_30() {
 
 #[test]
 fn the_version_an_image_runs_is_read_from_nginx_in_it() {
-    if !tools_present() || !engine_present() {
+    if !tools_present() || !docker_present() {
         return;
     }
     let images = rt()
@@ -94,7 +80,7 @@ fn the_version_an_image_runs_is_read_from_nginx_in_it() {
 
 #[test]
 fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
-    if !tools_present() || !engine_present() {
+    if !tools_present() || !docker_present() {
         return;
     }
     let network = std::thread::spawn(|| {
@@ -136,7 +122,7 @@ fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
 
 #[test]
 fn a_second_image_build_reuses_the_images() {
-    if !tools_present() || !engine_present() {
+    if !tools_present() || !docker_present() {
         return;
     }
     let bin = harness::stack::find_backend().unwrap();

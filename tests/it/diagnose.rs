@@ -173,7 +173,7 @@ fn options_for(c: &Case) -> DiagnoseOptions {
 
 #[test]
 fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_fixed_config() {
-    if !examples_present() || harness::docker::available().is_err() {
+    if !examples_present() || !crate::support::docker_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -374,4 +374,52 @@ fn a_timing_placeholder_is_refused_where_the_backend_runs_as_deployed() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("{keep_alive_int} has no value here"), "{err}");
+}
+
+/// A server that answers one keep-alive GET, keeps the connection idle for `hold`, closes it,
+/// and reports how long after its answer it closed, by its own clock.
+fn closes_after(
+    hold: std::time::Duration,
+) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<f64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap() == 1 {
+            head.push(byte[0]);
+        }
+        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .unwrap();
+        let answered = std::time::Instant::now();
+        std::thread::sleep(hold);
+        drop(conn);
+        let _ = tx.send(answered.elapsed().as_secs_f64());
+    });
+    (addr, rx)
+}
+
+#[test]
+fn the_idle_close_probe_measures_the_real_close_within_a_second() {
+    use harness::diagnose::probe::idle_close;
+    use std::time::Duration;
+    let (addr, real) = closes_after(Duration::from_millis(1500));
+    let measured = rt()
+        .block_on(idle_close(addr, "/healthz", Duration::from_secs(5)))
+        .unwrap()
+        .expect("the server closed within the cap");
+    let real = real.recv().unwrap();
+    assert!(
+        (measured - real).abs() < 1.0,
+        "measured {measured} s, the server closed after {real} s"
+    );
+    // A connection still open at the cap is reported as such, not as a close.
+    let (addr, _real) = closes_after(Duration::from_millis(1500));
+    let open = rt()
+        .block_on(idle_close(addr, "/healthz", Duration::from_millis(300)))
+        .unwrap();
+    assert_eq!(open, None);
 }

@@ -152,3 +152,18 @@ pub fn present_or_skip(present: bool, hint: &str) -> bool {
     }
     present
 }
+
+/// True when a Docker engine answers; otherwise says so, visibly (and fails under
+/// `HARNESS_REQUIRE_TOOLS=1`, which CI sets on machines with an engine).
+pub fn docker_present() -> bool {
+    match harness::docker::available() {
+        Ok(()) => true,
+        Err(e) if std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1") => {
+            panic!("HARNESS_REQUIRE_TOOLS=1 and: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (container tests): {e}");
+            false
+        }
+    }
+}

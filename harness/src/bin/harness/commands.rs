@@ -229,8 +229,12 @@ pub fn explain(path: Option<PathBuf>, access: Option<PathBuf>) -> anyhow::Result
 }
 
 /// `harness images build`: the backend image and the nginx image of each line, with the
-/// version each really runs.
-pub async fn images_build(print_base: bool, lines: Vec<NginxLine>) -> anyhow::Result<ExitCode> {
+/// version each really runs; with `testcontainers`, also the testcontainers images.
+pub async fn images_build(
+    print_base: bool,
+    lines: Vec<NginxLine>,
+    testcontainers: bool,
+) -> anyhow::Result<ExitCode> {
     let bin = harness::stack::find_backend()?;
     let say = |line: &str| {
         if !print_base {
@@ -249,6 +253,16 @@ pub async fn images_build(print_base: bool, lines: Vec<NginxLine>) -> anyhow::Re
     let nginx = harness::images::build_nginx_images(&lines, &say).await?;
     for (line, (version, image)) in &nginx {
         println!("nginx {line} image: {image} ({version})");
+    }
+    if testcontainers {
+        let built = harness::images::build_testcontainers_images(&say)
+            .await
+            .context("build the testcontainers images")?;
+        println!("testcontainers images: {}", built.nginx.join(", "));
+        println!(
+            "testcontainers images: {}, {}",
+            built.backend, built.mock_twilio
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,11 @@ enum ImagesCommand {
         /// The nginx lines to build images of: 1.22, 1.26, 1.30, or all (default 1.22).
         #[arg(long, value_delimiter = ',', default_value = "1.22")]
         nginx: Vec<NginxChoice>,
+        /// Also the images `harness::testcontainers_images` names: nginx of every line
+        /// (recordings-harness/nginx:1.22, …), the backend and mock-twilio (tagged with the
+        /// harness's version; mock-twilio is found like the backend).
+        #[arg(long)]
+        testcontainers: bool,
     },
 }
 
@@ -359,10 +364,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::soak(*args, at, &mut signals).await
         }
         Command::Images {
-            command: ImagesCommand::Build { print_base, nginx },
+            command:
+                ImagesCommand::Build {
+                    print_base,
+                    nginx,
+                    testcontainers,
+                },
         } => {
             let lines = nginx.iter().flat_map(|c| c.lines()).collect();
-            commands::images_build(print_base, lines).await
+            commands::images_build(print_base, lines, testcontainers).await
         }
         Command::Bench {
             quick,

@@ -3,6 +3,7 @@
 //! until the load has had requests answered in that time, so what the load gets while an
 //! instance is out is observed on every run, not by luck of timing.
 
+use super::{webhook_request, Session};
 use crate::app::download_path;
 use crate::error::HarnessError;
 use crate::gateway::classify;
@@ -11,7 +12,6 @@ use crate::outcome::{BodyCheck, DeployOutcome, Outcome};
 use crate::ready::poll;
 use crate::scenario::DeployStep;
 use crate::stack::Stack;
-use crate::step::{webhook_request, Session};
 use mock_twilio::{MediaFormat, Signing};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;

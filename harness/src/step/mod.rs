@@ -6,6 +6,8 @@
 //! backend's events, mock-twilio's journal, new upstream connections). The scenario runner,
 //! the soak, the bench, `harness check` and the browser step all come through here.
 
+pub mod deploy;
+
 use crate::access::{self, AccessLine};
 use crate::app::{download_path, player_path, WEBHOOK_PATH};
 use crate::browser::{Browser, BrowserSlot, PlayOptions};
@@ -223,7 +225,7 @@ pub async fn execute(
         Step::Play(p) => play(target.stack(index)?, session, p, index)
             .await
             .map(outcome),
-        Step::Deploy(d) => crate::deploy::deploy(target.stack(index)?, session, d, index)
+        Step::Deploy(d) => deploy::deploy(target.stack(index)?, session, d, index)
             .await
             .map(outcome),
         Step::Webhook {
