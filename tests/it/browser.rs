@@ -182,3 +182,21 @@ fn the_html_report_renders_in_chromium() {
         browser.close().await;
     });
 }
+
+#[test]
+fn a_browser_slot_is_held_against_every_process_on_the_machine() {
+    use harness::browser::BrowserSlot;
+    let slot = rt().block_on(BrowserSlot::acquire()).unwrap();
+    // Another process (util-linux's flock) cannot take the slot's lock while it is held.
+    let other = std::process::Command::new("flock")
+        .args(["--nonblock", "--conflict-exit-code", "75"])
+        .arg(slot.path())
+        .arg("true")
+        .status()
+        .expect("flock (util-linux)");
+    assert_eq!(other.code(), Some(75), "{}", slot.path().display());
+    // Nor can this process take it again.
+    if harness::browser::browser_slots() == 1 {
+        assert!(BrowserSlot::try_acquire().unwrap().is_none());
+    }
+}

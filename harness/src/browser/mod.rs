@@ -135,39 +135,81 @@ pub struct Browser {
     slot: Option<BrowserSlot>,
 }
 
-/// The right to run a browser: one of [`browser_slots`]. The runner takes one for a whole
-/// scenario run that plays, before its stack starts, so that no step waits for a slot in the
-/// middle of a scenario's timing.
-pub struct BrowserSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+/// The right to run a browser: one of [`browser_slots`] machine-wide slots, each a lock file
+/// held with `flock`, so that every process of the harness (`cargo test`'s one, nextest's one per
+/// test, two `harness run`s) shares them. The runner takes one for a whole scenario run that
+/// plays, before its stack starts, so that no step waits for a slot in the middle of a
+/// scenario's timing.
+pub struct BrowserSlot {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    path: std::path::PathBuf,
+}
 
 impl BrowserSlot {
     /// Waits for a free slot.
     pub async fn acquire() -> Result<BrowserSlot, HarnessError> {
-        browser_slots()
-            .clone()
-            .acquire_owned()
+        tokio::task::spawn_blocking(|| take_slot(true))
             .await
-            .map(BrowserSlot)
-            .map_err(|_| HarnessError::Browser {
+            .map_err(|e| HarnessError::Browser {
                 what: "take a browser slot".into(),
-                message: "the slots are closed".into(),
-            })
+                message: e.to_string(),
+            })?
+            .map(|slot| slot.expect("a blocking take returns a slot"))
+    }
+
+    /// A free slot now, if there is one.
+    pub fn try_acquire() -> Result<Option<BrowserSlot>, HarnessError> {
+        take_slot(false)
+    }
+
+    /// The lock file this slot holds.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
-/// How many browsers one process runs at once: `HARNESS_BROWSERS`, default 1. Chromium is
+/// Takes the first free slot file; else, when `wait`, waits on one (the process's turn among
+/// the slots).
+fn take_slot(wait: bool) -> Result<Option<BrowserSlot>, HarnessError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let n = browser_slots();
+    let open = |i: usize| {
+        let path = std::env::temp_dir().join(format!("recordings-harness-browser-{i}.lock"));
+        std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map(|file| (file, path.clone()))
+            .map_err(HarnessError::io(format!("open {}", path.display())))
+    };
+    for i in 0..n {
+        let (file, path) = open(i)?;
+        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            return Ok(Some(BrowserSlot { _lock: lock, path }));
+        }
+    }
+    if !wait {
+        return Ok(None);
+    }
+    let (file, path) = open(std::process::id() as usize % n)?;
+    match Flock::lock(file, FlockArg::LockExclusive) {
+        Ok(lock) => Ok(Some(BrowserSlot { _lock: lock, path })),
+        Err((_, e)) => Err(HarnessError::Browser {
+            what: format!("lock {}", path.display()),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// How many browsers run at once on this machine: `HARNESS_BROWSERS`, default 1. Chromium is
 /// heavy; several at once on a small machine starve the stacks whose timings a scenario is about.
-pub fn browser_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
-    static SLOTS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
-        std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let n = std::env::var("HARNESS_BROWSERS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(1);
-        std::sync::Arc::new(tokio::sync::Semaphore::new(n))
-    })
+pub fn browser_slots() -> usize {
+    std::env::var("HARNESS_BROWSERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
 }
 
 impl Browser {
