@@ -94,6 +94,7 @@ pub async fn build_images(
     line: NginxLine,
     say: &dyn Fn(&str),
 ) -> Result<Images, HarnessError> {
+    let _building = build_lock().await?;
     let docker = engine().await?;
     let base = build_base(&docker, NginxLine::DEFAULT, say).await?;
     let nginx = match std::env::var("HARNESS_NGINX_IMAGE") {
@@ -117,6 +118,7 @@ pub async fn build_nginx_images(
     lines: &[NginxLine],
     say: &dyn Fn(&str),
 ) -> Result<BTreeMap<NginxLine, (String, String)>, HarnessError> {
+    let _building = build_lock().await?;
     let docker = engine().await?;
     let mut out = BTreeMap::new();
     for line in lines {
@@ -256,8 +258,8 @@ async fn build_mock_twilio(
     build_binary_image(docker, &image, base, say).await
 }
 
-/// Builds `image` unless present (tagged by a checksum of what it is made from), tags it
-/// [`STABLE_TAG`] too, and removes older images of the same repository.
+/// Builds `image` unless present (tagged by a checksum of what it is made from), and removes
+/// older images of the same repository.
 async fn build_binary_image(
     docker: &Docker,
     image: &BinaryImage<'_>,
@@ -302,7 +304,6 @@ async fn build_binary_image(
         )?;
         say(&format!("{tag}: built"));
     }
-    tag_as(docker, &tag, image.repository, STABLE_TAG).await?;
     remove_superseded(docker, image.repository, &tag, say).await?;
     Ok(tag)
 }
@@ -374,29 +375,50 @@ pub struct TestcontainersImages {
     pub mock_twilio: String,
 }
 
-/// The images [`crate::testcontainers_images`] names, built where missing: nginx of every line
-/// tagged by its line, and the reference backend and mock-twilio (found as
-/// [`crate::locate::find_backend`] finds them) tagged [`STABLE_TAG`].
+/// The images [`crate::testcontainers_images`] names, built where missing: nginx of `lines`
+/// tagged by its line (the harness's own debootstrap images only), and the reference backend and
+/// mock-twilio (found as [`crate::locate::find_backend`] finds the backend) tagged
+/// [`STABLE_TAG`].
 pub async fn build_testcontainers_images(
+    lines: &[NginxLine],
     say: &dyn Fn(&str),
 ) -> Result<TestcontainersImages, HarnessError> {
+    let _building = build_lock().await?;
     let docker = engine().await?;
     let backend_bin = crate::locate::find_backend()?;
     let mock_bin = crate::locate::find_mock_twilio()?;
     let mut nginx = Vec::new();
-    for line in NginxLine::ALL {
-        let base = build_base(&docker, line, say).await?;
-        tag_as(&docker, &base, NGINX_REPOSITORY, line.name()).await?;
-        nginx.push(nginx_tag(line));
+    for line in lines {
+        let base = build_base(&docker, *line, say).await?;
+        if base == base_tag_for(line.suite()) {
+            tag_as(&docker, &base, NGINX_REPOSITORY, line.name()).await?;
+            nginx.push(nginx_tag(*line));
+        }
     }
-    let base = base_tag();
-    build_backend(&docker, &backend_bin, &base, say).await?;
-    build_mock_twilio(&docker, &mock_bin, &base, say).await?;
+    // The same base as the containers runtime's backend, so the two builds are one image.
+    let base = build_base(&docker, NginxLine::DEFAULT, say).await?;
+    let backend = build_backend(&docker, &backend_bin, &base, say).await?;
+    let mock_twilio = build_mock_twilio(&docker, &mock_bin, &base, say).await?;
+    let mut stable = Vec::new();
+    for (image, repository) in [
+        (backend, "recordings-harness/backend"),
+        (mock_twilio, "recordings-harness/mock-twilio"),
+    ] {
+        tag_as(&docker, &image, repository, STABLE_TAG).await?;
+        stable.push(format!("{repository}:{STABLE_TAG}"));
+    }
+    let [backend, mock_twilio] = <[String; 2]>::try_from(stable).expect("two images");
     Ok(TestcontainersImages {
         nginx,
-        backend: format!("recordings-harness/backend:{STABLE_TAG}"),
-        mock_twilio: format!("recordings-harness/mock-twilio:{STABLE_TAG}"),
+        backend,
+        mock_twilio,
     })
+}
+
+/// Image builds of every harness process on the machine, one at a time (nextest runs a process
+/// per test, and each would otherwise build the same images at once).
+async fn build_lock() -> Result<crate::machine_lock::MachineLock, HarnessError> {
+    crate::machine_lock::MachineLock::any(&["recordings-harness-images.lock".to_string()]).await
 }
 
 /// The repository of the nginx images' stable tags.

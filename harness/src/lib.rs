@@ -40,6 +40,7 @@ pub mod images;
 pub mod init;
 pub mod locate;
 pub mod log;
+pub mod machine_lock;
 pub mod nginx;
 pub mod nginx_conf;
 pub mod outcome;

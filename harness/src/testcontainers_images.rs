@@ -35,10 +35,17 @@ use std::borrow::Cow;
 use testcontainers::core::{ContainerPort, CopyToContainer, WaitFor};
 use testcontainers::Image;
 
-/// Builds the images these types name where they are missing (the nginx lines, the backend,
-/// mock-twilio), offline, as `harness images build` does.
+/// Builds the images these types name where they are missing (nginx 1.22, the backend,
+/// mock-twilio), offline, as `harness images build --testcontainers` does.
 pub async fn build() -> Result<images::TestcontainersImages, HarnessError> {
-    images::build_testcontainers_images(&|_| {}).await
+    build_lines(&[NginxLine::DEFAULT]).await
+}
+
+/// Like [`build`], with nginx of `lines`.
+pub async fn build_lines(
+    lines: &[NginxLine],
+) -> Result<images::TestcontainersImages, HarnessError> {
+    images::build_testcontainers_images(lines, &|_| {}).await
 }
 
 /// nginx of one line (1.22 by default) running a config: the `fixed` profile's

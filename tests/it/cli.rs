@@ -6,7 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn harness() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_harness"));
+    let mut c = Command::new(crate::support::bin_exe(
+        "harness",
+        env!("CARGO_BIN_EXE_harness"),
+    ));
     c.current_dir(crate::support::checkout());
     c
 }

@@ -279,17 +279,20 @@ fn diagnose_exits_1_when_exposed_and_writes_its_json() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("diagnosis.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args([
-            "diagnose",
-            "--stack",
-            "examples/node-backend/diagnose.toml",
-            "--json",
-        ])
-        .arg(&json)
-        .current_dir(checkout())
-        .output()
-        .unwrap();
+    let out = Command::new(crate::support::bin_exe(
+        "harness",
+        env!("CARGO_BIN_EXE_harness"),
+    ))
+    .args([
+        "diagnose",
+        "--stack",
+        "examples/node-backend/diagnose.toml",
+        "--json",
+    ])
+    .arg(&json)
+    .current_dir(checkout())
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -348,12 +351,15 @@ fn a_stack_that_cannot_start_is_exit_2_with_its_log_tail() {
     let dir = tempfile::tempdir().unwrap();
     let stack = dir.path().join("broken.toml");
     std::fs::write(&stack, "name = \"broken\"\n[backend]\ncommand = [\"sh\", \"-c\", \"echo it cannot start; exit 3\"]\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["diagnose", "--stack"])
-        .arg(&stack)
-        .current_dir(checkout())
-        .output()
-        .unwrap();
+    let out = Command::new(crate::support::bin_exe(
+        "harness",
+        env!("CARGO_BIN_EXE_harness"),
+    ))
+    .args(["diagnose", "--stack"])
+    .arg(&stack)
+    .current_dir(checkout())
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(

@@ -20,7 +20,11 @@ fn install() -> Installed {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(&backend_bin).unwrap();
     let harness = bin.join("harness");
-    std::fs::copy(env!("CARGO_BIN_EXE_harness"), &harness).unwrap();
+    std::fs::copy(
+        crate::support::bin_exe("harness", env!("CARGO_BIN_EXE_harness")),
+        &harness,
+    )
+    .unwrap();
     let backend = harness::stack::find_backend().unwrap();
     std::fs::copy(backend, backend_bin.join("recordings-backend")).unwrap();
     let path = std::env::join_paths(std::iter::once(backend_bin).chain(std::env::split_paths(

@@ -167,3 +167,11 @@ pub fn docker_present() -> bool {
         }
     }
 }
+
+/// The path of one of the workspace's binaries: nextest's `NEXTEST_BIN_EXE_<name>` (right also
+/// when the tests run from an archive extracted elsewhere), else the path cargo compiled in.
+pub fn bin_exe(name: &str, compiled: &str) -> std::path::PathBuf {
+    std::env::var_os(format!("NEXTEST_BIN_EXE_{name}"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(compiled))
+}

@@ -238,12 +238,15 @@ async fn slow_downloads_are_flagged() {
 
 #[test]
 fn bad_configuration_exits_non_zero_naming_the_variable() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recordings-backend"))
-        .env_clear()
-        .env("TWILIO_ACCOUNT_SID", "nope")
-        .env("TWILIO_AUTH_TOKEN", "x")
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(crate::support::bin_exe(
+        "recordings-backend",
+        env!("CARGO_BIN_EXE_recordings-backend"),
+    ))
+    .env_clear()
+    .env("TWILIO_ACCOUNT_SID", "nope")
+    .env("TWILIO_AUTH_TOKEN", "x")
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TWILIO_ACCOUNT_SID"));
 }

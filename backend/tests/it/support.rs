@@ -60,13 +60,16 @@ impl Backend {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_recordings-backend"))
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Command::new(crate::support::bin_exe(
+            "recordings-backend",
+            env!("CARGO_BIN_EXE_recordings-backend"),
+        ))
+        .env_clear()
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         for stream in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -237,4 +240,12 @@ pub fn media_requests(twilio: &MockTwilio) -> usize {
         .iter()
         .filter(|e| e.path.ends_with(".mp3") || e.path.ends_with(".wav"))
         .count()
+}
+
+/// The path of one of the workspace's binaries: nextest's `NEXTEST_BIN_EXE_<name>` (right also
+/// when the tests run from an archive extracted elsewhere), else the path cargo compiled in.
+pub fn bin_exe(name: &str, compiled: &str) -> std::path::PathBuf {
+    std::env::var_os(format!("NEXTEST_BIN_EXE_{name}"))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(compiled))
 }

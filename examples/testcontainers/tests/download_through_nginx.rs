@@ -1,7 +1,8 @@
 //! A recording downloads through nginx, the reference backend and mock-twilio, each a
 //! testcontainers container, with a Range request answered as the browser's player needs.
 //! Copy this file into your own crate's `tests/` (with the dev-dependencies of this example's
-//! Cargo.toml) and swap `RecordingsBackend` for your backend's image.
+//! Cargo.toml, `harness` and `mock-twilio` pointing at this repository) and swap
+//! `RecordingsBackend` for your backend's image.
 
 use harness::testcontainers_images::{self, MockTwilio, Nginx, RecordingsBackend};
 use mock_twilio::{MediaFormat, Recording};
@@ -15,11 +16,13 @@ const RECORDING: &str = "RE00000000000000000000000000000001";
 #[tokio::test]
 async fn a_recording_downloads_through_nginx_with_range() {
     if let Err(why) = harness::docker::engine().await {
-        assert!(std::env::var_os("HARNESS_REQUIRE_TOOLS").is_none(), "{why}");
+        let required = std::env::var("HARNESS_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+        assert!(!required, "HARNESS_REQUIRE_TOOLS=1 and: {why}");
         eprintln!("skipped: {why}");
         return;
     }
-    // The images, built offline where missing (nothing is pulled).
+    // The images (nginx 1.22, the backend, mock-twilio), built offline where missing: nothing
+    // is pulled.
     testcontainers_images::build().await.unwrap();
 
     // A network of the test's own: testcontainers creates it, and removes it with the last

@@ -141,65 +141,50 @@ pub struct Browser {
 /// plays, before its stack starts, so that no step waits for a slot in the middle of a
 /// scenario's timing.
 pub struct BrowserSlot {
-    _lock: nix::fcntl::Flock<std::fs::File>,
-    path: std::path::PathBuf,
+    lock: crate::machine_lock::MachineLock,
+    /// The process's turn: its waiters take slots first come, first served.
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl BrowserSlot {
-    /// Waits for a free slot.
+    /// Waits for a free slot: the process's turn, then a machine-wide slot.
     pub async fn acquire() -> Result<BrowserSlot, HarnessError> {
-        tokio::task::spawn_blocking(|| take_slot(true))
+        let turn = process_turns()
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| HarnessError::Browser {
-                what: "take a browser slot".into(),
-                message: e.to_string(),
-            })?
-            .map(|slot| slot.expect("a blocking take returns a slot"))
+            .expect("the turns are never closed");
+        let lock = crate::machine_lock::MachineLock::any(&slot_names()).await?;
+        Ok(BrowserSlot { lock, _turn: turn })
     }
 
     /// A free slot now, if there is one.
     pub fn try_acquire() -> Result<Option<BrowserSlot>, HarnessError> {
-        take_slot(false)
+        let Ok(turn) = process_turns().clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let lock = crate::machine_lock::MachineLock::try_any(&slot_names())?;
+        Ok(lock.map(|lock| BrowserSlot { lock, _turn: turn }))
     }
 
     /// The lock file this slot holds.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.lock.path()
     }
 }
 
-/// Takes the first free slot file; else, when `wait`, waits on one (the process's turn among
-/// the slots).
-fn take_slot(wait: bool) -> Result<Option<BrowserSlot>, HarnessError> {
-    use nix::fcntl::{Flock, FlockArg};
-    let n = browser_slots();
-    let open = |i: usize| {
-        let path = std::env::temp_dir().join(format!("recordings-harness-browser-{i}.lock"));
-        std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map(|file| (file, path.clone()))
-            .map_err(HarnessError::io(format!("open {}", path.display())))
-    };
-    for i in 0..n {
-        let (file, path) = open(i)?;
-        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            return Ok(Some(BrowserSlot { _lock: lock, path }));
-        }
-    }
-    if !wait {
-        return Ok(None);
-    }
-    let (file, path) = open(std::process::id() as usize % n)?;
-    match Flock::lock(file, FlockArg::LockExclusive) {
-        Ok(lock) => Ok(Some(BrowserSlot { _lock: lock, path })),
-        Err((_, e)) => Err(HarnessError::Browser {
-            what: format!("lock {}", path.display()),
-            message: e.to_string(),
-        }),
-    }
+/// This process's share of the slots, handed out in order of asking.
+fn process_turns() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+    static TURNS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    TURNS.get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(browser_slots())))
+}
+
+/// The slots' lock file names.
+fn slot_names() -> Vec<String> {
+    (0..browser_slots())
+        .map(|i| format!("recordings-harness-browser-{i}.lock"))
+        .collect()
 }
 
 /// How many browsers run at once on this machine: `HARNESS_BROWSERS`, default 1. Chromium is

@@ -25,7 +25,7 @@ const TOKEN: &str = "s3cret-token";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 
 fn spawn() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mock-twilio"))
+    let mut child = Command::new(mock_twilio_exe())
         .args([
             "--bind",
             "127.0.0.1:0",
@@ -247,14 +247,14 @@ async fn bad_admin_input_is_a_400_naming_the_field() {
 
 #[test]
 fn bad_cli_arguments_exit_non_zero_naming_the_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mock-twilio"))
+    let out = Command::new(mock_twilio_exe())
         .args(["--account-sid", "nope"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--account-sid"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_mock-twilio"))
+    let out = Command::new(mock_twilio_exe())
         .args(["--bind", "not-an-address"])
         .output()
         .unwrap();
@@ -264,7 +264,7 @@ fn bad_cli_arguments_exit_non_zero_naming_the_flag() {
 
 #[test]
 fn the_auth_token_is_never_printed() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mock-twilio"))
+    let out = Command::new(mock_twilio_exe())
         .arg("--help")
         .output()
         .unwrap();
@@ -320,4 +320,12 @@ async fn a_200_mb_recording_streams_with_bounded_memory() {
         peak < 64 * 1024,
         "mock-twilio's peak RSS was {peak} KiB for a 200 MB download"
     );
+}
+
+/// The path of mock-twilio's binary: nextest's `NEXTEST_BIN_EXE_<name>` (right also
+/// when the tests run from an archive extracted elsewhere), else the path cargo compiled in.
+fn mock_twilio_exe() -> std::path::PathBuf {
+    std::env::var_os("NEXTEST_BIN_EXE_mock-twilio")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_mock-twilio")))
 }

@@ -255,7 +255,7 @@ pub async fn images_build(
         println!("nginx {line} image: {image} ({version})");
     }
     if testcontainers {
-        let built = harness::images::build_testcontainers_images(&say)
+        let built = harness::images::build_testcontainers_images(&lines, &say)
             .await
             .context("build the testcontainers images")?;
         println!("testcontainers images: {}", built.nginx.join(", "));

@@ -40,7 +40,7 @@ enum ImagesCommand {
         /// The nginx lines to build images of: 1.22, 1.26, 1.30, or all (default 1.22).
         #[arg(long, value_delimiter = ',', default_value = "1.22")]
         nginx: Vec<NginxChoice>,
-        /// Also the images `harness::testcontainers_images` names: nginx of every line
+        /// Also the images `harness::testcontainers_images` names: nginx of the lines
         /// (recordings-harness/nginx:1.22, …), the backend and mock-twilio (tagged with the
         /// harness's version; mock-twilio is found like the backend).
         #[arg(long)]
