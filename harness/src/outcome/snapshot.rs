@@ -164,6 +164,14 @@ fn range_start(r: &BrowserRequest) -> Option<u64> {
     spec.split_once('-')?.0.trim().parse().ok()
 }
 
+/// A closed range (`bytes=N-M`) that starts inside the recording below `furthest` and was
+/// answered with a 2xx.
+fn is_gap_fill(r: &BrowserRequest, furthest: u64) -> bool {
+    let closed = r.range.as_deref().is_some_and(|x| !x.ends_with('-'));
+    let inside = range_start(r).is_some_and(|n| n > 0 && n < furthest);
+    closed && inside && (200..300).contains(&r.status)
+}
+
 /// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then the
 /// others by their start, then the ones from a point the browser reached (`bytes=…-`): an
 /// open-ended range from inside the recording, below the furthest start of the play, is where
@@ -211,6 +219,13 @@ impl SnapshotBrowser {
         let answered: Vec<&BrowserRequest> =
             b.requests.iter().filter(|r| r.status != 499).collect();
         let furthest = answered.iter().filter_map(|r| range_start(r)).max();
+        // A closed range from inside what the browser reached, answered 2xx, fills a gap in its
+        // buffer (Chromium: from where its buffer ended to its seek); whether it needs one, and
+        // where it starts, is timing: left out (an error answer stays).
+        let answered: Vec<&BrowserRequest> = answered
+            .into_iter()
+            .filter(|r| !is_gap_fill(r, furthest.unwrap_or(0)))
+            .collect();
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
         // issues again) is timing; the Outcome keeps every one.
@@ -373,6 +388,51 @@ mod tests {
             ]
         );
         assert_eq!(b.duration_ms, Some(3000));
+    }
+
+    #[test]
+    fn a_closed_gap_fill_is_left_out_unless_it_failed() {
+        let page = crate::browser::PageOutcome {
+            stage: "played".into(),
+            events: vec![],
+            duration_ms: Some(125000),
+            canplay: true,
+            ended: true,
+            error_code: None,
+            error_name: None,
+            error_message: None,
+            ready_state: 4,
+        };
+        let mut seek = request(9, Some("bytes=1966080-1999999"), 206, "206");
+        seek.body = Delivered::Complete;
+        // Chromium, as one CI run met it: its seek, then the gap from where its buffer ended.
+        let mut requests = vec![
+            request(0, Some("bytes=0-"), 206, "206"),
+            seek,
+            request(12, Some("bytes=106186-1966079"), 206, "206"),
+        ];
+        let chromium = |requests: Vec<BrowserRequest>| BrowserOutcome {
+            engine: Engine::Chromium,
+            page: page.clone(),
+            requests,
+        };
+        assert_eq!(
+            SnapshotBrowser::of(&chromium(requests.clone())).requests,
+            [
+                "bytes=0- → 206 (upstream 206)",
+                "bytes=1966080-1999999 → 206 (upstream 206) complete",
+            ]
+        );
+        requests[2] = request(12, Some("bytes=106186-1966079"), 502, "502");
+        requests[2].body = Delivered::Error;
+        assert_eq!(
+            SnapshotBrowser::of(&chromium(requests)).requests,
+            [
+                "bytes=0- → 206 (upstream 206)",
+                "bytes=106186-1966079 → 502 (upstream 502) error",
+                "bytes=1966080-1999999 → 206 (upstream 206)",
+            ]
+        );
     }
 
     #[test]
