@@ -312,6 +312,16 @@ impl ContainerStack {
             })
     }
 
+    /// Its main process's id as this host sees it, while it runs, when the engine runs on this
+    /// host: the pid the engine reports, checked against `/proc/<pid>/cgroup`, which names the
+    /// container (an engine elsewhere, `DOCKER_HOST=tcp://…`, reports a pid of its own host).
+    pub async fn host_pid(&self, c: &Container) -> Option<u32> {
+        let info = self.docker.inspect_container(&c.id, None).await.ok()?;
+        let pid = u32::try_from(info.state?.pid?).ok().filter(|p| *p > 0)?;
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        cgroup.contains(&c.id).then_some(pid)
+    }
+
     /// Whether it is running (`Err` when it exited: its status).
     pub async fn running(&self, c: &Container) -> Result<(), String> {
         let info = self

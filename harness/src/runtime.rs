@@ -78,6 +78,8 @@ enum How {
     Container {
         engine: Arc<ContainerStack>,
         container: Container,
+        /// Its main process's id on this host, while it runs (see [`ContainerStack::host_pid`]).
+        host_pid: Mutex<Option<u32>>,
     },
 }
 
@@ -115,6 +117,15 @@ impl Component {
         }
     }
 
+    /// The process whose memory and fds are its own, as this host's `/proc` shows them: its
+    /// process, or its container's main process when the engine runs on this host.
+    pub fn measured_pid(&self) -> Option<u32> {
+        match &self.how {
+            How::Process { .. } => self.pid(),
+            How::Container { host_pid, .. } => *host_pid.lock().unwrap(),
+        }
+    }
+
     /// Its container's name, under the containers runtime.
     pub fn container_name(&self) -> Option<&str> {
         match &self.how {
@@ -130,7 +141,9 @@ impl Component {
                 let child = child.lock().unwrap();
                 child.as_ref()?.try_exit().map(|s| s.to_string())
             }
-            How::Container { engine, container } => engine.running(container).await.err(),
+            How::Container {
+                engine, container, ..
+            } => engine.running(container).await.err(),
         }
     }
 
@@ -152,7 +165,9 @@ impl Component {
                     launch.listener = None;
                 }
             }
-            How::Container { engine, container } => {
+            How::Container {
+                engine, container, ..
+            } => {
                 if engine.running(container).await.is_err() {
                     engine.start(container, &self.log).await?;
                 }
@@ -168,6 +183,14 @@ impl Component {
         if let How::Process { launch, .. } = &self.how {
             // Restarts bind the same address again, so nginx's upstream stays right.
             launch.lock().unwrap().pin_address(addr);
+        }
+        if let How::Container {
+            engine,
+            container,
+            host_pid,
+        } = &self.how
+        {
+            *host_pid.lock().unwrap() = engine.host_pid(container).await;
         }
         *self.addr.lock().unwrap() = Some(addr);
         Ok(addr)
@@ -197,13 +220,21 @@ impl Component {
                 let found = wait_ready(self.name, &probe, || self.exited(), logs).await?;
                 found.parse().map_err(|_| unreadable(found))
             }
-            (Reach::Network(port), How::Container { engine, container }) => {
+            (
+                Reach::Network(port),
+                How::Container {
+                    engine, container, ..
+                },
+            ) => {
                 let ip = engine.ip(container).await?;
                 Ok(SocketAddr::new(ip, *port))
             }
-            (Reach::Published(port), How::Container { engine, container }) => {
-                engine.published(container, *port).await
-            }
+            (
+                Reach::Published(port),
+                How::Container {
+                    engine, container, ..
+                },
+            ) => engine.published(container, *port).await,
             _ => Err(unreadable(format!("{} has no address", self.name))),
         }
     }
@@ -222,10 +253,17 @@ impl Component {
                 }
                 c.kill();
             }
-            How::Container { engine, container } => match grace {
-                Some(grace) => engine.stop(container, grace).await,
-                None => engine.kill(container).await,
-            },
+            How::Container {
+                engine,
+                container,
+                host_pid,
+            } => {
+                *host_pid.lock().unwrap() = None;
+                match grace {
+                    Some(grace) => engine.stop(container, grace).await,
+                    None => engine.kill(container).await,
+                }
+            }
         }
     }
 }
@@ -425,6 +463,7 @@ impl Launcher {
         Ok(How::Container {
             engine: engine.clone(),
             container,
+            host_pid: Mutex::new(None),
         })
     }
 

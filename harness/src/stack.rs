@@ -270,6 +270,15 @@ impl Stack {
         self.instances.iter().map(|i| i.backend.pid()).collect()
     }
 
+    /// Each backend instance's process to measure memory and fds on, while it runs: its own
+    /// process, or its container's main process (see [`Component::measured_pid`]).
+    pub fn backend_measured_pids(&self) -> Vec<Option<u32>> {
+        self.instances
+            .iter()
+            .map(|i| i.backend.measured_pid())
+            .collect()
+    }
+
     /// The process groups it owns (nginx's, the backends'): every process it started is in one.
     pub fn process_groups(&self) -> Vec<u32> {
         std::iter::once(self.nginx.pid())

@@ -108,6 +108,14 @@ fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
                     "{running:?}"
                 );
                 assert!(running.contains(&network), "{running:?}");
+                // Its backend's memory and fds are read from this host's /proc, as a
+                // process's are: the container's main process is the backend itself.
+                let pid = stack.backend_measured_pids()[0].expect("a pid on this host");
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+                assert_eq!(comm.trim(), "recordings-back", "pid {pid}");
+                let (rss_kb, fds) = harness::process::gauges(pid).unwrap();
+                assert!(rss_kb > 0 && fds > 2, "{rss_kb} kB, {fds} fds");
+                assert_eq!(stack.backend_pids(), [None], "no process of ours to signal");
                 panic!("on purpose, mid-scenario");
             })
         }));

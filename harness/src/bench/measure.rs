@@ -420,10 +420,10 @@ async fn all_at_once(
 /// Each backend instance's process id.
 fn backend_pids(stack: &Stack) -> Result<Vec<u32>, HarnessError> {
     stack
-        .backend_pids()
+        .backend_measured_pids()
         .into_iter()
         .collect::<Option<Vec<u32>>>()
-        .ok_or_else(|| HarnessError::step(5, "the backend is not a process of ours"))
+        .ok_or_else(|| HarnessError::step(5, "the backend's process is not on this host"))
 }
 
 /// Measurement 5: concurrency and memory under `profile`: many clients of the cached recording (the

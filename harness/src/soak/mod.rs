@@ -318,7 +318,7 @@ pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
     let mut sampler = Sampler::default();
     let life_log = control(&shared, &mut workers, &mut sampler, deadline).await?;
     let settle = settle(&shared.stack, life_log).await;
-    sampler.sample_all(shared.stack.backend_pids());
+    sampler.sample_all(shared.stack.backend_measured_pids());
     let mut report = shared.report.lock().unwrap().clone();
     report.backend_rss_kb = sampler.rss;
     report.backend_fds = sampler.fds;
@@ -370,7 +370,7 @@ async fn control(
 ) -> Result<u64, HarnessError> {
     let config = &shared.config;
     let stack = &shared.stack;
-    sampler.sample_all(stack.backend_pids());
+    sampler.sample_all(stack.backend_measured_pids());
     let began = Instant::now();
     let mut next_deploy = config
         .restart_every
@@ -389,7 +389,7 @@ async fn control(
             },
             _ = tick.tick() => {}
         }
-        sampler.sample_all(stack.backend_pids());
+        sampler.sample_all(stack.backend_measured_pids());
         let due = next_deploy.is_some_and(|at| Instant::now() >= at && Instant::now() < deadline);
         if due {
             deploy(shared, sampler, began).await?;
@@ -414,9 +414,9 @@ async fn deploy(
         at_secs: start.duration_since(began).as_secs_f64(),
         ..Default::default()
     });
-    sampler.sample_all(stack.backend_pids());
+    sampler.sample_all(stack.backend_measured_pids());
     let result = stack.deploy(|_| async {}).await;
-    sampler.sample_all(stack.backend_pids());
+    sampler.sample_all(stack.backend_measured_pids());
     if let Some(w) = shared.restarts.lock().unwrap().last_mut() {
         w.1 = Some(Instant::now());
     }

@@ -90,7 +90,8 @@ pub struct SoakReport {
     pub backend_rss_kb: Gauge,
     /// The backend's open file descriptors over the whole soak, across its restarts.
     pub backend_fds: Gauge,
-    /// Each backend process's own memory and fds, in order (none under containers).
+    /// Each backend process's own memory and fds, in order (none when its container's engine
+    /// runs on another host).
     pub lives: Vec<Life>,
     /// Twilio's requests for a path it was still answering (the same recording downloaded
     /// twice at once), as mock-twilio saw them.
