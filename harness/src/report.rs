@@ -70,6 +70,9 @@ pub struct ReportProfile {
     pub steps: Vec<ReportStep>,
     /// Status summary for the matrix cell (`200 502`, `played`).
     pub cell: String,
+    /// Which browsers' users it fails for and which it plays for
+    /// ([`crate::summary::browsers`]; empty without a `play` step).
+    pub browsers: String,
 }
 
 /// A scenario as the report shows it.
@@ -189,6 +192,7 @@ impl Report {
                         failures: Vec::new(),
                         steps: Vec::new(),
                         cell: "did not run".into(),
+                        browsers: String::new(),
                     })
                     .collect();
             }
@@ -232,6 +236,7 @@ impl Report {
                         failures,
                         steps,
                         cell,
+                        browsers: crate::summary::browsers(&r.outcomes),
                     });
                 }
             }

@@ -146,6 +146,7 @@ fn the_html_report_renders_in_chromium() {
                    raw: [...document.querySelectorAll('pre.raw')].map(p => p.textContent),
                    engines: [...document.querySelectorAll('code.engine')].map(c => c.textContent),
                    timelines: [...document.querySelectorAll('.timeline-engine')].map(t => t.textContent),
+                   browsers: [...document.querySelectorAll('p.browsers')].map(p => p.textContent),
                  };",
             )
             .await
@@ -168,6 +169,13 @@ fn the_html_report_renders_in_chromium() {
             facts["timelines"][0]
                 .as_str()
                 .is_some_and(|t| t.starts_with("chromium's requests")),
+            "{facts}"
+        );
+        // Each profile says which browsers' users it plays for.
+        let plays = "plays for users of Chromium browsers such as Chrome and Edge (chromium)";
+        assert_eq!(
+            facts["browsers"],
+            serde_json::json!([plays, plays, plays]),
             "{facts}"
         );
         let raw = facts["raw"].to_string();

@@ -50,6 +50,16 @@ impl Engine {
         }
     }
 
+    /// The browsers built on this engine, for reports (what was measured is the engine as
+    /// Debian ships it: Safari itself was not).
+    pub fn users(self) -> &'static str {
+        match self {
+            Engine::Chromium => "Chromium browsers such as Chrome and Edge",
+            Engine::Firefox => "Firefox",
+            Engine::Webkit => "WebKit browsers such as Safari",
+        }
+    }
+
     /// How to install it (what `scripts/setup` does).
     pub fn install_hint(self) -> &'static str {
         match self {
