@@ -28,7 +28,7 @@ pub struct Explained {
     /// What became of it.
     pub fate: Fate,
     /// It looks like the keep-alive race: closed or reset before the response header, on an
-    /// attempt that failed at once (≤ 2 ms, where the access log says).
+    /// attempt that failed at once (at most 20 ms, where the access log says).
     pub keepalive_race: bool,
 }
 
@@ -81,7 +81,8 @@ fn failed_attempts(access: &str) -> Vec<(String, Option<u64>, Fate)> {
 
 /// How long (`$upstream_response_time`, ms) a failed attempt may take and still count as failed
 /// at once: nginx met a connection the backend had already closed, with no backend work in
-/// between. 2 ms was too tight on a loaded 2-core CI machine (one run counted 1 of 2 races).
+/// between. 2 ms was too tight on a loaded 2-core CI machine (one run counted 1 of 2 races:
+/// docs/records/ci-2026-12-01.txt).
 const AT_ONCE_MS: u64 = 20;
 
 /// Explains every gateway error of `error_log`, with the access log's account where given.

@@ -164,12 +164,20 @@ fn range_start(r: &BrowserRequest) -> Option<u64> {
     spec.split_once('-')?.0.trim().parse().ok()
 }
 
-/// A closed range (`bytes=N-M`) that starts inside the recording below `furthest` and was
-/// answered with a 2xx.
-fn is_gap_fill(r: &BrowserRequest, furthest: u64) -> bool {
-    let closed = r.range.as_deref().is_some_and(|x| !x.ends_with('-'));
-    let inside = range_start(r).is_some_and(|n| n > 0 && n < furthest);
-    closed && inside && (200..300).contains(&r.status)
+/// Where a closed range (`bytes=N-M`) ends (`M`).
+fn range_end(r: &BrowserRequest) -> Option<u64> {
+    let spec = r.range.as_deref()?.strip_prefix("bytes=")?;
+    spec.split_once('-')?.1.trim().parse().ok()
+}
+
+/// A closed range (`bytes=N-M`) from inside the recording that ends right where another request
+/// of the play starts (`M + 1`), answered with a 206: the browser filling the gap in its buffer
+/// up to what it already asked for. (A 200 to it is the backend ignoring Range: not one.)
+fn is_gap_fill(r: &BrowserRequest, all: &[&BrowserRequest]) -> bool {
+    let (Some(start), Some(end)) = (range_start(r), range_end(r)) else {
+        return false;
+    };
+    start > 0 && r.status == 206 && all.iter().any(|o| range_start(o) == Some(end + 1))
 }
 
 /// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then the
@@ -218,14 +226,14 @@ impl SnapshotBrowser {
         // by the browser: left out (the Outcome keeps every request).
         let answered: Vec<&BrowserRequest> =
             b.requests.iter().filter(|r| r.status != 499).collect();
-        let furthest = answered.iter().filter_map(|r| range_start(r)).max();
-        // A closed range from inside what the browser reached, answered 2xx, fills a gap in its
-        // buffer (Chromium: from where its buffer ended to its seek); whether it needs one, and
-        // where it starts, is timing: left out (an error answer stays).
+        // A gap fill (Chromium: from where its buffer ended up to its seek's Range): whether the
+        // browser needs one, and where it starts, is timing: left out (an error answer stays).
         let answered: Vec<&BrowserRequest> = answered
-            .into_iter()
-            .filter(|r| !is_gap_fill(r, furthest.unwrap_or(0)))
+            .iter()
+            .copied()
+            .filter(|r| !is_gap_fill(r, &answered))
             .collect();
+        let furthest = answered.iter().filter_map(|r| range_start(r)).max();
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
         // issues again) is timing; the Outcome keeps every one.
@@ -391,7 +399,7 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_gap_fill_is_left_out_unless_it_failed() {
+    fn a_206_gap_fill_up_to_another_request_is_left_out_and_nothing_else() {
         let page = crate::browser::PageOutcome {
             stage: "played".into(),
             events: vec![],
@@ -421,6 +429,26 @@ mod tests {
             [
                 "bytes=0- → 206 (upstream 206)",
                 "bytes=1966080-1999999 → 206 (upstream 206) complete",
+            ]
+        );
+        // A 200 to it is the backend ignoring Range: it stays.
+        requests[2] = request(12, Some("bytes=106186-1966079"), 200, "200");
+        assert_eq!(
+            SnapshotBrowser::of(&chromium(requests.clone())).requests,
+            [
+                "bytes=0- → 206 (upstream 206)",
+                "bytes=106186-1966079 → 200 (upstream 200) partial",
+                "bytes=1966080-1999999 → 206 (upstream 206)",
+            ]
+        );
+        // So does a closed Range that fills no gap (ends where no request starts).
+        requests[2] = request(12, Some("bytes=106186-1000000"), 206, "206");
+        assert_eq!(
+            SnapshotBrowser::of(&chromium(requests.clone())).requests,
+            [
+                "bytes=0- → 206 (upstream 206)",
+                "bytes=106186-1000000 → 206 (upstream 206) partial",
+                "bytes=1966080-1999999 → 206 (upstream 206)",
             ]
         );
         requests[2] = request(12, Some("bytes=106186-1966079"), 502, "502");
