@@ -83,6 +83,14 @@ pub struct Container {
     pub output_to_file: bool,
 }
 
+impl Container {
+    /// Whether this host's process `pid` is in this container (its `/proc/<pid>/cgroup` names
+    /// the container): false once the process is gone, even if its pid is reused.
+    pub fn holds(&self, pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(&self.id))
+    }
+}
+
 /// What a container runs.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerSpec {
@@ -109,7 +117,9 @@ pub struct ContainerStack {
     pub network: String,
     /// The network's gateway: the host, as the containers reach it.
     pub gateway: IpAddr,
-    containers: std::sync::Mutex<Vec<Container>>,
+    /// Every container's name, from before its creation is asked for: a run cancelled while
+    /// the engine creates one (Ctrl-C) still removes it.
+    containers: std::sync::Mutex<Vec<String>>,
     log_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -213,6 +223,8 @@ impl ContainerStack {
             }),
             ..Default::default()
         };
+        // Owned from here: removed on drop, by name, even if creating or starting it is cut off.
+        self.containers.lock().unwrap().push(name.clone());
         let created = self
             .docker
             .create_container(
@@ -226,8 +238,6 @@ impl ContainerStack {
             name,
             output_to_file: spec.output_file.is_some(),
         };
-        // Owned from here: removed on drop even if starting fails.
-        self.containers.lock().unwrap().push(container.clone());
         self.docker
             .start_container(&container.id, None)
             .await
@@ -318,8 +328,7 @@ impl ContainerStack {
     pub async fn host_pid(&self, c: &Container) -> Option<u32> {
         let info = self.docker.inspect_container(&c.id, None).await.ok()?;
         let pid = u32::try_from(info.state?.pid?).ok().filter(|p| *p > 0)?;
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        cgroup.contains(&c.id).then_some(pid)
+        c.holds(pid).then_some(pid)
     }
 
     /// Whether it is running (`Err` when it exited: its status).
@@ -394,13 +403,7 @@ impl Drop for ContainerStack {
             t.abort();
         }
         let docker = self.docker.clone();
-        let ids: Vec<String> = self
-            .containers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.id.clone())
-            .collect();
+        let ids: Vec<String> = self.containers.lock().unwrap().clone();
         let network = self.network.clone();
         // Drop cannot await: remove everything on a thread with a runtime of its own.
         let done = std::thread::spawn(move || {

@@ -1,5 +1,5 @@
-//! Locks every process of the harness on the machine shares: lock files in the temp folder held
-//! with `flock` (released when the holder drops, or dies). The browser slots and the image
+//! Locks every process of the harness on the machine shares: lock files in one folder held with
+//! `flock` (released when the holder drops, or dies). The browser slots and the image
 //! builds use them, so `cargo test`'s one process, nextest's process per test and several
 //! `harness run`s agree.
 
@@ -24,7 +24,7 @@ impl MachineLock {
     /// The first of `names` that is free now, if any.
     pub fn try_any(names: &[String]) -> Result<Option<MachineLock>, HarnessError> {
         for name in names {
-            let path = std::env::temp_dir().join(name);
+            let path = lock_dir().join(name);
             if let Ok(lock) = Flock::lock(open(&path)?, FlockArg::LockExclusiveNonblock) {
                 return Ok(Some(MachineLock { _lock: lock, path }));
             }
@@ -41,6 +41,17 @@ impl MachineLock {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Where the lock files are: `HARNESS_LOCK_DIR`, else `/tmp`, whatever this process's TMPDIR
+/// says (two processes with different TMPDIRs, as the tests give the harnesses they start, must
+/// meet at the same files), else the temp folder.
+pub fn lock_dir() -> PathBuf {
+    match std::env::var_os("HARNESS_LOCK_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ if Path::new("/tmp").is_dir() => PathBuf::from("/tmp"),
+        _ => std::env::temp_dir(),
     }
 }
 

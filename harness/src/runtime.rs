@@ -122,7 +122,11 @@ impl Component {
     pub fn measured_pid(&self) -> Option<u32> {
         match &self.how {
             How::Process { .. } => self.pid(),
-            How::Container { host_pid, .. } => *host_pid.lock().unwrap(),
+            How::Container {
+                container,
+                host_pid,
+                ..
+            } => host_pid.lock().unwrap().filter(|p| container.holds(*p)),
         }
     }
 

@@ -352,9 +352,51 @@ fn processes_mentioning(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Under the containers runtime, the containers and networks the harness process `pid` owns
+/// (our owner label), from the docker CLI (an independent view of the engine); under processes,
+/// none.
+fn containers_owned_by(pid: u32) -> Vec<String> {
+    if crate::support::runtime() != harness::Runtime::Containers {
+        return Vec::new();
+    }
+    let filter = format!("label={}={pid}", harness::containers::OWNER_LABEL);
+    let mut names = Vec::new();
+    for (list, name) in [
+        (["ps", "-a"], "{{.Names}}"),
+        (["network", "ls"], "{{.Name}}"),
+    ] {
+        let out = Command::new("docker")
+            .args(list)
+            .args(["--format", name, "--filter", &filter])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {list:?}: {out:?}");
+        names.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    names
+}
+
+/// A harness process that a failed check before its signal still stops (SIGINT, so it tears
+/// its stacks down) and waits for.
+struct Interrupted(std::process::Child);
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `harness args…` with its temp files in a dir of its own, waits until `ready` holds,
-/// sends `signal`, and checks it exits 130 leaving no process and no file behind.
-/// The harness's output so far, and its temp dir: what `ready` looks at.
+/// sends `signal`, and checks it exits 130 leaving no process, file, container or network
+/// behind. The harness's output so far, and its temp dir: what `ready` looks at.
 fn interrupt(
     args: &[&str],
     signal: nix::sys::signal::Signal,
@@ -362,31 +404,45 @@ fn interrupt(
 ) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let stdout = tempfile::NamedTempFile::new().unwrap();
-    let mut child = harness()
-        .args(args)
-        .env("TMPDIR", tmp.path())
-        .stdout(std::fs::File::create(stdout.path()).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Interrupted(
+        harness()
+            .args(args)
+            .env("TMPDIR", tmp.path())
+            .stdout(std::fs::File::create(stdout.path()).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
     let printed = || std::fs::read_to_string(stdout.path()).unwrap_or_default();
     let start = Instant::now();
     while !ready(tmp.path(), &printed()) {
         assert!(start.elapsed() < Duration::from_secs(30), "never got ready");
-        assert!(child.try_wait().unwrap().is_none(), "exited early");
+        assert!(child.0.try_wait().unwrap().is_none(), "exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
         !processes_mentioning(tmp.path()).is_empty(),
         "its stacks run"
     );
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
-    let status = child.wait().unwrap();
+    let containers = crate::support::runtime() == harness::Runtime::Containers;
+    assert_eq!(
+        containers_owned_by(pid).is_empty(),
+        !containers,
+        "its containers run (under containers)"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(130), "exits non-zero");
     assert_eq!(
         processes_mentioning(tmp.path()),
         Vec::<u32>::new(),
         "no process left"
+    );
+    assert_eq!(
+        containers_owned_by(pid),
+        Vec::<String>::new(),
+        "no container or network left"
     );
     let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()

@@ -119,7 +119,13 @@ fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
                 panic!("on purpose, mid-scenario");
             })
         }));
-        assert!(result.is_err(), "the stack panicked on purpose");
+        // Only the panic on purpose: a failed check above would be a panic of its own.
+        let payload = result.expect_err("the stack panicked on purpose");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"on purpose, mid-scenario"),
+            "a check failed before the panic on purpose"
+        );
         network
     })
     .join()
