@@ -123,22 +123,40 @@ pub struct ContainerStack {
     log_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+/// How long a new network waits for an address pool while the engine's are all in use (each
+/// stack has a network; many stacks at once, as `cargo test` under containers runs, can take
+/// every default pool, about 30).
+const POOL_WAIT: Duration = Duration::from_secs(120);
+
+/// Creates our bridge network `name`, waiting (up to [`POOL_WAIT`]) while the engine has no
+/// address pool left: other stacks end and give theirs back.
+async fn create_network(docker: &Docker, name: &str) -> Result<(), HarnessError> {
+    let labels = HashMap::from([(OWNER_LABEL.to_string(), std::process::id().to_string())]);
+    let request = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match docker.create_network(request.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("address pool") && start.elapsed() < POOL_WAIT => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(err(format!("create network {name}"))(e)),
+        }
+    }
+}
+
 impl ContainerStack {
     /// Creates a network of its own, named after `stack_id`.
     pub async fn create(stack_id: &str) -> Result<ContainerStack, HarnessError> {
         let docker = engine().await?;
         sweep_orphans(&docker).await;
         let network = format!("harness-{stack_id}");
-        let labels = HashMap::from([(OWNER_LABEL.to_string(), std::process::id().to_string())]);
-        docker
-            .create_network(NetworkCreateRequest {
-                name: network.clone(),
-                driver: Some("bridge".into()),
-                labels: Some(labels),
-                ..Default::default()
-            })
-            .await
-            .map_err(err(format!("create network {network}")))?;
+        create_network(&docker, &network).await?;
         let mut stack = ContainerStack {
             docker,
             network: network.clone(),
