@@ -158,16 +158,19 @@ pub struct SnapshotBrowser {
     pub requests: Vec<String>,
 }
 
+/// A request's Range as its two sides (`bytes=N-M` → `("N", "M")`), untrimmed.
+fn range_sides(r: &BrowserRequest) -> Option<(&str, &str)> {
+    r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')
+}
+
 /// Where a request's Range starts (`bytes=N-` or `bytes=N-M`; a suffix range or none: `None`).
 fn range_start(r: &BrowserRequest) -> Option<u64> {
-    let spec = r.range.as_deref()?.strip_prefix("bytes=")?;
-    spec.split_once('-')?.0.trim().parse().ok()
+    range_sides(r)?.0.trim().parse().ok()
 }
 
 /// Where a closed range (`bytes=N-M`) ends (`M`).
 fn range_end(r: &BrowserRequest) -> Option<u64> {
-    let spec = r.range.as_deref()?.strip_prefix("bytes=")?;
-    spec.split_once('-')?.1.trim().parse().ok()
+    range_sides(r)?.1.trim().parse().ok()
 }
 
 /// A closed range (`bytes=N-M`) from inside the recording that ends right where another request
@@ -343,19 +346,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_browsers_gap_filling_ranges_and_cancels_are_redacted_and_ordered() {
-        let page = crate::browser::PageOutcome {
+    /// A page that played a recording of `duration_ms`.
+    fn played(duration_ms: u64) -> crate::browser::PageOutcome {
+        crate::browser::PageOutcome {
             stage: "played".into(),
             events: vec![],
-            duration_ms: Some(3000),
+            duration_ms: Some(duration_ms),
             canplay: true,
             ended: true,
             error_code: None,
             error_name: None,
             error_message: None,
             ready_state: 4,
-        };
+        }
+    }
+
+    #[test]
+    fn a_browsers_gap_filling_ranges_and_cancels_are_redacted_and_ordered() {
+        let page = played(3000);
         // WebKit on a large file: no Range, a cancelled gap-filler, its seek, then the gap.
         let webkit = BrowserOutcome {
             engine: Engine::Webkit,
@@ -400,67 +408,70 @@ mod tests {
 
     #[test]
     fn a_206_gap_fill_up_to_another_request_is_left_out_and_nothing_else() {
-        let page = crate::browser::PageOutcome {
-            stage: "played".into(),
-            events: vec![],
-            duration_ms: Some(125000),
-            canplay: true,
-            ended: true,
-            error_code: None,
-            error_name: None,
-            error_message: None,
-            ready_state: 4,
-        };
-        let mut seek = request(9, Some("bytes=1966080-1999999"), 206, "206");
-        seek.body = Delivered::Complete;
-        // Chromium, as one CI run met it: its seek, then the gap from where its buffer ended.
-        let mut requests = vec![
-            request(0, Some("bytes=0-"), 206, "206"),
-            seek,
-            request(12, Some("bytes=106186-1966079"), 206, "206"),
+        let (first, seek) = (
+            "bytes=0- → 206 (upstream 206)",
+            "bytes=1966080-1999999 → 206 (upstream 206)",
+        );
+        // Chromium, as one CI run met it: its seek, then a third request, the gap from where its
+        // buffer ended (the last request says how its body ended).
+        let cases: [(&str, u16, Delivered, &[&str]); 4] = [
+            // The gap fill is left out: the seek is the last request.
+            (
+                "bytes=106186-1966079",
+                206,
+                Delivered::Partial,
+                &[first, "bytes=1966080-1999999 → 206 (upstream 206) complete"],
+            ),
+            // A 200 to it is the backend ignoring Range: it stays.
+            (
+                "bytes=106186-1966079",
+                200,
+                Delivered::Partial,
+                &[
+                    first,
+                    "bytes=106186-1966079 → 200 (upstream 200) partial",
+                    seek,
+                ],
+            ),
+            // So does a closed Range that fills no gap (ends where no request starts).
+            (
+                "bytes=106186-1000000",
+                206,
+                Delivered::Partial,
+                &[
+                    first,
+                    "bytes=106186-1000000 → 206 (upstream 206) partial",
+                    seek,
+                ],
+            ),
+            // And an error answer.
+            (
+                "bytes=106186-1966079",
+                502,
+                Delivered::Error,
+                &[
+                    first,
+                    "bytes=106186-1966079 → 502 (upstream 502) error",
+                    seek,
+                ],
+            ),
         ];
-        let chromium = |requests: Vec<BrowserRequest>| BrowserOutcome {
-            engine: Engine::Chromium,
-            page: page.clone(),
-            requests,
-        };
-        assert_eq!(
-            SnapshotBrowser::of(&chromium(requests.clone())).requests,
-            [
-                "bytes=0- → 206 (upstream 206)",
-                "bytes=1966080-1999999 → 206 (upstream 206) complete",
-            ]
-        );
-        // A 200 to it is the backend ignoring Range: it stays.
-        requests[2] = request(12, Some("bytes=106186-1966079"), 200, "200");
-        assert_eq!(
-            SnapshotBrowser::of(&chromium(requests.clone())).requests,
-            [
-                "bytes=0- → 206 (upstream 206)",
-                "bytes=106186-1966079 → 200 (upstream 200) partial",
-                "bytes=1966080-1999999 → 206 (upstream 206)",
-            ]
-        );
-        // So does a closed Range that fills no gap (ends where no request starts).
-        requests[2] = request(12, Some("bytes=106186-1000000"), 206, "206");
-        assert_eq!(
-            SnapshotBrowser::of(&chromium(requests.clone())).requests,
-            [
-                "bytes=0- → 206 (upstream 206)",
-                "bytes=106186-1000000 → 206 (upstream 206) partial",
-                "bytes=1966080-1999999 → 206 (upstream 206)",
-            ]
-        );
-        requests[2] = request(12, Some("bytes=106186-1966079"), 502, "502");
-        requests[2].body = Delivered::Error;
-        assert_eq!(
-            SnapshotBrowser::of(&chromium(requests)).requests,
-            [
-                "bytes=0- → 206 (upstream 206)",
-                "bytes=106186-1966079 → 502 (upstream 502) error",
-                "bytes=1966080-1999999 → 206 (upstream 206)",
-            ]
-        );
+        for (range, status, body, want) in cases {
+            let mut seek = request(9, Some("bytes=1966080-1999999"), 206, "206");
+            seek.body = Delivered::Complete;
+            let mut third = request(12, Some(range), status, &status.to_string());
+            third.body = body;
+            let chromium = BrowserOutcome {
+                engine: Engine::Chromium,
+                page: played(125000),
+                requests: vec![request(0, Some("bytes=0-"), 206, "206"), seek, third],
+            };
+            assert_eq!(
+                SnapshotBrowser::of(&chromium).requests,
+                want,
+                "{range} → {status}"
+            );
+        }
     }
 
     #[test]
