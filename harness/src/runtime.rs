@@ -78,7 +78,8 @@ enum How {
     Container {
         engine: Arc<ContainerStack>,
         container: Container,
-        /// Its main process's id on this host, while it runs (see [`ContainerStack::host_pid`]).
+        /// Its main process's id on this host as of its last start (see
+        /// [`ContainerStack::host_pid`]); [`Component::measured_pid`] checks it is still there.
         host_pid: Mutex<Option<u32>>,
     },
 }
@@ -257,17 +258,13 @@ impl Component {
                 }
                 c.kill();
             }
+            // Its host pid stays: `measured_pid` stops counting it once the process is gone.
             How::Container {
-                engine,
-                container,
-                host_pid,
-            } => {
-                *host_pid.lock().unwrap() = None;
-                match grace {
-                    Some(grace) => engine.stop(container, grace).await,
-                    None => engine.kill(container).await,
-                }
-            }
+                engine, container, ..
+            } => match grace {
+                Some(grace) => engine.stop(container, grace).await,
+                None => engine.kill(container).await,
+            },
         }
     }
 }
