@@ -236,7 +236,7 @@ impl Report {
                         failures,
                         steps,
                         cell,
-                        browsers: crate::summary::browsers(&r.outcomes),
+                        browsers: crate::summary::browsers(&r.outcomes).to_string(),
                     });
                 }
             }

@@ -18,7 +18,7 @@ pub struct Row {
     /// Gateway errors by cause, `premature_close×1`.
     pub causes: String,
     /// Which browsers' users its `play` steps failed for ([`browsers`]; empty without one).
-    pub browsers: String,
+    pub browsers: Browsers,
     /// Expectations and the snapshot comparison that failed.
     pub failures: Vec<String>,
     /// How long it ran (zero when it did not).
@@ -53,12 +53,35 @@ pub fn causes(outcomes: &[Outcome]) -> String {
         .join(", ")
 }
 
-/// Which browsers' users a run's `play` steps failed for, engine by engine, naming each failed
-/// step and what its page showed: `fails for users of WebKit browsers such as Safari (webkit:
-/// load …: MEDIA_ERR_SRC_NOT_SUPPORTED); plays for users of Chromium browsers … (chromium)`.
-/// Empty without a `play` step.
-pub fn browsers(outcomes: &[Outcome]) -> String {
-    let (mut fails, mut plays) = (Vec::new(), Vec::new());
+/// Which browsers' users a run's `play` steps failed for and which they played for, engine by
+/// engine. Shown as `fails for users of WebKit browsers such as Safari (webkit: load …:
+/// MEDIA_ERR_SRC_NOT_SUPPORTED); plays for users of Chromium browsers … (chromium)`; empty
+/// without a `play` step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Browsers {
+    /// `{users} ({engine}: {step}: {what its page showed}; …)` for each engine a step failed in.
+    pub fails: Vec<String>,
+    /// `{users} ({engine})` for each engine every step played in.
+    pub plays: Vec<String>,
+}
+
+impl std::fmt::Display for Browsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.fails.is_empty() {
+            parts.push(format!("fails for users of {}", self.fails.join(", ")));
+        }
+        if !self.plays.is_empty() {
+            parts.push(format!("plays for users of {}", self.plays.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// A run's [`Browsers`]: each engine's `play` steps, each failed step named with what its page
+/// showed.
+pub fn browsers(outcomes: &[Outcome]) -> Browsers {
+    let mut b = Browsers::default();
     for engine in crate::browser::Engine::ALL {
         let steps: Vec<&Outcome> = outcomes
             .iter()
@@ -77,23 +100,16 @@ pub fn browsers(outcomes: &[Outcome]) -> String {
             })
             .collect();
         if failed.is_empty() {
-            plays.push(format!("{} ({engine})", engine.users()));
+            b.plays.push(format!("{} ({engine})", engine.users()));
         } else {
-            fails.push(format!(
+            b.fails.push(format!(
                 "{} ({engine}: {})",
                 engine.users(),
                 failed.join("; ")
             ));
         }
     }
-    let mut parts = Vec::new();
-    if !fails.is_empty() {
-        parts.push(format!("fails for users of {}", fails.join(", ")));
-    }
-    if !plays.is_empty() {
-        parts.push(format!("plays for users of {}", plays.join(", ")));
-    }
-    parts.join("; ")
+    b
 }
 
 /// A run's rows, one per profile; `snapshot_failure` counts against each.
@@ -124,7 +140,7 @@ pub fn did_not_run(scenario: &str, why: String) -> Row {
         profile: "-".into(),
         statuses: "did not run".into(),
         causes: String::new(),
-        browsers: String::new(),
+        browsers: Browsers::default(),
         failures: vec![why],
         elapsed: std::time::Duration::ZERO,
     }
@@ -149,7 +165,7 @@ pub fn table(rows: &[Row]) -> String {
             "{:ws$}  {:wp$}  {:wt$}  {:6}  {}\n",
             r.scenario, r.profile, r.statuses, result, r.causes
         ));
-        if r.browsers.starts_with("fails for") {
+        if !r.browsers.fails.is_empty() {
             out.push_str(&format!("    browsers: {}\n", r.browsers));
         }
         for f in &r.failures {
@@ -223,33 +239,39 @@ mod tests {
             play("control", Engine::Webkit, None),
         ];
         assert_eq!(
-            browsers(&outcomes),
+            browsers(&outcomes).to_string(),
             "fails for users of WebKit browsers such as Safari (webkit: load: \
              MEDIA_ERR_SRC_NOT_SUPPORTED); plays for users of Chromium browsers such as Chrome \
              and Edge (chromium), Firefox (firefox)"
         );
         assert_eq!(
-            browsers(&outcomes[..1]),
+            browsers(&outcomes[..1]).to_string(),
             "plays for users of Chromium browsers such as Chrome and Edge (chromium)"
         );
         let http = Outcome::blank("get".into(), "GET /".into());
-        assert_eq!(browsers(&[http]), "");
+        assert_eq!(browsers(&[http]).to_string(), "");
     }
 
     #[test]
     fn the_table_names_the_browsers_a_row_fails_for_only() {
-        let row = |browsers: &str| Row {
+        let row = |browsers: Browsers| Row {
             scenario: "s".into(),
             profile: "fixed".into(),
             statuses: "no-play played".into(),
             causes: String::new(),
-            browsers: browsers.into(),
+            browsers,
             failures: vec![],
             elapsed: std::time::Duration::ZERO,
         };
         let table = table(&[
-            row("fails for users of Firefox (firefox: load: MEDIA_ERR_NETWORK)"),
-            row("plays for users of Firefox (firefox)"),
+            row(Browsers {
+                fails: vec!["Firefox (firefox: load: MEDIA_ERR_NETWORK)".into()],
+                plays: vec![],
+            }),
+            row(Browsers {
+                fails: vec![],
+                plays: vec!["Firefox (firefox)".into()],
+            }),
         ]);
         assert_eq!(
             table.lines().skip(1).collect::<Vec<_>>(),
