@@ -11,20 +11,10 @@ use std::process::Command;
 /// Names of our containers and networks whose name starts with `prefix`, from the docker CLI
 /// (an independent view of the engine).
 fn leftovers(prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for args in [
-        vec!["ps", "-a", "--format", "{{.Names}}"],
-        vec!["network", "ls", "--format", "{{.Name}}"],
-    ] {
-        let out = Command::new("docker").args(&args).output().unwrap();
-        names.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|n| n.starts_with(prefix))
-                .map(str::to_string),
-        );
-    }
-    names
+    crate::support::docker_names(None)
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 #[test]

@@ -153,6 +153,30 @@ pub fn present_or_skip(present: bool, hint: &str) -> bool {
     present
 }
 
+/// The names of the engine's containers (running or not) and networks, from the docker CLI (an
+/// independent view of the engine), narrowed by `filter` (a `docker --filter` value) if given.
+pub fn docker_names(filter: Option<&str>) -> Vec<String> {
+    let mut names = Vec::new();
+    for (list, name) in [
+        (["ps", "-a"], "{{.Names}}"),
+        (["network", "ls"], "{{.Name}}"),
+    ] {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(list).args(["--format", name]);
+        if let Some(filter) = filter {
+            cmd.args(["--filter", filter]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "docker {list:?}: {out:?}");
+        names.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    names
+}
+
 /// True when a Docker engine answers; otherwise says so, visibly (and fails under
 /// `HARNESS_REQUIRE_TOOLS=1`, which CI sets on machines with an engine).
 pub fn docker_present() -> bool {
