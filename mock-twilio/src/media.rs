@@ -45,11 +45,21 @@ impl MediaFormat {
     }
 }
 
-/// MPEG-1 Layer III, 128 kbit/s, 44.1 kHz, mono, no padding, no CRC: 417-byte frames.
-const MP3_HEADER: [u8; 4] = [0xFF, 0xFB, 0x90, 0xC4];
-const MP3_FRAME: u64 = 417;
+/// MPEG-1 Layer III, 128 kbit/s, 48 kHz, mono, no CRC: 144 x 128,000 / 48,000 = 384-byte frames
+/// of 1,152 samples (24 ms) with no padding, so the bitrate is exactly 128 kbit/s and players
+/// that estimate the duration from the bitrate or from the average frame agree with those that
+/// count frames. (At 44.1 kHz frames are 417 or 418 bytes, and a player's estimate from the
+/// frames it has seen varies with which ones it saw.)
+const MP3_HEADER: [u8; 4] = [0xFF, 0xFB, 0x94, 0xC4];
+const MP3_FRAME: u64 = 384;
 /// Side information of a mono MPEG-1 Layer III frame; all zero means "silence".
 const MP3_SIDE_INFO: u64 = 17;
+/// The first frame, when more follow, is a LAME-style "Info" frame (what encoders write at the
+/// start of a constant-bitrate file): after the side information, `Info`, flags (1: a frame
+/// count follows) and the number of audio frames after it. Players take the duration from it
+/// instead of estimating it from the bytes they have seen so far.
+const INFO_TAG_AT: u64 = 4 + MP3_SIDE_INFO;
+const INFO_TAG_LEN: u64 = 12;
 /// An ID3v2 tag at the start absorbs the size that is not a whole number of frames.
 const ID3_HEADER: u64 = 10;
 const WAV_HEADER: u64 = 44;
@@ -63,6 +73,8 @@ pub struct Media {
     seed: u64,
     /// MP3 only: length of the leading ID3v2 tag.
     tag_len: u64,
+    /// MP3 only: how many frames follow the tag (the first of them the Info frame).
+    frames: u64,
 }
 
 impl Media {
@@ -70,16 +82,12 @@ impl Media {
     pub fn new(sid: &str, format: MediaFormat, size: u64) -> Self {
         let seed = fnv1a(sid.as_bytes()) ^ fnv1a(format.extension().as_bytes()).rotate_left(17);
         let tag_len = match format {
-            MediaFormat::Mp3 => {
-                let rem = size % MP3_FRAME;
-                if size < ID3_HEADER + MP3_FRAME {
-                    size
-                } else if rem >= ID3_HEADER {
-                    rem
-                } else {
-                    rem + MP3_FRAME
-                }
-            }
+            MediaFormat::Mp3 if size < ID3_HEADER + MP3_FRAME => size,
+            MediaFormat::Mp3 => ID3_HEADER + (size - ID3_HEADER) % MP3_FRAME,
+            MediaFormat::Wav => 0,
+        };
+        let frames = match format {
+            MediaFormat::Mp3 => (size - tag_len) / MP3_FRAME,
             MediaFormat::Wav => 0,
         };
         Media {
@@ -87,6 +95,7 @@ impl Media {
             size,
             seed,
             tag_len,
+            frames,
         }
     }
 
@@ -169,26 +178,39 @@ impl Media {
                     };
                 }
             } else {
-                let frame = (pos - self.tag_len) / MP3_FRAME;
-                let within = (pos - self.tag_len) % MP3_FRAME;
+                let audio = pos - self.tag_len;
+                let frame = audio / MP3_FRAME;
+                let within = audio % MP3_FRAME;
                 n = ((MP3_FRAME - within) as usize).min(buf.len() - out);
+                let info = (frame == 0 && self.frames >= 2).then(|| self.info_tag());
                 let mut noise = Noise::new(self.seed);
                 for i in 0..n {
                     let w = within + i as u64;
-                    buf[out + i] = if w < 4 {
-                        MP3_HEADER[w as usize]
-                    } else if w < 4 + MP3_SIDE_INFO {
-                        0
-                    } else {
+                    buf[out + i] = match w {
+                        0..=3 => MP3_HEADER[w as usize],
+                        w if w < INFO_TAG_AT => 0,
+                        w if info.is_some() => info
+                            .as_ref()
+                            .and_then(|tag| tag.get((w - INFO_TAG_AT) as usize).copied())
+                            .unwrap_or(0),
                         // Ancillary data: ignored by decoders, but unique per recording, and
                         // never 0xFF so it cannot look like a frame sync.
-                        noise.at(frame * MP3_FRAME + w) & 0x7F
+                        _ => noise.at(audio - within + w) & 0x7F,
                     };
                 }
             }
             pos += n as u64;
             out += n;
         }
+    }
+
+    /// The Info tag of the first frame: `Info`, flags, and the count of the audio frames.
+    fn info_tag(&self) -> [u8; INFO_TAG_LEN as usize] {
+        let mut tag = [0; INFO_TAG_LEN as usize];
+        tag[..4].copy_from_slice(b"Info");
+        tag[4..8].copy_from_slice(&1u32.to_be_bytes());
+        tag[8..].copy_from_slice(&((self.frames - 1) as u32).to_be_bytes());
+        tag
     }
 
     fn fill_wav(&self, offset: u64, buf: &mut [u8]) {
@@ -282,16 +304,64 @@ mod tests {
         }
     }
 
+    /// Walks the frames as a decoder does, each one 144 x bitrate / sample rate bytes long as
+    /// its header says (128 kbit/s at 48 kHz, no padding: 384), and returns how many there are;
+    /// panics if one is not such a frame or the last one is cut.
+    fn count_frames(bytes: &[u8]) -> u64 {
+        let mut at = 0;
+        let mut frames = 0;
+        while at < bytes.len() {
+            // Sync, MPEG-1 Layer III without CRC; bitrate index 9 (128 kbit/s), sample rate
+            // index 1 (48 kHz), no padding; mono.
+            assert_eq!(bytes[at..at + 4], [0xFF, 0xFB, 0x94, 0xC4], "at {at}");
+            at += 144 * 128_000 / 48_000;
+            frames += 1;
+        }
+        assert_eq!(at, bytes.len(), "the last frame is cut");
+        frames
+    }
+
     #[test]
     fn mp3_is_an_id3_tag_then_whole_frames() {
-        let m = Media::new("REabc", MediaFormat::Mp3, 10_000);
-        let bytes = m.to_vec();
-        assert_eq!(&bytes[..3], b"ID3");
-        let tag = m.tag_len as usize;
-        assert_eq!((bytes.len() - tag) % MP3_FRAME as usize, 0);
-        for frame in bytes[tag..].chunks(MP3_FRAME as usize) {
-            assert_eq!(frame[..4], MP3_HEADER);
+        for size in [427, 428, 1000, 10_000, 100_003] {
+            let m = Media::new("REabc", MediaFormat::Mp3, size);
+            let bytes = m.to_vec();
+            assert_eq!(&bytes[..3], b"ID3");
+            let tag = m.tag_len as usize;
+            assert!((10..394).contains(&tag), "{size}: tag of {tag}");
+            count_frames(&bytes[tag..]);
         }
+    }
+
+    #[test]
+    fn mp3_starts_with_an_info_frame_that_counts_the_frames_after_it() {
+        let m = Media::new("REabc", MediaFormat::Mp3, 100_003);
+        let bytes = m.to_vec();
+        let audio = &bytes[m.tag_len as usize..];
+        let frames = count_frames(audio);
+        // After the 4-byte header and 17 bytes of mono side information.
+        assert_eq!(&audio[21..25], b"Info");
+        assert_eq!(audio[25..29], [0, 0, 0, 1], "flags: a frame count follows");
+        let count = u32::from_be_bytes(audio[29..33].try_into().unwrap());
+        assert_eq!(u64::from(count), frames - 1);
+        // A recording of one frame has no frame to count: no Info tag.
+        let one = Media::new("REabc", MediaFormat::Mp3, 400).to_vec();
+        assert!(!one.windows(4).any(|w| w == b"Info"));
+    }
+
+    #[test]
+    fn mp3_frames_last_as_long_as_its_bitrate_says() {
+        // 1 MB at 128 kbit/s is 62.5 s; 1,152 samples at 48 kHz make a frame of 24 ms.
+        let m = Media::new("REabc", MediaFormat::Mp3, 1_000_000);
+        let bytes = m.to_vec();
+        let frames = count_frames(&bytes[m.tag_len as usize..]);
+        let by_frames_ms = frames as f64 * 1152.0 / 48.0;
+        let by_bitrate_ms = (1_000_000 - m.tag_len) as f64 * 8.0 / 128.0;
+        assert!((by_bitrate_ms - 62_500.0).abs() < 30.0, "{by_bitrate_ms}");
+        assert!(
+            (by_frames_ms - by_bitrate_ms).abs() < 1.0,
+            "{frames} frames last {by_frames_ms} ms, the bitrate says {by_bitrate_ms} ms"
+        );
     }
 
     #[test]

@@ -7,22 +7,9 @@ use futures::StreamExt;
 use harness::browser::Engine;
 use harness::scenario::{files, json_schema, load, Scenario};
 
-/// Scenario files WebKit does not run: WebKitGTK at times reports a duration of a few
-/// milliseconds (seen on the 32 MB and on 2 MB recordings), and then the seek to 0.25 s before
-/// the end goes to the start and the wait for the end of their 32 MB recording (2,000 s of
-/// audio) runs out; a 3 s recording plays through to the end either way. In 8 runs of the two
-/// files in WebKit (docs/records/webkit-duration.txt) it failed twice another way: it took the
-/// 32 MB recording's duration from the nominal bitrate (1999984 ms) where its frames last
-/// 2004584 ms (mock-twilio's 417-byte frames carry no padding: 127.7 kbit/s), so its seek to
-/// 0.25 s before that end left 4.85 s to play and the wait for `ended` ran out.
-const NOT_ON_WEBKIT: &[&str] = &["browser-play-cached", "browser-play-uncached"];
-
 /// `scenario` with its `play` steps in `engine`, under `fixed` only (the profiles are the
 /// server's side, which Chromium covers in every file), if it is one to run there.
 fn on_engine(scenario: &Scenario, engine: Engine) -> Option<Scenario> {
-    if engine == Engine::Webkit && NOT_ON_WEBKIT.contains(&scenario.name.as_str()) {
-        return None;
-    }
     let mut s = scenario.on_engine(engine)?;
     s.profiles = vec![harness::Profile::Fixed];
     Some(s)

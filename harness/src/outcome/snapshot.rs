@@ -3,7 +3,7 @@
 //! the Outcome itself keeps every raw line and number.
 
 use super::{AnsweredBy, BodyCheck, DeployOutcome, LoadOutcome, Outcome, TwilioRequest};
-use crate::browser::{BrowserOutcome, BrowserRequest, Delivered, Engine};
+use crate::browser::{BrowserOutcome, BrowserRequest, Delivered};
 use crate::events::BackendEvent;
 use crate::gateway::GatewayError;
 use regex::Regex;
@@ -277,9 +277,7 @@ impl SnapshotBrowser {
             canplay: b.page.canplay,
             ended: b.page.ended,
             media_error: b.page.error_name.clone(),
-            // WebKitGTK (GStreamer) at times reports a few milliseconds for a generated MP3 that
-            // arrives whole at once, and at other times its length: left out for WebKit.
-            duration_ms: b.page.duration_ms.filter(|_| b.engine != Engine::Webkit),
+            duration_ms: b.page.duration_ms,
             requests,
         }
     }
@@ -324,6 +322,7 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::browser::Engine;
 
     #[test]
     fn error_lines_are_redacted_to_what_is_stable() {
@@ -385,7 +384,7 @@ mod tests {
                 "bytes=…- → 206 (upstream 2xx) partial",
             ]
         );
-        assert_eq!(b.duration_ms, None, "WebKit's duration is left out");
+        assert_eq!(b.duration_ms, Some(3000), "WebKit's duration is kept too");
         // Chromium's exact ranges stay as they are, in the order they started.
         let chromium = BrowserOutcome {
             engine: Engine::Chromium,

@@ -572,25 +572,31 @@ async fn play(
     let browser = Browser::launch_in(engine, stack.sandbox(), slot).await?;
     pause(p.pause_ms).await;
     let marks = Marks::of(stack);
+    // As a download does: a recording that is not an mp3 is asked for in its own format.
+    let format = p
+        .format
+        .or((rec.format != MediaFormat::Mp3).then_some(rec.format));
     let options = PlayOptions {
         engine,
-        format: p.format,
+        format,
         seek: p.seek,
         seek_to: p.seek_to,
         wait: Duration::from_millis(p.timeout_ms),
     };
     let observed = browser.play_on(stack, &rec, options).await?;
-    let format = p.format.unwrap_or(rec.format);
     let seek = match (p.seek_to, p.seek) {
         (Some(to), _) => format!(" (seek to {to})"),
         (None, true) => " (seek to the end and back)".into(),
         (None, false) => String::new(),
     };
-    let name = p
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("play {} ({})", rec.sid, format.extension()));
-    let request = format!("PLAY {}{seek}", player_path(&rec.call_sid, p.format));
+    let name = p.name.clone().unwrap_or_else(|| {
+        format!(
+            "play {} ({})",
+            rec.sid,
+            format.unwrap_or(rec.format).extension()
+        )
+    });
+    let request = format!("PLAY {}{seek}", player_path(&rec.call_sid, format));
     let mut outcome = Outcome::blank(name, request);
     outcome.browser = Some(observed);
     settle(stack, &marks, &[], false, &mut outcome).await;
