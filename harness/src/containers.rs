@@ -1,18 +1,20 @@
 //! The containers runtime: nginx and the backend as Docker containers on a network of their own,
-//! driven through the Engine API (`bollard`). mock-twilio and the hop fault point stay in this
-//! process and listen on the network's gateway address, which the containers reach as the host.
+//! started, stopped and removed through [testcontainers](https://docs.rs/testcontainers) (local
+//! images, never pulled; testcontainers has no reaper, so a label sweep removes what a killed
+//! harness left), with the Engine API (`bollard`) for what testcontainers does not do: the
+//! network with its address-pool wait, SIGKILL, logs that follow restarts, and the host pid.
+//! mock-twilio and the hop fault point stay in this process and listen on the network's gateway
+//! address, which the containers reach as the host.
 //!
 //! Its images are built offline (`harness images build`).
 
 use crate::docker::{engine, err};
 use crate::error::HarnessError;
 use crate::process::LogFile;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, PortBinding,
-};
+use bollard::models::{HostConfig, NetworkCreateRequest, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -20,7 +22,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testcontainers::core::ContainerPort;
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
 
 /// The label every container and network of ours carries; its value is the owning process id.
 pub const OWNER_LABEL: &str = "recordings-harness.owner-pid";
@@ -119,14 +125,51 @@ pub struct ContainerStack {
     pub gateway: IpAddr,
     /// Every container's name, from before its creation is asked for: a run cancelled while
     /// the engine creates one (Ctrl-C) still removes it.
-    containers: std::sync::Mutex<Vec<String>>,
-    log_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    containers: Mutex<Vec<String>>,
+    /// The started containers, by name, as testcontainers hands them over.
+    started: Mutex<HashMap<String, Arc<ContainerAsync<GenericImage>>>>,
+    log_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Removes the network and its containers if this process dies without dropping the stack
+    /// (SIGKILL): see [`watchdog`].
+    watchdog: Mutex<Option<std::process::Child>>,
+}
+
+/// A `sh` that waits for its stdin, a pipe only this process holds, to close (this process is
+/// gone), then removes the containers on `network` and the network with the docker CLI (which
+/// follows `DOCKER_HOST` as we do). In a process group of its own, so the terminal's Ctrl-C
+/// does not stop it first. Without the CLI it does nothing, and the next stack's sweep
+/// ([`sweep_orphans`]) removes them.
+fn watchdog(network: &str) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let script = "read _; ids=$(docker ps -aq --filter \"network=$1\"); \
+                  [ -n \"$ids\" ] && docker rm -fv $ids; docker network rm \"$1\"";
+    std::process::Command::new("/bin/sh")
+        .args(["-c", script, "watchdog", network])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
 }
 
 /// How long a new network waits for an address pool while the engine's are all in use (each
 /// stack has a network; many stacks at once, as `cargo test` under containers runs, can take
 /// every default pool, about 30).
 const POOL_WAIT: Duration = Duration::from_secs(120);
+
+/// The port bindings of a container that publishes `port`: an ephemeral port on 127.0.0.1.
+fn loopback_binding(port: Option<u16>) -> HashMap<String, Option<Vec<PortBinding>>> {
+    port.into_iter()
+        .map(|p| {
+            let binding = PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            };
+            (format!("{p}/tcp"), Some(vec![binding]))
+        })
+        .collect()
+}
 
 /// Creates our bridge network `name`, waiting (up to [`POOL_WAIT`]) while the engine has no
 /// address pool left: other stacks end and give theirs back.
@@ -162,7 +205,9 @@ impl ContainerStack {
             network: network.clone(),
             gateway: IpAddr::from([127, 0, 0, 1]),
             containers: Default::default(),
+            started: Default::default(),
             log_tasks: Default::default(),
+            watchdog: Mutex::new(watchdog(&network)),
         };
         let info = stack
             .docker
@@ -189,81 +234,80 @@ impl ContainerStack {
         log: &LogFile,
     ) -> Result<Container, HarnessError> {
         let name = format!("{}-{role}", self.network);
-        let labels = HashMap::from([(OWNER_LABEL.to_string(), std::process::id().to_string())]);
-        let mut host = HostConfig {
-            binds: Some(spec.binds.clone()),
-            network_mode: Some(self.network.clone()),
-            ..Default::default()
-        };
-        let mut exposed = None;
-        if let Some(port) = spec.publish {
-            let key = format!("{port}/tcp");
-            host.port_bindings = Some(HashMap::from([(
-                key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(String::new()),
-                }]),
-            )]));
-            exposed = Some(vec![key]);
-        }
-        let cmd = match &spec.output_file {
-            Some(file) => {
-                let mut c = vec![
-                    "sh".to_string(),
-                    "-c".to_string(),
-                    "f=$1; shift; exec \"$@\" >>\"$f\" 2>&1".to_string(),
-                    "run".to_string(),
-                    file.display().to_string(),
-                ];
-                c.extend(spec.cmd.iter().cloned());
-                Some(c)
-            }
-            None => (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
-        };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd,
-            user: Some(format!(
-                "{}:{}",
-                nix::unistd::getuid(),
-                nix::unistd::getgid()
-            )),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(labels),
-            exposed_ports: exposed,
-            host_config: Some(host),
-            networking_config: Some(bollard::models::NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    self.network.clone(),
-                    EndpointSettings::default(),
-                )])),
-            }),
-            ..Default::default()
-        };
+        let request = self.request(&name, spec);
         // Owned from here: removed on drop, by name, even if creating or starting it is cut off.
         self.containers.lock().unwrap().push(name.clone());
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-                body,
-            )
+        let started = request
+            .start()
             .await
-            .map_err(err(format!("create container {name} from {}", spec.image)))?;
+            .map_err(err(format!("start container {name} from {}", spec.image)))?;
         let container = Container {
-            id: created.id,
-            name,
+            id: started.id().to_string(),
+            name: name.clone(),
             output_to_file: spec.output_file.is_some(),
         };
-        self.docker
-            .start_container(&container.id, None)
-            .await
-            .map_err(err(format!("start container {}", container.name)))?;
+        self.started.lock().unwrap().insert(name, Arc::new(started));
         if spec.output_file.is_none() {
             self.follow_logs(&container, log);
         }
         Ok(container)
+    }
+
+    /// The testcontainers request for `spec`: a local image (testcontainers pulls only what
+    /// the engine does not have), on our network, as this user, labelled with our pid; a
+    /// published port is bound on 127.0.0.1 only.
+    fn request(&self, name: &str, spec: &ContainerSpec) -> ContainerRequest<GenericImage> {
+        let (repository, tag) = spec
+            .image
+            .rsplit_once(':')
+            .unwrap_or((&spec.image, "latest"));
+        let mut image = GenericImage::new(repository, tag);
+        if let Some(port) = spec.publish {
+            image = image.with_exposed_port(ContainerPort::Tcp(port));
+        }
+        let binds = spec.binds.clone();
+        let publish = spec.publish;
+        let mut request = image
+            .with_container_name(name)
+            .with_network(self.network.clone())
+            .with_label(OWNER_LABEL, std::process::id().to_string())
+            .with_user(format!(
+                "{}:{}",
+                nix::unistd::getuid(),
+                nix::unistd::getgid()
+            ))
+            .with_host_config_modifier(move |host: &mut HostConfig| {
+                host.binds = Some(binds.clone());
+                host.publish_all_ports = Some(false);
+                host.port_bindings = Some(loopback_binding(publish));
+            });
+        for (key, value) in &spec.env {
+            request = request.with_env_var(key, value);
+        }
+        match &spec.output_file {
+            Some(file) => {
+                let script = "f=$1; shift; exec \"$@\" >>\"$f\" 2>&1";
+                let mut cmd: Vec<String> = ["sh", "-c", script, "run"].map(String::from).into();
+                cmd.push(file.display().to_string());
+                cmd.extend(spec.cmd.iter().cloned());
+                request.with_cmd(cmd)
+            }
+            None if spec.cmd.is_empty() => request,
+            None => request.with_cmd(spec.cmd.clone()),
+        }
+    }
+
+    /// The started container behind `c`.
+    fn started(&self, c: &Container) -> Result<Arc<ContainerAsync<GenericImage>>, HarnessError> {
+        self.started
+            .lock()
+            .unwrap()
+            .get(&c.name)
+            .cloned()
+            .ok_or_else(|| HarnessError::Docker {
+                what: format!("find {}", c.name),
+                message: "it was never started".into(),
+            })
     }
 
     /// Appends the container's output (from now on, following restarts) to `log`.
@@ -305,39 +349,20 @@ impl ContainerStack {
 
     /// The container's address on the network.
     pub async fn ip(&self, c: &Container) -> Result<IpAddr, HarnessError> {
-        let info = self
-            .docker
-            .inspect_container(&c.id, None)
+        self.started(c)?
+            .get_bridge_ip_address()
             .await
-            .map_err(err(format!("inspect {}", c.name)))?;
-        info.network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.get(&self.network).cloned())
-            .and_then(|e| e.ip_address)
-            .and_then(|ip| ip.parse().ok())
-            .ok_or_else(|| HarnessError::Docker {
-                what: format!("inspect {}", c.name),
-                message: format!("it has no address on {}", self.network),
-            })
+            .map_err(err(format!("inspect {}", c.name)))
     }
 
     /// The loopback address its published `port` is mapped to.
     pub async fn published(&self, c: &Container, port: u16) -> Result<SocketAddr, HarnessError> {
-        let info = self
-            .docker
-            .inspect_container(&c.id, None)
+        let host_port = self
+            .started(c)?
+            .get_host_port_ipv4(ContainerPort::Tcp(port))
             .await
             .map_err(err(format!("inspect {}", c.name)))?;
-        info.network_settings
-            .and_then(|n| n.ports)
-            .and_then(|p| p.get(&format!("{port}/tcp")).cloned().flatten())
-            .and_then(|b| b.into_iter().find_map(|b| b.host_port))
-            .and_then(|p| p.parse::<u16>().ok())
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-            .ok_or_else(|| HarnessError::Docker {
-                what: format!("inspect {}", c.name),
-                message: format!("port {port} is not published"),
-            })
+        Ok(SocketAddr::from(([127, 0, 0, 1], host_port)))
     }
 
     /// Its main process's id as this host sees it, while it runs, when the engine runs on this
@@ -351,20 +376,12 @@ impl ContainerStack {
 
     /// Whether it is running (`Err` when it exited: its status).
     pub async fn running(&self, c: &Container) -> Result<(), String> {
-        let info = self
-            .docker
-            .inspect_container(&c.id, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let state = info.state.unwrap_or_default();
-        if state.running == Some(true) {
-            Ok(())
-        } else {
-            Err(format!(
-                "exited with status {}",
-                state.exit_code.unwrap_or(-1)
-            ))
+        let started = self.started(c).map_err(|e| e.to_string())?;
+        if started.is_running().await.map_err(|e| e.to_string())? {
+            return Ok(());
         }
+        let code = started.exit_code().await.map_err(|e| e.to_string())?;
+        Err(format!("exited with status {}", code.unwrap_or(-1)))
     }
 
     /// SIGKILL.
@@ -381,17 +398,10 @@ impl ContainerStack {
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub async fn stop(&self, c: &Container, grace: Duration) {
-        let _ = self
-            .docker
-            .stop_container(
-                &c.id,
-                Some(
-                    StopContainerOptionsBuilder::default()
-                        .t(grace.as_secs().max(1) as i32)
-                        .build(),
-                ),
-            )
-            .await;
+        if let Ok(started) = self.started(c) {
+            let seconds = grace.as_secs().max(1) as i32;
+            let _ = started.stop_with_timeout(Some(seconds)).await;
+        }
         self.wait_stopped(c, grace + Duration::from_secs(10)).await;
     }
 
@@ -404,8 +414,8 @@ impl ContainerStack {
 
     /// Starts a stopped container again (its logs keep following).
     pub async fn start(&self, c: &Container, log: &LogFile) -> Result<(), HarnessError> {
-        self.docker
-            .start_container(&c.id, None)
+        self.started(c)?
+            .start()
             .await
             .map_err(err(format!("start {}", c.name)))?;
         if !c.output_to_file {
@@ -417,13 +427,27 @@ impl ContainerStack {
 
 impl Drop for ContainerStack {
     fn drop(&mut self) {
+        // We remove everything ourselves: the watchdog goes without doing anything.
+        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         for t in self.log_tasks.lock().unwrap().iter() {
             t.abort();
         }
         let docker = self.docker.clone();
         let ids: Vec<String> = self.containers.lock().unwrap().clone();
+        let started: Vec<_> = self
+            .started
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
         let network = self.network.clone();
-        // Drop cannot await: remove everything on a thread with a runtime of its own.
+        // Drop cannot await: remove everything on a thread with a runtime of its own;
+        // testcontainers removes what it started, and what it never handed over (a start cut
+        // off) is removed by name.
         let done = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -432,6 +456,12 @@ impl Drop for ContainerStack {
                 return;
             };
             rt.block_on(async {
+                for container in started {
+                    match Arc::try_unwrap(container) {
+                        Ok(container) => drop(container.rm().await),
+                        Err(shared) => drop(shared),
+                    }
+                }
                 for id in ids {
                     let _ = docker
                         .remove_container(

@@ -4,9 +4,9 @@ use crate::error::HarnessError;
 use bollard::Docker;
 use std::time::Duration;
 
-pub(crate) fn err(
+pub(crate) fn err<E: std::fmt::Display>(
     what: impl std::fmt::Display,
-) -> impl FnOnce(bollard::errors::Error) -> HarnessError {
+) -> impl FnOnce(E) -> HarnessError {
     move |e| HarnessError::Docker {
         what: what.to_string(),
         message: e.to_string(),

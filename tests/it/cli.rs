@@ -495,7 +495,7 @@ fn a_killed_harness_takes_its_stack_with_it() {
     if !tools_present() {
         return;
     }
-    // SIGKILL runs no destructor: the kernel must end the stack's processes (parent-death signal).
+    // SIGKILL runs no destructor: the stack's watchdogs must end its processes and containers.
     let tmp = tempfile::tempdir().unwrap();
     let stdout = tempfile::NamedTempFile::new().unwrap();
     let mut child = harness()
@@ -514,14 +514,22 @@ fn a_killed_harness_takes_its_stack_with_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!processes_mentioning(tmp.path()).is_empty());
+    let pid = child.id();
+    assert!(
+        crate::support::runtime() == harness::Runtime::Processes
+            || !containers_owned_by(pid).is_empty(),
+        "its containers run"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
+    // Its processes end (and under containers, its containers and network go: the watchdog).
     let start = Instant::now();
-    while !processes_mentioning(tmp.path()).is_empty() {
+    while !processes_mentioning(tmp.path()).is_empty() || !containers_owned_by(pid).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "left running: {:?}",
-            processes_mentioning(tmp.path())
+            "left running: {:?} {:?}",
+            processes_mentioning(tmp.path()),
+            containers_owned_by(pid)
         );
         std::thread::sleep(Duration::from_millis(20));
     }

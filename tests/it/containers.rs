@@ -98,6 +98,21 @@ fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
                     "{running:?}"
                 );
                 assert!(running.contains(&network), "{running:?}");
+                // Started through testcontainers, with nginx published on loopback only.
+                for role in ["nginx", "backend"] {
+                    let label = docker(&[
+                        "inspect",
+                        "-f",
+                        "{{index .Config.Labels \"org.testcontainers.managed-by\"}}",
+                        &format!("{network}-{role}"),
+                    ]);
+                    assert_eq!(label.trim(), "testcontainers", "{role}");
+                }
+                let ports = docker(&["port", &format!("{network}-nginx")]);
+                assert!(
+                    ports.lines().count() == 1 && ports.contains("-> 127.0.0.1:"),
+                    "{ports}"
+                );
                 // Its backend's memory and fds are read from this host's /proc, as a
                 // process's are: the container's main process is the backend itself.
                 let pid = stack.backend_measured_pids()[0].expect("a pid on this host");
@@ -122,6 +137,13 @@ fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
     .unwrap();
     assert!(!network.is_empty());
     assert_eq!(leftovers(&network), Vec::<String>::new(), "left behind");
+}
+
+/// The docker CLI's output for `args`; panics if it fails.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
