@@ -427,11 +427,6 @@ impl ContainerStack {
 
 impl Drop for ContainerStack {
     fn drop(&mut self) {
-        // We remove everything ourselves: the watchdog goes without doing anything.
-        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
-        }
         for t in self.log_tasks.lock().unwrap().iter() {
             t.abort();
         }
@@ -479,5 +474,11 @@ impl Drop for ContainerStack {
             });
         });
         let _ = done.join();
+        // Everything is removed: the watchdog goes without doing anything. (Until here it
+        // stays, for a SIGKILL during the removal.)
+        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
     }
 }

@@ -117,7 +117,8 @@ impl Media {
     /// Playing time in whole seconds, as Twilio reports `duration`.
     pub fn duration_secs(&self) -> u64 {
         match self.format {
-            MediaFormat::Mp3 => (self.size - self.tag_len.min(self.size)) * 8 / 128_000,
+            // The Info frame holds no audio; each other frame is 1,152 samples at 48 kHz.
+            MediaFormat::Mp3 => self.frames.saturating_sub(u64::from(self.frames >= 2)) * 24 / 1000,
             MediaFormat::Wav => self.size.saturating_sub(WAV_HEADER) / WAV_RATE,
         }
     }
@@ -289,11 +290,17 @@ mod tests {
     #[test]
     fn any_slice_equals_the_slice_of_the_whole() {
         for format in [MediaFormat::Mp3, MediaFormat::Wav] {
-            for size in [0, 1, 9, 43, 44, 45, 426, 427, 1000, 4170, 10_000] {
+            // Around the edges: the ID3 header, the first frame (394), the first Info frame
+            // (778), whole frames, and the WAV header.
+            for size in [
+                0, 1, 9, 43, 44, 45, 393, 394, 395, 777, 778, 779, 1000, 3850, 3851, 10_000,
+            ] {
                 let m = Media::new("RE0123", format, size);
                 let whole = m.to_vec();
                 assert_eq!(whole.len() as u64, size);
-                for (a, b) in [(0, size), (size / 3, size / 2), (size / 2, size)] {
+                // The last pair starts inside a first Info tag (after a 10-byte ID3 tag).
+                let info = (size.min(33), size.min(40));
+                for (a, b) in [(0, size), (size / 3, size / 2), (size / 2, size), info] {
                     assert_eq!(
                         m.slice(a..b),
                         whole[a as usize..b as usize],
@@ -323,7 +330,7 @@ mod tests {
 
     #[test]
     fn mp3_is_an_id3_tag_then_whole_frames() {
-        for size in [427, 428, 1000, 10_000, 100_003] {
+        for size in [394, 395, 777, 778, 1000, 3850, 3851, 10_000, 100_003] {
             let m = Media::new("REabc", MediaFormat::Mp3, size);
             let bytes = m.to_vec();
             assert_eq!(&bytes[..3], b"ID3");
@@ -358,6 +365,8 @@ mod tests {
         let by_frames_ms = frames as f64 * 1152.0 / 48.0;
         let by_bitrate_ms = (1_000_000 - m.tag_len) as f64 * 8.0 / 128.0;
         assert!((by_bitrate_ms - 62_500.0).abs() < 30.0, "{by_bitrate_ms}");
+        // Twilio's whole seconds: 62.5 s less the Info frame (24 ms) and the tag.
+        assert_eq!(m.duration_secs(), 62);
         assert!(
             (by_frames_ms - by_bitrate_ms).abs() < 1.0,
             "{frames} frames last {by_frames_ms} ms, the bitrate says {by_bitrate_ms} ms"

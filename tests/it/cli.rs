@@ -14,6 +14,15 @@ fn harness() -> Command {
     c
 }
 
+/// Under the containers runtime, builds the images first (`harness images build` reuses what
+/// is there), so that a stack's start, which these tests time, is not a first build.
+fn images_built() {
+    if crate::support::runtime() == harness::Runtime::Containers {
+        let out = harness().args(["images", "build"]).output().unwrap();
+        assert!(out.status.success(), "harness images build: {out:?}");
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -384,6 +393,7 @@ fn interrupt(
     signal: nix::sys::signal::Signal,
     ready: impl Fn(&Path, &str) -> bool,
 ) -> String {
+    images_built();
     let tmp = tempfile::tempdir().unwrap();
     let stdout = tempfile::NamedTempFile::new().unwrap();
     let mut child = Interrupted(
@@ -496,6 +506,7 @@ fn a_killed_harness_takes_its_stack_with_it() {
         return;
     }
     // SIGKILL runs no destructor: the stack's watchdogs must end its processes and containers.
+    images_built();
     let tmp = tempfile::tempdir().unwrap();
     let stdout = tempfile::NamedTempFile::new().unwrap();
     let mut child = harness()
