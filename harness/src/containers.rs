@@ -134,23 +134,14 @@ pub struct ContainerStack {
     watchdog: Mutex<Option<std::process::Child>>,
 }
 
-/// A `sh` that waits for its stdin, a pipe only this process holds, to close (this process is
-/// gone), then removes the containers on `network` and the network with the docker CLI (which
-/// follows `DOCKER_HOST` as we do). In a process group of its own, so the terminal's Ctrl-C
-/// does not stop it first. Without the CLI it does nothing, and the next stack's sweep
-/// ([`sweep_orphans`]) removes them.
+/// A watchdog ([`crate::process::watchdog`]) that, if this process dies without dropping the
+/// stack (SIGKILL), removes the containers on `network` and the network with the docker CLI
+/// (which follows `DOCKER_HOST` as we do). Without the CLI it does nothing, and the next stack's
+/// sweep ([`sweep_orphans`]) removes them.
 fn watchdog(network: &str) -> Option<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    let script = "read _; ids=$(docker ps -aq --filter \"network=$1\"); \
+    let script = "ids=$(docker ps -aq --filter \"network=$1\"); \
                   [ -n \"$ids\" ] && docker rm -fv $ids; docker network rm \"$1\"";
-    std::process::Command::new("/bin/sh")
-        .args(["-c", script, "watchdog", network])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .ok()
+    crate::process::watchdog(script, network)
 }
 
 /// How long a new network waits for an address pool while the engine's are all in use (each
@@ -451,11 +442,9 @@ impl Drop for ContainerStack {
                 return;
             };
             rt.block_on(async {
-                for container in started {
-                    match Arc::try_unwrap(container) {
-                        Ok(container) => drop(container.rm().await),
-                        Err(shared) => drop(shared),
-                    }
+                // Only the stack holds them by now (methods hold a clone while they run).
+                for container in started.into_iter().filter_map(|c| Arc::try_unwrap(c).ok()) {
+                    let _ = container.rm().await;
                 }
                 for id in ids {
                     let _ = docker

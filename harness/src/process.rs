@@ -62,19 +62,9 @@ impl ChildGuard {
             "start {name} ({:?})",
             cmd.get_program()
         )))?;
-        // A watchdog for when we die without dropping the guard (SIGKILL, Ctrl-C on `cargo
-        // test`: the child's own process group keeps the terminal's signal from it). It waits
-        // for its stdin, a pipe only we hold, to close, then kills the child's group; in a group
-        // of its own, the terminal's Ctrl-C does not stop it first.
-        let watchdog = Command::new("/bin/sh")
-            .args(["-c", "read _; kill -9 -\"$1\" 2>/dev/null", "watchdog"])
-            .arg(child.id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .ok();
+        // For when we die without dropping the guard (SIGKILL, Ctrl-C on `cargo test`: the
+        // child's own process group keeps the terminal's signal from it): kill the child's group.
+        let watchdog = watchdog("kill -9 -\"$1\" 2>/dev/null", &child.id().to_string());
         Ok(ChildGuard {
             name: name.to_string(),
             pid: child.id(),
@@ -154,6 +144,21 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `sh` that waits for its stdin, a pipe only this process holds, to close (this process is
+/// gone, SIGKILL included), then runs `script` with `$1` = `arg`. In a process group of its own,
+/// so the terminal's Ctrl-C does not stop it first. Dropping the [`Child`]'s stdin runs it;
+/// killing the `sh` dismisses it. `None` if `sh` cannot start.
+pub fn watchdog(script: &str, arg: &str) -> Option<Child> {
+    Command::new("/bin/sh")
+        .args(["-c", &format!("read _; {script}"), "watchdog", arg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
 }
 
 /// A process's resident memory (kB) and open file descriptors, from `/proc`.

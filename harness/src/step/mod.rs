@@ -323,13 +323,7 @@ fn build(session: &Session, r: &RequestStep, step: usize) -> Result<Built, Harne
             "{call_sid}",
             rec.as_ref().map(|x| x.call_sid.as_str()).unwrap_or(""),
         ),
-        (None, Some(rec)) => {
-            // Without `format`, the download names the recording's own unless it is mp3.
-            let named = r
-                .format
-                .or((rec.format != MediaFormat::Mp3).then_some(rec.format));
-            download_path(&rec.call_sid, named)
-        }
+        (None, Some(rec)) => download_path(&rec.call_sid, asked_format(r.format, rec)),
         (None, None) => {
             return Err(HarnessError::step(
                 step,
@@ -572,10 +566,7 @@ async fn play(
     let browser = Browser::launch_in(engine, stack.sandbox(), slot).await?;
     pause(p.pause_ms).await;
     let marks = Marks::of(stack);
-    // As a download does: a recording that is not an mp3 is asked for in its own format.
-    let format = p
-        .format
-        .or((rec.format != MediaFormat::Mp3).then_some(rec.format));
+    let format = asked_format(p.format, &rec);
     let options = PlayOptions {
         engine,
         format,
@@ -601,6 +592,12 @@ async fn play(
     outcome.browser = Some(observed);
     settle(stack, &marks, &[], false, &mut outcome).await;
     Ok(outcome)
+}
+
+/// The `?format=` a download or a play asks for: the step's `format`, else the recording's own
+/// unless it is mp3 (the backend's default, asked for with no `?format=`).
+fn asked_format(step_format: Option<MediaFormat>, rec: &Recording) -> Option<MediaFormat> {
+    step_format.or((rec.format != MediaFormat::Mp3).then_some(rec.format))
 }
 
 /// The stack to read logs from, when this session reads them.
