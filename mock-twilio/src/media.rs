@@ -118,7 +118,7 @@ impl Media {
     pub fn duration_secs(&self) -> u64 {
         match self.format {
             // The Info frame holds no audio; each other frame is 1,152 samples at 48 kHz.
-            MediaFormat::Mp3 => self.frames.saturating_sub(u64::from(self.frames >= 2)) * 24 / 1000,
+            MediaFormat::Mp3 => (self.frames - u64::from(self.has_info_frame())) * 24 / 1000,
             MediaFormat::Wav => self.size.saturating_sub(WAV_HEADER) / WAV_RATE,
         }
     }
@@ -150,6 +150,7 @@ impl Media {
     }
 
     fn fill_mp3(&self, offset: u64, buf: &mut [u8]) {
+        let info = self.info_tag();
         let mut pos = offset;
         let mut out = 0usize;
         while out < buf.len() {
@@ -183,17 +184,16 @@ impl Media {
                 let frame = audio / MP3_FRAME;
                 let within = audio % MP3_FRAME;
                 n = ((MP3_FRAME - within) as usize).min(buf.len() - out);
-                let info = (frame == 0 && self.frames >= 2).then(|| self.info_tag());
+                let in_info_frame = frame == 0 && self.has_info_frame();
                 let mut noise = Noise::new(self.seed);
                 for i in 0..n {
                     let w = within + i as u64;
                     buf[out + i] = match w {
                         0..=3 => MP3_HEADER[w as usize],
                         w if w < INFO_TAG_AT => 0,
-                        w if info.is_some() => info
-                            .as_ref()
-                            .and_then(|tag| tag.get((w - INFO_TAG_AT) as usize).copied())
-                            .unwrap_or(0),
+                        w if in_info_frame => {
+                            info.get((w - INFO_TAG_AT) as usize).copied().unwrap_or(0)
+                        }
                         // Ancillary data: ignored by decoders, but unique per recording, and
                         // never 0xFF so it cannot look like a frame sync.
                         _ => noise.at(audio - within + w) & 0x7F,
@@ -205,12 +205,19 @@ impl Media {
         }
     }
 
-    /// The Info tag of the first frame: `Info`, flags, and the count of the audio frames.
+    /// Whether the first frame is an Info frame: only when other frames follow it to count.
+    fn has_info_frame(&self) -> bool {
+        self.frames >= 2
+    }
+
+    /// The Info tag of the first frame ([`Self::has_info_frame`]): `Info`, flags, and the count
+    /// of the audio frames.
     fn info_tag(&self) -> [u8; INFO_TAG_LEN as usize] {
         let mut tag = [0; INFO_TAG_LEN as usize];
         tag[..4].copy_from_slice(b"Info");
         tag[4..8].copy_from_slice(&1u32.to_be_bytes());
-        tag[8..].copy_from_slice(&((self.frames - 1) as u32).to_be_bytes());
+        let counted = self.frames.saturating_sub(1) as u32;
+        tag[8..].copy_from_slice(&counted.to_be_bytes());
         tag
     }
 
