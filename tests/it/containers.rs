@@ -2,7 +2,7 @@
 //! images built offline and reused, and nothing of ours left behind.
 
 use crate::support::docker_present;
-use crate::support::{rt, tools_present};
+use crate::support::{docker, rt, tools_present};
 use harness::nginx::NginxLine;
 use harness::stack::BackendSpec;
 use harness::{Profile, Runtime, Stack, StackSpec};
@@ -137,13 +137,6 @@ fn a_container_stack_runs_in_docker_and_leaves_nothing_behind_even_on_panic() {
     .unwrap();
     assert!(!network.is_empty());
     assert_eq!(leftovers(&network), Vec::<String>::new(), "left behind");
-}
-
-/// The docker CLI's output for `args`; panics if it fails.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(out.status.success(), "docker {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

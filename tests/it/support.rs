@@ -153,6 +153,16 @@ pub fn present_or_skip(present: bool, hint: &str) -> bool {
     present
 }
 
+/// The docker CLI's output for `args`; panics if it fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The names of the engine's containers (running or not) and networks, from the docker CLI (an
 /// independent view of the engine), narrowed by `filter` (a `docker --filter` value) if given.
 pub fn docker_names(filter: Option<&str>) -> Vec<String> {
@@ -161,18 +171,10 @@ pub fn docker_names(filter: Option<&str>) -> Vec<String> {
         (["ps", "-a"], "{{.Names}}"),
         (["network", "ls"], "{{.Name}}"),
     ] {
-        let mut cmd = std::process::Command::new("docker");
-        cmd.args(list).args(["--format", name]);
-        if let Some(filter) = filter {
-            cmd.args(["--filter", filter]);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "docker {list:?}: {out:?}");
-        names.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string),
-        );
+        let mut args = list.to_vec();
+        args.extend(["--format", name]);
+        args.extend(filter.iter().flat_map(|f| ["--filter", f]));
+        names.extend(docker(&args).lines().map(str::to_string));
     }
     names
 }
