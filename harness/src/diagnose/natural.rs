@@ -71,8 +71,8 @@ async fn trial(stack: &Stack, rec: &Recording, gap: Duration) -> Fell {
 
 /// Runs `trials` trials on a stack of `spec` with no fault armed: bisecting between a gap that
 /// came early and one that came late, starting ±20 ms around the earlier of the two idle closes
-/// (the backend's, measured; nginx's, from its config), then sweeping ±0.5 ms around the
-/// boundary, which it follows as it drifts.
+/// (the backend's, measured; nginx's, from its config) and widening past it while every trial
+/// falls on one side, then sweeping ±0.5 ms around the boundary, which it follows as it drifts.
 pub async fn sweep(spec: &StackSpec, trials: usize) -> Result<NaturalRace, HarnessError> {
     let stack = Stack::start(spec.clone()).await?;
     let rendered = std::fs::read_to_string(stack.sandbox().join("nginx.conf"))
@@ -113,15 +113,27 @@ pub async fn sweep(spec: &StackSpec, trials: usize) -> Result<NaturalRace, Harne
         .await
         {
             Fell::Hit => found.hits += 1,
+            // Until both sides have been seen the bracket may be wrong (the idle close was
+            // measured late on a loaded machine): it moves past the side seen, doubling.
             Fell::Early => {
                 found.early += 1;
+                let width = if found.late == 0 {
+                    2.0 * (hi - lo).max(20.0)
+                } else {
+                    0.1
+                };
                 lo = gap_ms;
-                hi = hi.max(lo + 0.1);
+                hi = hi.max(lo + width);
             }
             Fell::Late => {
                 found.late += 1;
+                let width = if found.early == 0 {
+                    2.0 * (hi - lo).max(20.0)
+                } else {
+                    0.1
+                };
                 hi = gap_ms;
-                lo = lo.min(hi - 0.1);
+                lo = lo.min(hi - width);
             }
         }
     }
