@@ -48,6 +48,10 @@ pub enum Phase {
         error: FetchError,
         /// Bytes that reached the temp file before the failure.
         written: u64,
+        /// With bytes written: the temp file (open, though removed), Twilio's Content-Length
+        /// and when the download started, so that a reader that never saw `Writing` still
+        /// gets those bytes before the error, as one that saw it does.
+        partial: Option<(Arc<File>, u64, SystemTime)>,
     },
 }
 
@@ -280,6 +284,20 @@ impl Cache {
                         cause: format!("cached file {} vanished", path.display()),
                     })
                 }
+                // Cut after some bytes: those first, then the error (the fast cut's reader
+                // never saw `Writing`; the answer must not depend on that).
+                Phase::Failed {
+                    written,
+                    partial: Some((file, size, started)),
+                    ..
+                } if written > 0 => {
+                    return Ok(Source::Live {
+                        file,
+                        size,
+                        modified: started,
+                        progress: rx,
+                    })
+                }
                 Phase::Failed { error, .. } => return Err(fetch_error(error)),
             }
             if rx.changed().await.is_err() {
@@ -345,6 +363,7 @@ impl Cache {
                 tx.send_replace(Phase::Failed {
                     error: FetchError::Failed(cause),
                     written: 0,
+                    partial: None,
                 });
                 return;
             }
@@ -404,11 +423,20 @@ impl Cache {
                         tracing::error!(call_sid, recording_sid, cause = %cause, "Failed to fetch recording")
                     }
                 }
-                let written = match &*tx.borrow() {
-                    Phase::Writing { written, .. } => *written,
-                    _ => 0,
+                let (written, partial) = match &*tx.borrow() {
+                    Phase::Writing {
+                        written,
+                        file,
+                        size,
+                        started,
+                    } => (*written, Some((file.clone(), *size, *started))),
+                    _ => (0, None),
                 };
-                tx.send_replace(Phase::Failed { error: e, written });
+                tx.send_replace(Phase::Failed {
+                    error: e,
+                    written,
+                    partial,
+                });
             }
         }
     }
