@@ -89,7 +89,7 @@ pub async fn sweep(spec: &StackSpec, trials: usize) -> Result<NaturalRace, Harne
         MediaFormat::Mp3,
         10_000,
     ));
-    let (mut lo, mut hi) = (around - 20.0, around + 20.0);
+    let mut bracket = Bracket::around(around);
     let mut found = NaturalRace {
         trials,
         hits: 0,
@@ -99,44 +99,124 @@ pub async fn sweep(spec: &StackSpec, trials: usize) -> Result<NaturalRace, Harne
         late: 0,
     };
     for k in 0..trials {
-        let gap_ms = if hi - lo > 0.2 {
-            (lo + hi) / 2.0
-        } else {
-            let mid = (lo + hi) / 2.0;
-            mid - 0.5 + (k % 11) as f64 * 0.1
-        };
-        match trial(
-            &stack,
-            &rec,
-            Duration::from_secs_f64(gap_ms.max(0.0) / 1000.0),
-        )
-        .await
-        {
+        let gap_ms = bracket.next_gap(k);
+        let gap = Duration::from_secs_f64(gap_ms.max(0.0) / 1000.0);
+        let fell = trial(&stack, &rec, gap).await;
+        match fell {
             Fell::Hit => found.hits += 1,
-            // Until both sides have been seen the bracket may be wrong (the idle close was
-            // measured late on a loaded machine): it moves past the side seen, doubling.
+            Fell::Early => found.early += 1,
+            Fell::Late => found.late += 1,
+        }
+        bracket.record(fell, gap_ms);
+    }
+    found.around_ms = bracket.middle();
+    Ok(found)
+}
+
+/// The gaps still to try: bisection between one that came early and one that came late, then
+/// a sweep of ±0.5 ms around the boundary, which it follows as it drifts.
+#[derive(Debug)]
+struct Bracket {
+    lo: f64,
+    hi: f64,
+    seen_early: bool,
+    seen_late: bool,
+}
+
+impl Bracket {
+    /// ±20 ms around where the boundary is expected.
+    fn around(ms: f64) -> Bracket {
+        Bracket {
+            lo: ms - 20.0,
+            hi: ms + 20.0,
+            seen_early: false,
+            seen_late: false,
+        }
+    }
+
+    /// The `k`th trial's gap, in ms.
+    fn next_gap(&self, k: usize) -> f64 {
+        let mid = self.middle();
+        if self.hi - self.lo > 0.2 {
+            mid
+        } else {
+            mid - 0.5 + (k % 11) as f64 * 0.1
+        }
+    }
+
+    fn middle(&self) -> f64 {
+        (self.lo + self.hi) / 2.0
+    }
+
+    /// Narrows the bracket by where a trial at `gap` fell. Until both sides have been seen the
+    /// bracket may be wrong (the idle close measured late on a loaded machine): it moves past
+    /// the side seen, doubling.
+    fn record(&mut self, fell: Fell, gap: f64) {
+        let widen = |other_side_seen: bool, width: f64| {
+            if other_side_seen {
+                0.1
+            } else {
+                2.0 * width.max(20.0)
+            }
+        };
+        match fell {
+            Fell::Hit => {}
             Fell::Early => {
-                found.early += 1;
-                let width = if found.late == 0 {
-                    2.0 * (hi - lo).max(20.0)
-                } else {
-                    0.1
-                };
-                lo = gap_ms;
-                hi = hi.max(lo + width);
+                let width = widen(self.seen_late, self.hi - self.lo);
+                self.seen_early = true;
+                self.lo = gap;
+                self.hi = self.hi.max(gap + width);
             }
             Fell::Late => {
-                found.late += 1;
-                let width = if found.early == 0 {
-                    2.0 * (hi - lo).max(20.0)
-                } else {
-                    0.1
-                };
-                hi = gap_ms;
-                lo = lo.min(hi - width);
+                let width = widen(self.seen_early, self.hi - self.lo);
+                self.seen_late = true;
+                self.hi = gap;
+                self.lo = self.lo.min(gap - width);
             }
         }
     }
-    found.around_ms = (lo + hi) / 2.0;
-    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trials against a boundary at `boundary` ms (a 0.2 ms window of hits below it), the
+    /// bracket starting around `expected`: how many hit, and where the bracket ended.
+    fn sweep_against(boundary: f64, expected: f64) -> (usize, f64) {
+        let mut bracket = Bracket::around(expected);
+        let mut hits = 0;
+        for k in 0..40 {
+            let gap = bracket.next_gap(k);
+            let fell = if gap < boundary - 0.2 {
+                Fell::Early
+            } else if gap <= boundary {
+                Fell::Hit
+            } else {
+                Fell::Late
+            };
+            hits += usize::from(fell == Fell::Hit);
+            bracket.record(fell, gap);
+        }
+        (hits, bracket.middle())
+    }
+
+    #[test]
+    fn the_sweep_finds_a_boundary_inside_its_first_bracket() {
+        let (hits, middle) = sweep_against(1003.0, 1000.0);
+        assert!(hits >= 1, "{hits} hits, ended at {middle}");
+        assert!((middle - 1003.0).abs() < 1.0, "{middle}");
+    }
+
+    #[test]
+    fn the_sweep_leaves_a_first_bracket_the_boundary_is_outside_of() {
+        // The idle close measured 26 ms late: the boundary is below the first bracket.
+        let (hits, middle) = sweep_against(1000.0, 1026.0);
+        assert!(hits >= 1, "{hits} hits, ended at {middle}");
+        assert!((middle - 1000.0).abs() < 1.0, "{middle}");
+        // And above it.
+        let (hits, middle) = sweep_against(1050.0, 1000.0);
+        assert!(hits >= 1, "{hits} hits, ended at {middle}");
+        assert!((middle - 1050.0).abs() < 1.0, "{middle}");
+    }
 }
