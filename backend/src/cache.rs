@@ -23,36 +23,62 @@ use tokio::sync::watch;
 /// Bytes read from disk per chunk of a response body.
 pub(crate) const CHUNK: u64 = 64 * 1024;
 
+/// The temp file a download writes, and how far it has come.
+#[derive(Debug, Clone)]
+pub struct TempFile {
+    /// The file (open; removed from the folder once the download fails).
+    pub file: Arc<File>,
+    /// Twilio's Content-Length.
+    pub size: u64,
+    /// When the download started.
+    pub started: SystemTime,
+    /// Bytes on disk so far.
+    pub written: u64,
+}
+
+impl TempFile {
+    /// A reader's view of it, following `progress` as it grows.
+    fn source(self, progress: watch::Receiver<Phase>) -> Source {
+        Source::Live {
+            file: self.file,
+            size: self.size,
+            modified: self.started,
+            progress,
+        }
+    }
+}
+
 /// How far a download has come (shared with every reader through a watch channel).
 #[derive(Debug, Clone)]
 pub enum Phase {
     /// Waiting for Twilio's response headers.
     Connecting,
-    /// Writing the body: `written` of `size` bytes are on disk in `file`.
-    Writing {
-        /// The temp file.
-        file: Arc<File>,
-        /// Twilio's Content-Length.
-        size: u64,
-        /// When the download started.
-        started: SystemTime,
-        /// Bytes on disk so far.
-        written: u64,
-    },
+    /// Writing the body into its temp file.
+    Writing(TempFile),
     /// Complete and renamed to its final name.
     Complete,
-    /// Failed after `written` bytes (readers still get those, then an error); nothing was
-    /// left in the cache.
+    /// Failed; nothing was left in the cache. Readers still get the bytes that reached the temp
+    /// file, then an error, also a reader that never saw `Writing` (a fast cut): the answer
+    /// must not depend on which phase a reader looked at first.
     Failed {
         /// Why.
         error: FetchError,
-        /// Bytes that reached the temp file before the failure.
-        written: u64,
-        /// With bytes written: the temp file (open, though removed), Twilio's Content-Length
-        /// and when the download started, so that a reader that never saw `Writing` still
-        /// gets those bytes before the error, as one that saw it does.
-        partial: Option<(Arc<File>, u64, SystemTime)>,
+        /// The temp file as it was when the download failed, if it got that far.
+        partial: Option<TempFile>,
     },
+}
+
+impl Phase {
+    /// Bytes on disk: so far while writing, before the failure once failed.
+    fn written(&self) -> u64 {
+        match self {
+            Phase::Writing(t)
+            | Phase::Failed {
+                partial: Some(t), ..
+            } => t.written,
+            _ => 0,
+        }
+    }
 }
 
 /// Where a response's bytes come from.
@@ -108,11 +134,7 @@ impl Source {
         };
         loop {
             match &*progress.borrow_and_update() {
-                Phase::Writing { written, .. } | Phase::Failed { written, .. }
-                    if *written > pos =>
-                {
-                    return Ok(())
-                }
+                phase if phase.written() > pos => return Ok(()),
                 Phase::Complete => return Ok(()),
                 Phase::Failed { error, .. } => return Err(fetch_error(error.clone())),
                 _ => {}
@@ -143,14 +165,9 @@ impl Source {
                     Some(rx) => loop {
                         let phase = rx.borrow_and_update().clone();
                         match phase {
-                            Phase::Writing { written, .. } if written > pos => {
-                                break written.min(end + 1)
-                            }
-                            Phase::Complete => break end + 1,
                             // What arrived before a failure is still served; then the cut.
-                            Phase::Failed { written, .. } if written > pos => {
-                                break written.min(end + 1)
-                            }
+                            phase if phase.written() > pos => break phase.written().min(end + 1),
+                            Phase::Complete => break end + 1,
                             Phase::Failed { error, .. } => {
                                 // Pending once before the error, so hyper flushes the bytes
                                 // already handed to it before it aborts the connection.
@@ -266,38 +283,18 @@ impl Cache {
             let phase = rx.borrow_and_update().clone();
             match phase {
                 Phase::Connecting => {}
-                Phase::Writing {
-                    file,
-                    size,
-                    started,
-                    ..
-                } => {
-                    return Ok(Source::Live {
-                        file,
-                        size,
-                        modified: started,
-                        progress: rx,
-                    })
-                }
+                Phase::Writing(temp) => return Ok(temp.source(rx)),
                 Phase::Complete => {
                     return self.open_cached(&path).ok_or_else(|| AppError::Internal {
                         cause: format!("cached file {} vanished", path.display()),
                     })
                 }
                 // Cut after some bytes: those first, then the error (the fast cut's reader
-                // never saw `Writing`; the answer must not depend on that).
+                // never saw `Writing`).
                 Phase::Failed {
-                    written,
-                    partial: Some((file, size, started)),
+                    partial: Some(temp),
                     ..
-                } if written > 0 => {
-                    return Ok(Source::Live {
-                        file,
-                        size,
-                        modified: started,
-                        progress: rx,
-                    })
-                }
+                } if temp.written > 0 => return Ok(temp.source(rx)),
                 Phase::Failed { error, .. } => return Err(fetch_error(error)),
             }
             if rx.changed().await.is_err() {
@@ -362,7 +359,6 @@ impl Cache {
                 let cause = format!("lock {}: {e}", final_path.display());
                 tx.send_replace(Phase::Failed {
                     error: FetchError::Failed(cause),
-                    written: 0,
                     partial: None,
                 });
                 return;
@@ -423,20 +419,11 @@ impl Cache {
                         tracing::error!(call_sid, recording_sid, cause = %cause, "Failed to fetch recording")
                     }
                 }
-                let (written, partial) = match &*tx.borrow() {
-                    Phase::Writing {
-                        written,
-                        file,
-                        size,
-                        started,
-                    } => (*written, Some((file.clone(), *size, *started))),
-                    _ => (0, None),
+                let partial = match &*tx.borrow() {
+                    Phase::Writing(temp) => Some(temp.clone()),
+                    _ => None,
                 };
-                tx.send_replace(Phase::Failed {
-                    error: e,
-                    written,
-                    partial,
-                });
+                tx.send_replace(Phase::Failed { error: e, partial });
             }
         }
     }
@@ -478,12 +465,12 @@ impl Cache {
                 .open(tmp)
                 .map_err(|e| io("cannot create temp file", e))?,
         );
-        tx.send_replace(Phase::Writing {
+        tx.send_replace(Phase::Writing(TempFile {
             file: file.clone(),
             size,
             started,
             written: 0,
-        });
+        }));
         let mut written = 0u64;
         let stall = self.twilio.budget();
         loop {
@@ -516,8 +503,8 @@ impl Cache {
                 .map(|n| written += n as u64)
                 .map_err(|e| io("cannot write temp file", e))?;
             tx.send_modify(|p| {
-                if let Phase::Writing { written: w, .. } = p {
-                    *w = written;
+                if let Phase::Writing(temp) = p {
+                    temp.written = written;
                 }
             });
         }
@@ -541,5 +528,102 @@ impl Cache {
         .map_err(|e| FetchError::Failed(e.to_string()))?
         .map_err(|e| io("cannot store the download", e))?;
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    const BEFORE_THE_CUT: &[u8] = b"the first bytes";
+    const SIZE: u64 = 1000;
+
+    fn cache(dir: &Path) -> Arc<Cache> {
+        // Never asked: every download in these tests is one the test itself puts in flight.
+        let twilio = Twilio::new("http://127.0.0.1:9", "AC0", "token", Duration::from_secs(1));
+        Arc::new(Cache::new(dir, Arc::new(twilio), Duration::from_secs(1)).unwrap())
+    }
+
+    /// A download of `RE1.mp3` in flight, in `phase`: what a reader sees first.
+    fn in_flight(cache: &Cache, phase: Phase) -> watch::Sender<Phase> {
+        let (tx, rx) = watch::channel(phase);
+        cache.inflight.lock().unwrap().insert("RE1.mp3".into(), rx);
+        tx
+    }
+
+    /// The temp file of a download that has written [`BEFORE_THE_CUT`] of [`SIZE`] bytes.
+    fn temp_file(dir: &Path) -> TempFile {
+        let path = dir.join(".RE1.mp3.0.part");
+        std::fs::write(&path, BEFORE_THE_CUT).unwrap();
+        TempFile {
+            file: Arc::new(File::open(&path).unwrap()),
+            size: SIZE,
+            started: SystemTime::UNIX_EPOCH,
+            written: BEFORE_THE_CUT.len() as u64,
+        }
+    }
+
+    fn cut(partial: Option<TempFile>) -> Phase {
+        Phase::Failed {
+            error: FetchError::Failed("Twilio broke off".into()),
+            partial,
+        }
+    }
+
+    /// The body a reader of the whole recording gets: its chunks, then the error if any.
+    async fn read_all(mut source: Source) -> (Vec<u8>, Option<String>) {
+        source.ready_at(0).await.expect("a first byte");
+        let mut body = Vec::new();
+        let mut chunks = std::pin::pin!(source.stream(0, SIZE - 1));
+        while let Some(chunk) = chunks.next().await {
+            match chunk {
+                Ok(bytes) => body.extend_from_slice(&bytes),
+                Err(e) => return (body, Some(e.to_string())),
+            }
+        }
+        (body, None)
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_first_sees_the_cut_gets_the_bytes_before_it_then_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let _tx = in_flight(&cache, cut(Some(temp_file(dir.path()))));
+        let source = cache.open("CA1", "RE1", Format::Mp3).await.unwrap();
+        assert_eq!(source.size(), SIZE);
+        let (body, error) = read_all(source).await;
+        assert_eq!(body, BEFORE_THE_CUT);
+        assert_eq!(error.as_deref(), Some("Twilio broke off"));
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_saw_the_download_writing_gets_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let temp = temp_file(dir.path());
+        let tx = in_flight(&cache, Phase::Writing(temp.clone()));
+        let source = cache.open("CA1", "RE1", Format::Mp3).await.unwrap();
+        tx.send_replace(cut(Some(temp)));
+        let (body, error) = read_all(source).await;
+        assert_eq!(body, BEFORE_THE_CUT);
+        assert_eq!(error.as_deref(), Some("Twilio broke off"));
+    }
+
+    #[tokio::test]
+    async fn a_cut_before_any_byte_is_an_error_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let mut nothing = temp_file(dir.path());
+        nothing.written = 0;
+        for partial in [None, Some(nothing)] {
+            let _tx = in_flight(&cache, cut(partial));
+            let answer = cache.open("CA1", "RE1", Format::Mp3).await;
+            assert!(
+                matches!(answer, Err(AppError::Upstream { .. })),
+                "{:?}",
+                answer.err()
+            );
+        }
     }
 }
