@@ -345,10 +345,9 @@ impl Browser {
     }
 
     /// Ends the session (the browser exits) and stops its WebDriver server and X display.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         if !self.ended {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(10), self.client.clone().close()).await;
+            self.end_session().await;
         }
         self.driver.process.kill();
         if let Some(x) = &self.driver.display {
