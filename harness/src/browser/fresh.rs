@@ -228,7 +228,7 @@ impl Browser {
     }
 
     /// Ends the WebDriver session (the browser exits, closing its connections).
-    pub(super) async fn end_session(&mut self) {
+    async fn end_session(&mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.client.clone().close()).await;
         self.ended = true;
     }

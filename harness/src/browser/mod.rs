@@ -345,9 +345,10 @@ impl Browser {
     }
 
     /// Ends the session (the browser exits) and stops its WebDriver server and X display.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         if !self.ended {
-            self.end_session().await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), self.client.clone().close()).await;
         }
         self.driver.process.kill();
         if let Some(x) = &self.driver.display {
