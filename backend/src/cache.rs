@@ -571,6 +571,13 @@ mod tests {
         }
     }
 
+    /// A reader of the whole recording gets [`BEFORE_THE_CUT`], then the cut's error.
+    async fn assert_gets_the_bytes_then_the_cut(source: Source) {
+        let (body, error) = read_all(source).await;
+        assert_eq!(body, BEFORE_THE_CUT);
+        assert_eq!(error.as_deref(), Some("Twilio broke off"));
+    }
+
     /// The body a reader of the whole recording gets: its chunks, then the error if any.
     async fn read_all(mut source: Source) -> (Vec<u8>, Option<String>) {
         source.ready_at(0).await.expect("a first byte");
@@ -592,9 +599,7 @@ mod tests {
         let _tx = in_flight(&cache, cut(Some(temp_file(dir.path()))));
         let source = cache.open("CA1", "RE1", Format::Mp3).await.unwrap();
         assert_eq!(source.size(), SIZE);
-        let (body, error) = read_all(source).await;
-        assert_eq!(body, BEFORE_THE_CUT);
-        assert_eq!(error.as_deref(), Some("Twilio broke off"));
+        assert_gets_the_bytes_then_the_cut(source).await;
     }
 
     #[tokio::test]
@@ -605,9 +610,7 @@ mod tests {
         let tx = in_flight(&cache, Phase::Writing(temp.clone()));
         let source = cache.open("CA1", "RE1", Format::Mp3).await.unwrap();
         tx.send_replace(cut(Some(temp)));
-        let (body, error) = read_all(source).await;
-        assert_eq!(body, BEFORE_THE_CUT);
-        assert_eq!(error.as_deref(), Some("Twilio broke off"));
+        assert_gets_the_bytes_then_the_cut(source).await;
     }
 
     #[tokio::test]

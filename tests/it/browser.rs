@@ -70,6 +70,70 @@ fn stack_play_reports_the_page_and_chromiums_own_requests() {
     });
 }
 
+/// The client ports of the connections to `port` on 127.0.0.1 that its server has not closed.
+fn open_connections_to(port: u16) -> std::collections::BTreeSet<u16> {
+    harness::tcp::sockets()
+        .iter()
+        .filter(|s| {
+            s.local.port() == port
+                && matches!(
+                    s.state,
+                    harness::tcp::TcpState::Established | harness::tcp::TcpState::CloseWait
+                )
+        })
+        .map(|s| s.remote.port())
+        .collect()
+}
+
+/// A browser that plays again (the pool keeps it between plays) begins each play afresh: the
+/// same recording played twice makes the same requests to nginx, none answered from the
+/// browser's cache, and no connection of a play outlives it.
+#[rstest::rstest]
+fn a_browser_that_plays_again_begins_each_play_afresh(
+    #[values(Engine::Chromium, Engine::Firefox)] engine: Engine,
+) {
+    if !tools_present() || !engine_present(engine) {
+        return;
+    }
+    rt().block_on(async {
+        let stack = Stack::start(StackSpec::new(Profile::Fixed)).await.unwrap();
+        let rec = stack.twilio().add_recording(Recording::new(
+            mock_twilio::sid("RE", 1),
+            mock_twilio::sid("CA", 1),
+            MediaFormat::Mp3,
+            48_000,
+        ));
+        let options = PlayOptions {
+            engine,
+            ..PlayOptions::default()
+        };
+        let mut browser = Browser::launch(engine, stack.sandbox()).await.unwrap();
+        let mut plays = Vec::new();
+        let port = stack.nginx_addr().port();
+        for _ in 0..2 {
+            // The stack's readiness checks may have left a connection of the harness's own.
+            let before = open_connections_to(port);
+            let got = browser.play_on(&stack, &rec, options).await.unwrap();
+            assert!(got.page.played(), "{got:#?}");
+            let left: Vec<_> = open_connections_to(port)
+                .difference(&before)
+                .copied()
+                .collect();
+            assert_eq!(left, Vec::<u16>::new(), "connections of the play left open");
+            assert!(browser.plays_again());
+            let asked: Vec<_> = got
+                .requests
+                .iter()
+                .map(|r| (r.range.clone(), r.status, r.bytes_sent))
+                .collect();
+            plays.push(asked);
+        }
+        assert!(!plays[0].is_empty(), "{plays:?}");
+        assert_eq!(plays[0], plays[1], "the second play asked nginx the same");
+        browser.close().await;
+    });
+}
+
 #[rstest::rstest]
 fn a_dropped_browser_takes_every_process_of_its_engine_with_it(
     #[values(Engine::Chromium, Engine::Firefox, Engine::Webkit)] engine: Engine,

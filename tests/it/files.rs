@@ -124,7 +124,7 @@ pub fn run_files(
         .enable_all()
         .build()
         .unwrap();
-    let runs = rt.block_on(
+    let runs = rt.block_on(harness::browser::BrowserPool::scope(
         futures::stream::iter(
             scenarios
                 .iter()
@@ -132,7 +132,7 @@ pub fn run_files(
         )
         .buffered(4)
         .collect::<Vec<_>>(),
-    );
+    ));
     let snapshots = checkout().join("snapshots");
     let mut failures = Vec::new();
     for (path, run) in paths.iter().zip(runs) {

@@ -263,8 +263,15 @@ fn driver_command(
         }
         Engine::Firefox => {
             // Firefox's profile is made in TMPDIR: the browser's own folder, removed with it.
-            cmd.args(["--port", "0", "--websocket-port", "0"])
-                .env("TMPDIR", scratch);
+            // System access: a play ends with privileged script (see `fresh.rs`).
+            cmd.args([
+                "--port",
+                "0",
+                "--websocket-port",
+                "0",
+                "--allow-system-access",
+            ])
+            .env("TMPDIR", scratch);
             (cmd, re(r"Listening on [^\s]*:(\d+)"), 0)
         }
         Engine::Webkit => {

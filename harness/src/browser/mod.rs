@@ -5,8 +5,11 @@
 //! (see [`BrowserRequest`]).
 
 mod engine;
+mod fresh;
+mod pool;
 
 pub use engine::{find, Engine, EngineTools};
+pub use pool::BrowserPool;
 
 use crate::access::AccessLine;
 use crate::error::HarnessError;
@@ -133,9 +136,15 @@ pub struct Browser {
     scratch: tempfile::TempDir,
     /// The process's browser slot, when this browser took it itself (see [`BrowserSlot`]).
     slot: Option<BrowserSlot>,
+    /// The first window (Chromium's plays each open one of their own).
+    home: Option<fantoccini::wd::WindowHandle>,
+    /// Its session has ended (WebKit's, with its play).
+    ended: bool,
+    /// Chromium's DevTools on its browser target, once a play has used it.
+    devtools: Option<fresh::DevTools>,
 }
 
-/// The right to run a browser: one of [`browser_slots`] machine-wide slots, each a lock file
+/// The right to play in a browser: one of [`browser_slots`] machine-wide slots, each a lock file
 /// held with `flock`, so that every process of the harness (`cargo test`'s one, nextest's one per
 /// test, two `harness run`s) shares them. The runner takes one for a whole scenario run that
 /// plays, before its stack starts, so that no step waits for a slot in the middle of a
@@ -187,7 +196,7 @@ fn slot_names() -> Vec<String> {
         .collect()
 }
 
-/// How many browsers run at once on this machine: `HARNESS_BROWSERS`, default 1. Chromium is
+/// How many browsers play at once on this machine: `HARNESS_BROWSERS`, default 1. Chromium is
 /// heavy; several at once on a small machine starve the stacks whose timings a scenario is about.
 pub fn browser_slots() -> usize {
     std::env::var("HARNESS_BROWSERS")
@@ -241,6 +250,9 @@ impl Browser {
             driver,
             scratch,
             slot: None,
+            home: None,
+            ended: false,
+            devtools: None,
         })
     }
 
@@ -333,8 +345,10 @@ impl Browser {
     }
 
     /// Ends the session (the browser exits) and stops its WebDriver server and X display.
-    pub async fn close(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.client.clone().close()).await;
+    pub async fn close(mut self) {
+        if !self.ended {
+            self.end_session().await;
+        }
         self.driver.process.kill();
         if let Some(x) = &self.driver.display {
             x.kill();
@@ -487,10 +501,11 @@ impl Default for PlayOptions {
 
 impl Browser {
     /// Plays `recording` through `stack`: the player page from the stack's nginx, its `<audio>`
-    /// element on the recording's download. Returns once nginx has logged every request the
-    /// browser made for it (the browser is closed first: `self` is consumed).
+    /// element on the recording's download, afresh (see [`Browser::plays_again`]). Returns once
+    /// nginx has logged every request the browser made for it: every connection of the play is
+    /// closed by then.
     pub async fn play_on(
-        self,
+        &mut self,
         stack: &crate::stack::Stack,
         recording: &mock_twilio::Recording,
         options: PlayOptions,
@@ -502,9 +517,7 @@ impl Browser {
             &recording.call_sid,
             options.format,
         ));
-        let page = self.play(&page_url, &options).await;
-        self.close().await;
-        let page = page?;
+        let page = self.play_afresh(&page_url, &options).await?;
         // Every connection the browser opened is closed by nginx once it has logged it.
         poll(LAUNCH_DEADLINE, || async {
             open_client_ports(port)
@@ -538,17 +551,17 @@ impl Browser {
 }
 
 impl crate::stack::Stack {
-    /// Plays `recording` in a fresh browser of `options.engine` through this stack (see
-    /// [`Browser::play_on`]).
+    /// Plays `recording` in a new browser of `options.engine` through this stack (see
+    /// [`Browser::play_on`]), closed after.
     pub async fn play(
         &self,
         recording: &mock_twilio::Recording,
         options: PlayOptions,
     ) -> Result<BrowserOutcome, HarnessError> {
-        Browser::launch(options.engine, self.sandbox())
-            .await?
-            .play_on(self, recording, options)
-            .await
+        let mut browser = Browser::launch(options.engine, self.sandbox()).await?;
+        let outcome = browser.play_on(self, recording, options).await;
+        browser.close().await;
+        outcome
     }
 }
 

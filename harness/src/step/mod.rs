@@ -10,7 +10,7 @@ pub mod deploy;
 
 use crate::access::{self, AccessLine};
 use crate::app::{download_path, player_path, WEBHOOK_PATH};
-use crate::browser::{Browser, BrowserSlot, PlayOptions};
+use crate::browser::{BrowserPool, BrowserSlot, PlayOptions};
 use crate::error::HarnessError;
 use crate::events::{self, BackendEvent};
 use crate::gateway::classify;
@@ -123,6 +123,7 @@ pub struct Session {
     nonce: AtomicU64,
     observe: Observe,
     slot: Option<Arc<BrowserSlot>>,
+    browsers: Arc<BrowserPool>,
 }
 
 impl Session {
@@ -137,6 +138,7 @@ impl Session {
             nonce: AtomicU64::new(0),
             observe,
             slot: None,
+            browsers: BrowserPool::current_or_new(),
         }
     }
 
@@ -563,7 +565,7 @@ async fn play(
         .ok_or_else(|| HarnessError::step(step, format!("no recording {}", p.recording)))?;
     // The browser starts before the idle time, which is what the scenario is about.
     let engine = p.browser.list().first().copied().unwrap_or_default();
-    let browser = Browser::launch_in(engine, stack.sandbox(), slot).await?;
+    let mut browser = session.browsers.take(engine, slot).await?;
     pause(p.pause_ms).await;
     let marks = Marks::of(stack);
     let format = asked_format(p.format, &rec);
@@ -575,6 +577,7 @@ async fn play(
         wait: Duration::from_millis(p.timeout_ms),
     };
     let observed = browser.play_on(stack, &rec, options).await?;
+    session.browsers.give_back(browser);
     let seek = match (p.seek_to, p.seek) {
         (Some(to), _) => format!(" (seek to {to})"),
         (None, true) => " (seek to the end and back)".into(),

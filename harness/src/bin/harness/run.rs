@@ -129,6 +129,8 @@ async fn run_all(
     }))
     .buffered(jobs.max(1))
     .collect::<Vec<_>>();
+    // Every scenario's plays share the browsers (one launch per engine).
+    let work = harness::browser::BrowserPool::scope(work);
     tokio::select! {
         runs = work => {
             bar.finish_and_clear();
