@@ -13,13 +13,18 @@ pub(crate) fn err<E: std::fmt::Display>(
     }
 }
 
+/// How long the engine may take to answer a ping. A stopped engine refuses at once; a busy one
+/// (Docker creating and removing several stacks' containers beside a browser, on 2 cores) was
+/// seen to take over 5 s.
+const PING_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Connects to the Docker engine (`DOCKER_HOST` or the local socket) and checks it answers.
 pub async fn engine() -> Result<Docker, HarnessError> {
     let docker = Docker::connect_with_defaults().map_err(|e| HarnessError::ToolMissing {
         tool: "docker",
         hint: format!("no Docker engine to connect to ({e}); install docker.io and start it"),
     })?;
-    match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
         Ok(Ok(_)) => Ok(docker),
         Ok(Err(e)) => Err(HarnessError::ToolMissing {
             tool: "docker",
@@ -29,7 +34,10 @@ pub async fn engine() -> Result<Docker, HarnessError> {
         }),
         Err(_) => Err(HarnessError::ToolMissing {
             tool: "docker",
-            hint: "the Docker engine did not answer a ping within 5 s".into(),
+            hint: format!(
+                "the Docker engine did not answer a ping within {} s",
+                PING_TIMEOUT.as_secs()
+            ),
         }),
     }
 }
