@@ -183,6 +183,29 @@ fn is_gap_fill(r: &BrowserRequest, all: &[&BrowserRequest]) -> bool {
     start > 0 && r.status == 206 && all.iter().any(|o| range_start(o) == Some(end + 1))
 }
 
+/// A closed range (`bytes=N-M`, as Chromium asks once it knows the length) answered with a 206,
+/// starting inside what nginx had already sent for an earlier request of the play, and below the
+/// play's furthest start (a seek's Range stays): the browser asking again for bytes it was sent
+/// (its media cache let them go, or its reader was cut before them), as Chromium at times does
+/// under load, `bytes=32768-59999` then `bytes=32768-1999999` before its seek.
+fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> bool {
+    let (Some(start), Some(_)) = (range_start(r), range_end(r)) else {
+        return false;
+    };
+    let sent_before = |o: &BrowserRequest| {
+        let from = if o.range.is_none() {
+            Some(0)
+        } else {
+            range_start(o)
+        };
+        o.at_ms <= r.at_ms
+            && !std::ptr::eq(o, r)
+            && matches!(o.status, 200 | 206)
+            && from.is_some_and(|f| f <= start && start < f + o.bytes_sent)
+    };
+    start > 0 && start < furthest && r.status == 206 && all.iter().any(|o| sent_before(o))
+}
+
 /// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then the
 /// others by their start, then the ones from a point the browser reached (`bytes=…-`): an
 /// open-ended range from inside the recording, below the furthest start of the play, is where
@@ -237,6 +260,13 @@ impl SnapshotBrowser {
             .filter(|r| !is_gap_fill(r, &answered))
             .collect();
         let furthest = answered.iter().filter_map(|r| range_start(r)).max();
+        // A re-fetch of bytes nginx had already sent: whether the browser needs one is timing
+        // too: left out (an error answer stays).
+        let answered: Vec<&BrowserRequest> = answered
+            .iter()
+            .copied()
+            .filter(|r| !is_refetch(r, &answered, furthest.unwrap_or(0)))
+            .collect();
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
         // issues again) is timing; the Outcome keeps every one.
@@ -471,6 +501,54 @@ mod tests {
                 "{range} → {status}"
             );
         }
+    }
+
+    #[test]
+    fn a_206_refetch_of_bytes_already_sent_is_left_out_and_nothing_else() {
+        // Chromium under load, as one CI run met it: its first request cut, then the bytes from
+        // 32768 asked for again (nginx had sent it 600000), twice, then its seek.
+        let mut first = request(0, Some("bytes=0-"), 206, "206");
+        first.bytes_sent = 600_000;
+        let mut seek = request(40, Some("bytes=1966080-1999999"), 206, "206");
+        seek.body = Delivered::Complete;
+        let play = |third: &str, fourth: &str, status: u16| {
+            let mut again = request(30, Some(fourth), status, &status.to_string());
+            again.body = Delivered::Partial;
+            BrowserOutcome {
+                engine: Engine::Chromium,
+                page: played(125000),
+                requests: vec![
+                    first.clone(),
+                    request(20, Some(third), status, &status.to_string()),
+                    again,
+                    seek.clone(),
+                ],
+            }
+        };
+        let want_seek = "bytes=1966080-1999999 → 206 (upstream 206) complete";
+        let refetched = play("bytes=32768-59999", "bytes=32768-1999999", 206);
+        assert_eq!(
+            SnapshotBrowser::of(&refetched).requests,
+            ["bytes=0- → 206 (upstream 206)", want_seek]
+        );
+        // Beyond what nginx had sent, a closed Range stays (it is no re-fetch).
+        let beyond = play("bytes=700000-759999", "bytes=700000-1999999", 206);
+        assert_eq!(SnapshotBrowser::of(&beyond).requests.len(), 4);
+        // So does a 200 to one (the backend ignoring Range).
+        let ignored = play("bytes=32768-59999", "bytes=32768-1999999", 200);
+        assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 4);
+        // And the seek, whatever was sent before it: the first request sent the whole file.
+        let mut whole = first.clone();
+        whole.bytes_sent = 2_000_000;
+        let chromium = BrowserOutcome {
+            engine: Engine::Chromium,
+            page: played(125000),
+            requests: vec![whole, seek.clone()],
+        };
+        assert_eq!(
+            SnapshotBrowser::of(&chromium).requests,
+            ["bytes=0- → 206 (upstream 206)", want_seek]
+        );
     }
 
     #[test]
