@@ -30,9 +30,17 @@ fn the_race_by_its_natural_timing_hits_the_legacy_order_and_never_the_fixed_one(
         let legacy = scaled(Profile::Legacy, 0.2);
         // Fixed: nginx closes at 1 s, before the backend's 1.25 s.
         let fixed = scaled(Profile::Fixed, 1.0 / 60.0);
-        tokio::join!(natural::sweep(&legacy, 40), natural::sweep(&fixed, 20))
+        let (first, fixed) = tokio::join!(natural::sweep(&legacy, 40), natural::sweep(&fixed, 20));
+        // The window drifts with load, and a loaded machine (one CI run: 38 trials early, 2
+        // late, none in it) can step past it for 40 trials: then 40 more, on a new stack.
+        let first = first.unwrap();
+        let legacy = match first.hits {
+            0 => natural::sweep(&legacy, 40).await.unwrap(),
+            _ => first,
+        };
+        (legacy, fixed)
     });
-    let (legacy, fixed) = (legacy.unwrap(), fixed.unwrap());
+    let fixed = fixed.unwrap();
     assert!(
         legacy.hits >= 1,
         "the legacy order meets the race by timing alone: {legacy:?}"
