@@ -184,7 +184,7 @@ fn is_gap_fill(r: &BrowserRequest, all: &[&BrowserRequest]) -> bool {
 }
 
 /// A closed range (`bytes=N-M`, as Chromium asks once it knows the length) answered with a 206,
-/// starting inside what nginx had already sent for an earlier request of the play, and below the
+/// or a 304 (the browser's HTTP cache revalidating the bytes it holds), starting inside what nginx had already sent for an earlier request of the play, and below the
 /// play's furthest start (a seek's Range stays): the browser asking again for bytes it was sent
 /// (its media cache let them go, or its reader was cut before them), as Chromium at times does
 /// under load, `bytes=32768-59999` then `bytes=32768-1999999` before its seek.
@@ -203,7 +203,10 @@ fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> boo
             && matches!(o.status, 200 | 206)
             && from.is_some_and(|f| f <= start && start < f + o.bytes_sent)
     };
-    start > 0 && start < furthest && r.status == 206 && all.iter().any(|o| sent_before(o))
+    start > 0
+        && start < furthest
+        && matches!(r.status, 206 | 304)
+        && all.iter().any(|o| sent_before(o))
 }
 
 /// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then the
@@ -534,7 +537,13 @@ mod tests {
         // Beyond what nginx had sent, a closed Range stays (it is no re-fetch).
         let beyond = play("bytes=700000-759999", "bytes=700000-1999999", 206);
         assert_eq!(SnapshotBrowser::of(&beyond).requests.len(), 4);
-        // So does a 200 to one (the backend ignoring Range).
+        // Asked through the browser's cache, answered 304 (its bytes are still good): left out.
+        let revalidated = play("bytes=32768-44284", "bytes=32768-1999999", 304);
+        assert_eq!(
+            SnapshotBrowser::of(&revalidated).requests,
+            ["bytes=0- → 206 (upstream 206)", want_seek]
+        );
+        // A 200 to one stays (the backend ignoring Range).
         let ignored = play("bytes=32768-59999", "bytes=32768-1999999", 200);
         assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 4);
         // And the seek, whatever was sent before it: the first request sent the whole file.
