@@ -184,16 +184,19 @@ fn is_gap_fill(r: &BrowserRequest, all: &[&BrowserRequest]) -> bool {
 }
 
 /// A closed range (`bytes=N-M`, as Chromium asks once it knows the length) answered with a 206,
-/// or a 304 (the browser's HTTP cache revalidating the bytes it holds), starting inside what nginx had already sent for an earlier request of the play, and below the
-/// play's furthest start (a seek's Range stays): the browser asking again for bytes it was sent
-/// (its media cache let them go, or its reader was cut before them), as Chromium at times does
-/// under load, `bytes=32768-59999` then `bytes=32768-1999999` before its seek.
+/// or a 304 (the browser's HTTP cache revalidating the bytes it holds), from upstreams that did
+/// not fail, starting inside the bytes nginx sent (in all: the access log has no times per byte)
+/// for a request of the play that began no later, and below the play's furthest start (so the
+/// seek's Range, the furthest, stays): the browser asking again for bytes it was sent (its media
+/// cache let them go, or its reader was cut before them), as Chromium at times does under load,
+/// `bytes=32768-59999` then `bytes=32768-1999999` before its seek.
 fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> bool {
     let (Some(start), Some(_)) = (range_start(r), range_end(r)) else {
         return false;
     };
+    // Where an earlier request's body began: 0 for a 200 (with or without a Range).
     let sent_before = |o: &BrowserRequest| {
-        let from = if o.range.is_none() {
+        let from = if o.status == 200 {
             Some(0)
         } else {
             range_start(o)
@@ -206,7 +209,17 @@ fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> boo
     start > 0
         && start < furthest
         && matches!(r.status, 206 | 304)
+        && upstream_succeeded(r)
         && all.iter().any(|o| sent_before(o))
+}
+
+/// Whether every upstream attempt nginx logged for a request answered 2xx or 3xx (or nginx sent
+/// it itself: `-`): a retried error (`502, 206`) is no re-fetch to leave out.
+fn upstream_succeeded(r: &BrowserRequest) -> bool {
+    r.upstream_status
+        .split([',', ':'])
+        .map(str::trim)
+        .all(|s| s == "-" || s.starts_with('2') || s.starts_with('3'))
 }
 
 /// A request as a snapshot shows it, and where it sorts: no Range or from 0 first, then the
@@ -543,6 +556,15 @@ mod tests {
             SnapshotBrowser::of(&revalidated).requests,
             ["bytes=0- → 206 (upstream 206)", want_seek]
         );
+        // At the first byte nginx had not sent, a Range stays; at the last one it had, not.
+        let edge = play("bytes=600000-659999", "bytes=600000-1999999", 206);
+        assert_eq!(SnapshotBrowser::of(&edge).requests.len(), 4);
+        let inside = play("bytes=599999-659999", "bytes=599999-1999999", 206);
+        assert_eq!(SnapshotBrowser::of(&inside).requests.len(), 2);
+        // An error from upstream before the 206 (nginx retried): it stays.
+        let mut retried = play("bytes=32768-59999", "bytes=700000-1999999", 206);
+        retried.requests[1].upstream_status = "502, 206".into();
+        assert_eq!(SnapshotBrowser::of(&retried).requests.len(), 4);
         // A 200 to one stays (the backend ignoring Range).
         let ignored = play("bytes=32768-59999", "bytes=32768-1999999", 200);
         assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 4);
