@@ -442,23 +442,18 @@ impl Drop for ContainerStack {
                 return;
             };
             rt.block_on(async {
-                // Only the stack holds them by now (methods hold a clone while they run).
-                for container in started.into_iter().filter_map(|c| Arc::try_unwrap(c).ok()) {
-                    let _ = container.rm().await;
-                }
-                for id in ids {
-                    let _ = docker
-                        .remove_container(
-                            &id,
-                            Some(
-                                RemoveContainerOptionsBuilder::default()
-                                    .force(true)
-                                    .v(true)
-                                    .build(),
-                            ),
-                        )
-                        .await;
-                }
+                // Only the stack holds them by now (methods hold a clone while they run). The
+                // containers go side by side: each removal waits for the engine to kill it.
+                let owned = started.into_iter().filter_map(|c| Arc::try_unwrap(c).ok());
+                futures::future::join_all(owned.map(|c| c.rm())).await;
+                let options = RemoveContainerOptionsBuilder::default()
+                    .force(true)
+                    .v(true)
+                    .build();
+                let by_name = ids
+                    .iter()
+                    .map(|id| docker.remove_container(id, Some(options.clone())));
+                futures::future::join_all(by_name).await;
                 let _ = docker.remove_network(&network).await;
             });
         });
