@@ -18,24 +18,37 @@ pub(crate) fn err<E: std::fmt::Display>(
 /// seen to take over 5 s.
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where the engine is looked for: `DOCKER_HOST=…` when it is set, else the local socket.
+fn engine_address() -> String {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
+        _ => "the local socket (unix:///var/run/docker.sock; DOCKER_HOST names another)".into(),
+    }
+}
+
 /// Connects to the Docker engine (`DOCKER_HOST` or the local socket) and checks it answers.
 pub async fn engine() -> Result<Docker, HarnessError> {
     let docker = Docker::connect_with_defaults().map_err(|e| HarnessError::ToolMissing {
         tool: "docker",
-        hint: format!("no Docker engine to connect to ({e}); install docker.io and start it"),
+        hint: format!(
+            "no Docker engine to connect to at {} ({e}); install docker.io and start it",
+            engine_address()
+        ),
     })?;
     match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
         Ok(Ok(_)) => Ok(docker),
         Ok(Err(e)) => Err(HarnessError::ToolMissing {
             tool: "docker",
             hint: format!(
-                "the Docker engine does not answer: {e}; start it (service docker start)"
+                "the Docker engine at {} does not answer: {e}; start it (service docker start)",
+                engine_address()
             ),
         }),
         Err(_) => Err(HarnessError::ToolMissing {
             tool: "docker",
             hint: format!(
-                "the Docker engine did not answer a ping within {} s",
+                "the Docker engine at {} did not answer a ping within {} s",
+                engine_address(),
                 PING_TIMEOUT.as_secs()
             ),
         }),

@@ -175,3 +175,93 @@ fn a_second_image_build_reuses_the_images() {
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
 }
+
+/// A TCP front for the local engine's socket, as an engine elsewhere is reached
+/// (`DOCKER_HOST=tcp://…`): it forwards each connection and counts them. Stops when dropped.
+struct EngineFront {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl EngineFront {
+    fn start(socket: &'static str) -> EngineFront {
+        let rt = rt();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        rt.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(socket).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        });
+        EngineFront {
+            addr,
+            connections,
+            _rt: rt,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `harness --runtime containers run FILE --profile fixed` from the checkout, with `DOCKER_HOST`.
+fn run_in_containers_at(docker_host: &str) -> std::process::Output {
+    Command::new(crate::support::bin_exe(
+        "harness",
+        env!("CARGO_BIN_EXE_harness"),
+    ))
+    .current_dir(crate::support::checkout())
+    .env("DOCKER_HOST", docker_host)
+    .args(["--runtime", "containers", "run"])
+    .arg("scenarios/checks/seed-manual-checks.toml")
+    .args(["--profile", "fixed"])
+    .output()
+    .unwrap()
+}
+
+#[test]
+fn the_containers_runtime_talks_to_the_engine_docker_host_names() {
+    const SOCKET: &str = "/var/run/docker.sock";
+    if std::env::var_os("DOCKER_HOST").is_some() || !std::path::Path::new(SOCKET).exists() {
+        eprintln!("SKIPPED: the engine is not on {SOCKET} (DOCKER_HOST is set, or no socket)");
+        return;
+    }
+    if !tools_present() || !docker_present() {
+        return;
+    }
+    let front = EngineFront::start(SOCKET);
+    let host = format!("tcp://{}", front.addr);
+    let out = run_in_containers_at(&host);
+    assert!(out.status.success(), "DOCKER_HOST={host}: {out:?}");
+    assert!(
+        front.connections() > 0,
+        "the run reached the engine without the DOCKER_HOST it was given"
+    );
+    // The control: an address nothing listens on. The run fails, naming it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let host = format!("tcp://{closed}");
+    let out = run_in_containers_at(&host);
+    // The report (stdout) says why the file did not run.
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "DOCKER_HOST={host}: {out:?}");
+    assert!(
+        report.contains(&format!(
+            "the Docker engine at DOCKER_HOST={host} does not answer"
+        )),
+        "the error names the engine it tried: {report}"
+    );
+}
