@@ -518,8 +518,9 @@ impl Browser {
             options.format,
         ));
         let page = self.play_afresh(&page_url, &options).await?;
-        // Every connection the browser opened is closed by nginx once it has logged it.
-        poll(LAUNCH_DEADLINE, || async {
+        // Every connection the browser opened is closed by nginx once it has logged it. One
+        // still open would leave its requests out of the outcome: that is an error, not a guess.
+        let closed = poll(LAUNCH_DEADLINE, || async {
             open_client_ports(port)
                 .difference(&before)
                 .next()
@@ -527,6 +528,16 @@ impl Browser {
                 .then_some(())
         })
         .await;
+        if closed.is_none() {
+            let open = open_client_ports(port).difference(&before).count();
+            return Err(HarnessError::Browser {
+                what: format!("wait for the connections of the play of {page_url} to close"),
+                message: format!(
+                    "{open} of them still open to nginx {} s after the play ended",
+                    LAUNCH_DEADLINE.as_secs()
+                ),
+            });
+        }
         let path = crate::app::download_path(&recording.call_sid, options.format);
         let size = recording
             .media(options.format.unwrap_or(recording.format))
