@@ -35,24 +35,15 @@ pub async fn engine() -> Result<Docker, HarnessError> {
             engine_address()
         ),
     })?;
-    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
-        Ok(Ok(_)) => Ok(docker),
-        Ok(Err(e)) => Err(HarnessError::ToolMissing {
-            tool: "docker",
-            hint: format!(
-                "the Docker engine at {} does not answer: {e}; start it (service docker start)",
-                engine_address()
-            ),
-        }),
-        Err(_) => Err(HarnessError::ToolMissing {
-            tool: "docker",
-            hint: format!(
-                "the Docker engine at {} did not answer a ping within {} s",
-                engine_address(),
-                PING_TIMEOUT.as_secs()
-            ),
-        }),
-    }
+    let problem = match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+        Ok(Ok(_)) => return Ok(docker),
+        Ok(Err(e)) => format!("does not answer: {e}; start it (service docker start)"),
+        Err(_) => format!("did not answer a ping within {} s", PING_TIMEOUT.as_secs()),
+    };
+    Err(HarnessError::EngineUnreachable {
+        address: engine_address(),
+        problem,
+    })
 }
 
 /// Whether an engine answers, from synchronous code (tests); `Err` says why not.

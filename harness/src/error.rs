@@ -13,6 +13,14 @@ pub enum HarnessError {
         /// How to install it.
         hint: String,
     },
+    /// The Docker engine is configured but does not answer.
+    #[error("the Docker engine at {address} {problem}")]
+    EngineUnreachable {
+        /// Where it was looked for: `DOCKER_HOST=…`, or the local socket.
+        address: String,
+        /// What went wrong, and what to do.
+        problem: String,
+    },
     /// No `harness.toml` in the working directory or any parent.
     #[error("no harness.toml in {} or any folder above it: run `harness init` to make this folder a project, or cd into one (or set HARNESS_PROJECT to its root)", from.display())]
     NoProject {

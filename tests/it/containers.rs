@@ -177,41 +177,63 @@ fn a_second_image_build_reuses_the_images() {
 }
 
 /// A TCP front for the local engine's socket, as an engine elsewhere is reached
-/// (`DOCKER_HOST=tcp://…`): it forwards each connection and counts them. Stops when dropped.
+/// (`DOCKER_HOST=tcp://…`): it forwards each connection and keeps what the clients sent (the
+/// Engine API requests, small). Stops when dropped.
 struct EngineFront {
     addr: std::net::SocketAddr,
-    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     _rt: tokio::runtime::Runtime,
 }
 
 impl EngineFront {
-    fn start(socket: &'static str) -> EngineFront {
+    fn start(socket: String) -> EngineFront {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let rt = rt();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = connections.clone();
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = sent.clone();
         rt.spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            while let Ok((client, _)) = listener.accept().await {
+                let (socket, kept) = (socket.clone(), kept.clone());
                 tokio::spawn(async move {
-                    if let Ok(mut engine) = tokio::net::UnixStream::connect(socket).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    let Ok(engine) = tokio::net::UnixStream::connect(&socket).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_engine, mut to_engine) = engine.into_split();
+                    let answers = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut from_engine, &mut to_client).await;
+                    });
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if to_engine.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
+                    let _ = to_engine.shutdown().await;
+                    let _ = answers.await;
                 });
             }
         });
         EngineFront {
             addr,
-            connections,
+            sent,
             _rt: rt,
         }
     }
 
-    fn connections(&self) -> usize {
-        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    /// The request lines the clients sent (`POST /v1.41/containers/create?… HTTP/1.1`).
+    fn request_lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.sent.lock().unwrap())
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| l.ends_with(" HTTP/1.1"))
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -232,22 +254,39 @@ fn run_in_containers_at(docker_host: &str) -> std::process::Output {
 
 #[test]
 fn the_containers_runtime_talks_to_the_engine_docker_host_names() {
-    const SOCKET: &str = "/var/run/docker.sock";
-    if std::env::var_os("DOCKER_HOST").is_some() || !std::path::Path::new(SOCKET).exists() {
-        eprintln!("SKIPPED: the engine is not on {SOCKET} (DOCKER_HOST is set, or no socket)");
-        return;
-    }
     if !tools_present() || !docker_present() {
         return;
     }
-    let front = EngineFront::start(SOCKET);
+    // The engine answers here: the front forwards to its socket.
+    let socket = match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
+            Some(path) => path.to_string(),
+            None => {
+                eprintln!("SKIPPED (container tests): DOCKER_HOST={host} is not a local socket to put a tcp:// front before");
+                return;
+            }
+        },
+        _ => "/var/run/docker.sock".to_string(),
+    };
+    let front = EngineFront::start(socket);
     let host = format!("tcp://{}", front.addr);
     let out = run_in_containers_at(&host);
     assert!(out.status.success(), "DOCKER_HOST={host}: {out:?}");
-    assert!(
-        front.connections() > 0,
-        "the run reached the engine without the DOCKER_HOST it was given"
-    );
+    // The stack's containers were created (by testcontainers) and removed, and its network
+    // removed, through the engine DOCKER_HOST named.
+    let lines = front.request_lines();
+    for (method, path) in [
+        ("POST", "/containers/create"),
+        ("DELETE", "/containers/harness-"),
+        ("DELETE", "/networks/harness-"),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(method) && l.contains(path)),
+            "no {method} {path}… through DOCKER_HOST={host}: {lines:#?}"
+        );
+    }
     // The control: an address nothing listens on. The run fails, naming it.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -263,5 +302,9 @@ fn the_containers_runtime_talks_to_the_engine_docker_host_names() {
             "the Docker engine at DOCKER_HOST={host} does not answer"
         )),
         "the error names the engine it tried: {report}"
+    );
+    assert!(
+        !report.contains("not found"),
+        "an engine that does not answer is not a missing tool: {report}"
     );
 }
