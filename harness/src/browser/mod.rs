@@ -528,8 +528,11 @@ impl Browser {
                 .then_some(())
         })
         .await;
-        if closed.is_none() {
-            let open = open_client_ports(port).difference(&before).count();
+        let open = match closed {
+            Some(()) => 0,
+            None => open_client_ports(port).difference(&before).count(),
+        };
+        if open > 0 {
             return Err(HarnessError::Browser {
                 what: format!("wait for the connections of the play of {page_url} to close"),
                 message: format!(
