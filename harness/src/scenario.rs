@@ -820,7 +820,7 @@ times = 1                                  # only the first N matching requests 
 # [timeouts]
 # scale = 0.1
 # keepalive_scale = 1.0
-# slow_download_secs = 10.0                 # unscaled; for recordings of tens of MB
+# slow_download_secs = 10.0                 # unscaled; for recordings of MB
 
 [[steps]]
 do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, deploy, wait_log

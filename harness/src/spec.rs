@@ -186,7 +186,8 @@ impl Default for Timeouts {
     fn default() -> Self {
         // 300 s → 30 s, 60 s → 6 s, Twilio 30 s → 3 s, slow download 10 s → 1 s: fast, every
         // ratio kept, and wide margins around each threshold on a loaded machine for recordings
-        // of a few MB. A scenario that downloads tens of MB sets `slow_download_secs`.
+        // of tens of kB. A scenario that downloads MB sets `slow_download_secs` (a 2 MB download
+        // from mock-twilio once took over 1 s on a loaded 2-core machine).
         Timeouts {
             scale: 0.1,
             keepalive_scale: 1.0,
