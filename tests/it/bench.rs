@@ -2,18 +2,13 @@
 //! errors or a body is not byte-exact.
 
 use crate::support::tools_present;
-use std::process::Command;
 
 fn bench(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(crate::support::bin_exe(
-        "harness",
-        env!("CARGO_BIN_EXE_harness"),
-    ))
-    .current_dir(crate::support::checkout())
-    .arg("bench")
-    .args(args)
-    .output()
-    .unwrap();
+    let out = crate::support::harness_command()
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -6,12 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn harness() -> Command {
-    let mut c = Command::new(crate::support::bin_exe(
-        "harness",
-        env!("CARGO_BIN_EXE_harness"),
-    ));
-    c.current_dir(crate::support::checkout());
-    c
+    crate::support::harness_command()
 }
 
 /// Under the containers runtime, builds the images first (`harness images build` reuses what

@@ -239,17 +239,13 @@ impl EngineFront {
 
 /// `harness --runtime containers run FILE --profile fixed` from the checkout, with `DOCKER_HOST`.
 fn run_in_containers_at(docker_host: &str) -> std::process::Output {
-    Command::new(crate::support::bin_exe(
-        "harness",
-        env!("CARGO_BIN_EXE_harness"),
-    ))
-    .current_dir(crate::support::checkout())
-    .env("DOCKER_HOST", docker_host)
-    .args(["--runtime", "containers", "run"])
-    .arg("scenarios/checks/seed-manual-checks.toml")
-    .args(["--profile", "fixed"])
-    .output()
-    .unwrap()
+    crate::support::harness_command()
+        .env("DOCKER_HOST", docker_host)
+        .args(["--runtime", "containers", "run"])
+        .arg("scenarios/checks/seed-manual-checks.toml")
+        .args(["--profile", "fixed"])
+        .output()
+        .unwrap()
 }
 
 #[test]

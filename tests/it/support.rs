@@ -12,6 +12,13 @@ pub fn checkout() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// The `harness` binary, run from the checkout, as a user runs it.
+pub fn harness_command() -> std::process::Command {
+    let mut c = std::process::Command::new(bin_exe("harness", env!("CARGO_BIN_EXE_harness")));
+    c.current_dir(checkout());
+    c
+}
+
 /// A message if `binary`, the `recordings-backend` cargo built beside the test binary, is older
 /// than its sources (`cargo test -p harness` does not rebuild it; `cargo test --workspace` does).
 fn stale_backend(binary: &std::path::Path) -> Option<String> {
