@@ -9,7 +9,6 @@ use harness::diagnose::{diagnose, natural, DiagnoseOptions, Diagnosis, Verdict};
 use harness::nginx::NginxLine;
 use harness::{BackendSpec, Profile, StackSpec, Timeouts};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The reference backend's KEEP_ALIVE_TIMEOUT and nginx's upstream keepalive_timeout, scaled:
 /// the profile's order of the two closes, in seconds a test can wait.
@@ -27,20 +26,21 @@ fn the_race_by_its_natural_timing_hits_the_legacy_order_and_never_the_fixed_one(
     }
     let (legacy, fixed) = rt().block_on(async {
         // Legacy: the backend closes at 1 s, nginx would keep the connection 12 s.
-        let legacy = scaled(Profile::Legacy, 0.2);
+        let legacy_spec = scaled(Profile::Legacy, 0.2);
         // Fixed: nginx closes at 1 s, before the backend's 1.25 s.
-        let fixed = scaled(Profile::Fixed, 1.0 / 60.0);
-        let (first, fixed) = tokio::join!(natural::sweep(&legacy, 40), natural::sweep(&fixed, 20));
+        let fixed_spec = scaled(Profile::Fixed, 1.0 / 60.0);
+        let (legacy, fixed) = tokio::join!(
+            natural::sweep(&legacy_spec, 40),
+            natural::sweep(&fixed_spec, 20)
+        );
         // The window drifts with load, and a loaded machine (one CI run: 38 trials early, 2
         // late, none in it) can step past it for 40 trials: then 40 more, on a new stack.
-        let first = first.unwrap();
-        let legacy = match first.hits {
-            0 => natural::sweep(&legacy, 40).await.unwrap(),
-            _ => first,
+        let legacy = match legacy.unwrap() {
+            missed if missed.hits == 0 => natural::sweep(&legacy_spec, 40).await.unwrap(),
+            hit => hit,
         };
-        (legacy, fixed)
+        (legacy, fixed.unwrap())
     });
-    let fixed = fixed.unwrap();
     assert!(
         legacy.hits >= 1,
         "the legacy order meets the race by timing alone: {legacy:?}"
@@ -287,20 +287,16 @@ fn diagnose_exits_1_when_exposed_and_writes_its_json() {
     }
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("diagnosis.json");
-    let out = Command::new(crate::support::bin_exe(
-        "harness",
-        env!("CARGO_BIN_EXE_harness"),
-    ))
-    .args([
-        "diagnose",
-        "--stack",
-        "examples/node-backend/diagnose.toml",
-        "--json",
-    ])
-    .arg(&json)
-    .current_dir(checkout())
-    .output()
-    .unwrap();
+    let out = crate::support::harness_command()
+        .args([
+            "diagnose",
+            "--stack",
+            "examples/node-backend/diagnose.toml",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -359,15 +355,11 @@ fn a_stack_that_cannot_start_is_exit_2_with_its_log_tail() {
     let dir = tempfile::tempdir().unwrap();
     let stack = dir.path().join("broken.toml");
     std::fs::write(&stack, "name = \"broken\"\n[backend]\ncommand = [\"sh\", \"-c\", \"echo it cannot start; exit 3\"]\n").unwrap();
-    let out = Command::new(crate::support::bin_exe(
-        "harness",
-        env!("CARGO_BIN_EXE_harness"),
-    ))
-    .args(["diagnose", "--stack"])
-    .arg(&stack)
-    .current_dir(checkout())
-    .output()
-    .unwrap();
+    let out = crate::support::harness_command()
+        .args(["diagnose", "--stack"])
+        .arg(&stack)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
