@@ -14,7 +14,7 @@ use crate::stack::Stack;
 use crate::step::{execute, Executed, Observe, Session, Target};
 use mock_twilio::{Recording, Signing};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// A scenario's run under one profile.
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +126,83 @@ pub async fn run_with(
     backend: &BackendSpec,
 ) -> Result<ScenarioRun, HarnessError> {
     run_on(scenario, runtime, None, backend).await
+}
+
+/// Runs `scenarios` with nginx of `line`, at most `jobs` at a time, and gives their runs in
+/// their order; `done` is told of each as it ends. Those that play are started first, but no
+/// more of them at once than there are browser slots ([`crate::browser::browser_slots`]) while
+/// others wait: the others run beside the plays instead of queueing behind them.
+pub async fn run_many<'a>(
+    scenarios: impl IntoIterator<Item = &'a Scenario>,
+    (runtime, line): (Runtime, Option<NginxLine>),
+    backend: &BackendSpec,
+    jobs: usize,
+    done: impl Fn(&Scenario),
+) -> Vec<Result<ScenarioRun, HarnessError>> {
+    let scenarios: Vec<&Scenario> = scenarios.into_iter().collect();
+    let lanes = Lanes {
+        jobs,
+        slots: crate::browser::browser_slots(),
+    };
+    lanes
+        .run(
+            &scenarios,
+            |s| s.needs_browser(),
+            |s| run_on(s, runtime, line, backend),
+            |s| done(s),
+        )
+        .await
+}
+
+/// How many items run at once (`jobs`), and how many of those may play (`slots`) while others
+/// wait.
+struct Lanes {
+    jobs: usize,
+    slots: usize,
+}
+
+impl Lanes {
+    /// Runs `run` on every item, results in the items' order.
+    async fn run<T, R, Fut>(
+        &self,
+        items: &[T],
+        plays: impl Fn(&T) -> bool,
+        run: impl Fn(&T) -> Fut,
+        done: impl Fn(&T),
+    ) -> Vec<R>
+    where
+        Fut: std::future::Future<Output = R>,
+    {
+        use futures::StreamExt;
+        let (mut playing_queue, mut others): (VecDeque<usize>, VecDeque<usize>) =
+            (0..items.len()).partition(|i| plays(&items[*i]));
+        let mut results: Vec<Option<R>> = items.iter().map(|_| None).collect();
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut playing = 0;
+        loop {
+            while running.len() < self.jobs.max(1) {
+                let next = if playing < self.slots {
+                    playing_queue.pop_front().or_else(|| others.pop_front())
+                } else {
+                    others.pop_front().or_else(|| playing_queue.pop_front())
+                };
+                let Some(i) = next else { break };
+                playing += usize::from(plays(&items[i]));
+                let fut = run(&items[i]);
+                running.push(async move { (i, fut.await) });
+            }
+            let Some((i, result)) = running.next().await else {
+                break;
+            };
+            playing -= usize::from(plays(&items[i]));
+            done(&items[i]);
+            results[i] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item was run"))
+            .collect()
+    }
 }
 
 /// Runs `scenario` with nginx of `line` (`None`: the runtime's default nginx).
@@ -299,4 +376,83 @@ async fn pre_download(stack: &Stack, session: &Session, i: usize) -> Result<(), 
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lanes;
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Pending `n` times (waking itself each time), then ready: work that takes `n` turns.
+    struct Turns(u32);
+
+    impl Future for Turns {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 == 0 {
+                return Poll::Ready(());
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn plays_hold_no_more_jobs_than_browser_slots_while_others_wait() {
+        // Two long plays and three short others, two jobs, one browser slot.
+        let items = ["p1", "p2", "o1", "o2", "o3"];
+        let log = RefCell::new(Vec::new());
+        let lanes = Lanes { jobs: 2, slots: 1 };
+        let results = futures::executor::block_on(lanes.run(
+            &items,
+            |i| i.starts_with('p'),
+            |i| {
+                let (log, i) = (&log, *i);
+                async move {
+                    log.borrow_mut().push(format!("start {i}"));
+                    Turns(if i.starts_with('p') { 20 } else { 2 }).await;
+                    i.to_uppercase()
+                }
+            },
+            |i| log.borrow_mut().push(format!("done {i}")),
+        ));
+        assert_eq!(
+            results,
+            ["P1", "P2", "O1", "O2", "O3"],
+            "in the items' order"
+        );
+        let log = log.into_inner();
+        let starts: Vec<&str> = log
+            .iter()
+            .filter_map(|l| l.strip_prefix("start "))
+            .collect();
+        // The second play waits until no other is left to run beside the first; queued in
+        // order (as `buffered` would), both plays would have taken both jobs at once.
+        assert_eq!(starts, ["p1", "o1", "o2", "o3", "p2"], "{log:?}");
+        assert_eq!(log.iter().filter(|l| l.starts_with("done")).count(), 5);
+    }
+
+    #[test]
+    fn with_a_slot_per_job_plays_run_side_by_side_first() {
+        let items = ["o1", "p1", "p2"];
+        let log = RefCell::new(Vec::new());
+        let lanes = Lanes { jobs: 2, slots: 2 };
+        futures::executor::block_on(lanes.run(
+            &items,
+            |i| i.starts_with('p'),
+            |i| {
+                let (log, i) = (&log, *i);
+                async move {
+                    log.borrow_mut().push(i);
+                    Turns(2).await;
+                }
+            },
+            |_| {},
+        ));
+        assert_eq!(log.into_inner(), ["p1", "p2", "o1"]);
+    }
 }

@@ -3,7 +3,6 @@
 
 use crate::support::checkout;
 use crate::support::{engine_present, tools_present};
-use futures::StreamExt;
 use harness::browser::Engine;
 use harness::scenario::{files, json_schema, load, Scenario};
 
@@ -125,13 +124,7 @@ pub fn run_files(
         .build()
         .unwrap();
     let runs = rt.block_on(harness::browser::BrowserPool::scope(
-        futures::stream::iter(
-            scenarios
-                .iter()
-                .map(|s| harness::runner::run_on(s, runtime, line, backend)),
-        )
-        .buffered(4)
-        .collect::<Vec<_>>(),
+        harness::runner::run_many(&scenarios, (runtime, line), backend, 4, |_| {}),
     ));
     let snapshots = checkout().join("snapshots");
     let mut failures = Vec::new();

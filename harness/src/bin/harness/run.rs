@@ -4,7 +4,6 @@
 use crate::commands::Signals;
 use crate::Placement;
 use anyhow::{bail, Context};
-use futures::StreamExt;
 use harness::runner::ScenarioRun;
 use harness::scenario::{self, Scenario};
 use harness::{BackendSpec, HarnessError, Profile};
@@ -103,8 +102,8 @@ fn load_all(paths: &[PathBuf], filter: Option<&str>) -> anyhow::Result<Vec<(Path
     Ok(scenarios)
 }
 
-/// Runs every scenario, `jobs` at a time, with a progress bar; `None` when a signal stopped it
-/// (every stack is torn down by then).
+/// Runs every scenario, `jobs` at a time ([`harness::runner::run_many`]), with a progress bar;
+/// `None` when a signal stopped it (every stack is torn down by then).
 async fn run_all(
     scenarios: &[(PathBuf, Scenario)],
     at: Placement,
@@ -118,17 +117,16 @@ async fn run_all(
             .expect("progress template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let work = futures::stream::iter(scenarios.iter().map(|(_, s)| {
-        let bar = bar.clone();
-        async move {
-            let r = harness::runner::run_on(s, at.runtime, at.nginx, backend).await;
+    let work = harness::runner::run_many(
+        scenarios.iter().map(|(_, s)| s),
+        (at.runtime, at.nginx),
+        backend,
+        jobs,
+        |s| {
             bar.inc(1);
             bar.set_message(s.name.clone());
-            r
-        }
-    }))
-    .buffered(jobs.max(1))
-    .collect::<Vec<_>>();
+        },
+    );
     // Every scenario's plays share the browsers (one launch per engine).
     let work = harness::browser::BrowserPool::scope(work);
     tokio::select! {
