@@ -261,18 +261,22 @@ pub async fn run_profile(
 /// Runs `scenario` on a fresh stack of `spec` (its profile is the run's).
 pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun, HarnessError> {
     let profile = spec.profile;
-    // A scenario that plays holds a browser slot from before its stack starts to its end, so
-    // that no step waits for a slot in the middle of the scenario's timing.
+    for engine in scenario.engines() {
+        crate::browser::find(engine)?;
+    }
+    let started = std::time::Instant::now();
+    let stack = Stack::start(spec).await?;
+    // A scenario that plays takes a browser slot once its stack has started (a container
+    // stack's start takes seconds no browser needs) and holds it to its end, so that no step
+    // waits for a slot in the middle of the scenario's timing; its stack, which may have waited
+    // idle for the slot, is checked again first, so its first step meets it as just started.
     let slot = if scenario.needs_browser() {
-        for engine in scenario.engines() {
-            crate::browser::find(engine)?;
-        }
-        Some(BrowserSlot::acquire().await?)
+        let slot = BrowserSlot::acquire().await?;
+        stack.ready_again().await?;
+        Some(slot)
     } else {
         None
     };
-    let started = std::time::Instant::now();
-    let stack = Stack::start(spec).await?;
     let mut run = run_on_stack(&stack, scenario, slot, profile).await?;
     drop(stack);
     run.elapsed = started.elapsed();
