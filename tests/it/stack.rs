@@ -271,3 +271,49 @@ fn a_deploy_lets_the_download_under_way_finish(#[case] fault: Fault) {
         assert_eq!(body.unwrap(), 400_000, "{}", stack.logs());
     });
 }
+
+/// A stack that waited idle (as one waits for a browser slot) past the legacy backend's
+/// keep-alive, then is checked again, meets its next request as a stack just started does: over
+/// the idle upstream connection the check left. Without the check (the control) the backend has
+/// closed the one the start left, and the request needs a new connection.
+#[test]
+fn a_stack_checked_again_after_waiting_idle_reuses_the_connection_the_check_left() {
+    if !tools_present() {
+        return;
+    }
+    // The legacy backend keeps idle connections 5 s × 0.2 = 1 s; each wait is 2.5 s of idle,
+    // the input under test (not a synchronisation).
+    let timeouts = harness::Timeouts {
+        keepalive_scale: 0.2,
+        ..harness::Timeouts::default()
+    };
+    let idle = std::time::Duration::from_millis(2_500);
+    rt().block_on(async {
+        let stack = Stack::start(StackSpec::new(Profile::Legacy).timeouts(timeouts))
+            .await
+            .unwrap();
+        let opened_by = |before: u64| stack.hop_connections() - before;
+        let health = || async {
+            let resp = stack.client().get(stack.url("/healthz")).send().await;
+            assert_eq!(resp.unwrap().status(), 200);
+        };
+        tokio::time::sleep(idle).await;
+        let before = stack.hop_connections();
+        health().await;
+        assert_eq!(
+            opened_by(before),
+            1,
+            "the control: the first idle connection was closed"
+        );
+
+        tokio::time::sleep(idle).await;
+        stack.ready_again().await.unwrap();
+        let before = stack.hop_connections();
+        health().await;
+        assert_eq!(
+            opened_by(before),
+            0,
+            "the check's idle connection was reused"
+        );
+    });
+}
