@@ -27,7 +27,8 @@ pub struct ProfileRun {
     pub outcomes: Vec<Outcome>,
     /// Explicit expectations that did not hold.
     pub failures: Vec<String>,
-    /// How long it took, its stack's start and end included (not in snapshots: it varies).
+    /// How long it took, its stack's start and end included, a wait for a browser slot not (not
+    /// in snapshots: it varies).
     #[serde(skip)]
     pub elapsed: std::time::Duration,
 }
@@ -264,8 +265,9 @@ pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun
     for engine in scenario.engines() {
         crate::browser::find(engine)?;
     }
-    let started = std::time::Instant::now();
+    let starting = std::time::Instant::now();
     let stack = Stack::start(spec).await?;
+    let start_took = starting.elapsed();
     // A scenario that plays takes a browser slot once its stack has started (a container
     // stack's start takes seconds no browser needs) and holds it to its end, so that no step
     // waits for a slot in the middle of the scenario's timing; its stack, which may have waited
@@ -277,9 +279,11 @@ pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun
     } else {
         None
     };
+    let running = std::time::Instant::now();
     let mut run = run_on_stack(&stack, scenario, slot, profile).await?;
     drop(stack);
-    run.elapsed = started.elapsed();
+    // Its own time: the stack's start, then its run and teardown, not the wait for a slot.
+    run.elapsed = start_took + running.elapsed();
     Ok(run)
 }
 

@@ -147,8 +147,8 @@ pub struct Browser {
 /// The right to play in a browser: one of [`browser_slots`] machine-wide slots, each a lock file
 /// held with `flock`, so that every process of the harness (`cargo test`'s one, nextest's one per
 /// test, two `harness run`s) shares them. The runner takes one for a whole scenario run that
-/// plays, before its stack starts, so that no step waits for a slot in the middle of a
-/// scenario's timing.
+/// plays, once its stack has started and before its first step, so that no step waits for a
+/// slot in the middle of a scenario's timing.
 pub struct BrowserSlot {
     lock: crate::machine_lock::MachineLock,
     /// The process's turn: its waiters take slots first come, first served.

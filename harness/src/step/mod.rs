@@ -142,7 +142,7 @@ impl Session {
         }
     }
 
-    /// Plays in the browser slot the caller holds (a scenario takes one before its stack starts).
+    /// Plays in the browser slot the caller holds (a scenario takes one before its first step).
     #[must_use]
     pub fn with_browser(mut self, slot: Option<BrowserSlot>) -> Session {
         self.slot = slot.map(Arc::new);
