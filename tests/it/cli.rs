@@ -294,11 +294,7 @@ fn check_verifies_a_deployed_stack() {
     if !tools_present() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::support::rt();
     let stack = rt
         .block_on(harness::Stack::start(harness::StackSpec::new(
             harness::Profile::Fixed,

@@ -118,11 +118,7 @@ pub fn run_files(
         })
         .filter(|(s, _)| s.engines().into_iter().all(engine_present))
         .unzip();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::support::rt();
     let runs = rt.block_on(harness::browser::BrowserPool::scope(
         harness::runner::run_many(&scenarios, (runtime, line), backend, 4, |_| {}),
     ));

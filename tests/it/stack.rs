@@ -1,17 +1,9 @@
 //! The stack itself: start, teardown (also on panic), parallel stacks, clear errors.
 
-use crate::support::tools_present;
+use crate::support::{rt, tools_present};
 use harness::{Profile, Stack, StackSpec};
 use mock_twilio::Fault;
 use std::path::PathBuf;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn alive(pid: u32) -> bool {
     // A zombie is gone for our purposes.

@@ -111,11 +111,7 @@ pub fn check(scenario: Scenario) -> Option<ScenarioRun> {
         return None;
     }
     let runtime = crate::support::runtime();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     let run = rt
         .block_on(harness::run(&scenario, runtime))
         .unwrap_or_else(|e| panic!("scenario {} failed to run: {e}", scenario.name));

@@ -520,18 +520,12 @@ impl Browser {
         let page = self.play_afresh(&page_url, &options).await?;
         // Every connection the browser opened is closed by nginx once it has logged it. One
         // still open would leave its requests out of the outcome: that is an error, not a guess.
+        let still_open = || open_client_ports(port).difference(&before).count();
         let closed = poll(LAUNCH_DEADLINE, || async {
-            open_client_ports(port)
-                .difference(&before)
-                .next()
-                .is_none()
-                .then_some(())
+            (still_open() == 0).then_some(())
         })
         .await;
-        let open = match closed {
-            Some(()) => 0,
-            None => open_client_ports(port).difference(&before).count(),
-        };
+        let open = closed.map_or_else(still_open, |()| 0);
         if open > 0 {
             return Err(HarnessError::Browser {
                 what: format!("wait for the connections of the play of {page_url} to close"),
