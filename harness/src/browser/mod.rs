@@ -196,14 +196,19 @@ fn slot_names() -> Vec<String> {
         .collect()
 }
 
-/// How many browsers play at once on this machine: `HARNESS_BROWSERS`, default 1. Chromium is
-/// heavy; several at once on a small machine starve the stacks whose timings a scenario is about.
+/// How many browsers play at once on this machine: `HARNESS_BROWSERS`, default one per core
+/// (Chromium is heavy: more at once starve the stacks whose timings a scenario is about).
 pub fn browser_slots() -> usize {
     std::env::var("HARNESS_BROWSERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(1)
+        .unwrap_or_else(cores)
+}
+
+/// The machine's cores (as the process may use them), at least 1.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl Browser {

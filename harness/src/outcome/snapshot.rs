@@ -213,6 +213,31 @@ fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> boo
         && all.iter().any(|o| sent_before(o))
 }
 
+/// An open-ended range (`bytes=N-`) from inside the recording, below the play's furthest start,
+/// answered 206 by upstreams that did not fail, that starts inside or right after the bytes nginx
+/// sent for an earlier 206 of the play from byte 0: the browser reading on from where it cut its
+/// first Range read (Chromium under load, once it has seeked back to the start, before the play
+/// ends). Whether it asks before the play ends is timing. (WebKit's `bytes=…-` after its first
+/// read, a 200, is not one: WebKit always asks it.)
+fn is_resumed_read(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> bool {
+    let open_ended = r.range.as_deref().is_some_and(|x| x.ends_with('-'));
+    let Some(start) = range_start(r).filter(|_| open_ended) else {
+        return false;
+    };
+    let resumes = |o: &BrowserRequest| {
+        o.at_ms <= r.at_ms
+            && !std::ptr::eq(o, r)
+            && o.status == 206
+            && range_start(o) == Some(0)
+            && start <= o.bytes_sent
+    };
+    start > 0
+        && start < furthest
+        && r.status == 206
+        && upstream_succeeded(r)
+        && all.iter().any(|o| resumes(o))
+}
+
 /// Whether every upstream attempt nginx logged for a request answered 2xx or 3xx (or nginx sent
 /// it itself: `-`): a retried error (`502, 206`) is no re-fetch to leave out.
 fn upstream_succeeded(r: &BrowserRequest) -> bool {
@@ -282,6 +307,12 @@ impl SnapshotBrowser {
             .iter()
             .copied()
             .filter(|r| !is_refetch(r, &answered, furthest.unwrap_or(0)))
+            .collect();
+        // So is a Range read resumed where the browser cut its first one.
+        let answered: Vec<&BrowserRequest> = answered
+            .iter()
+            .copied()
+            .filter(|r| !is_resumed_read(r, &answered, furthest.unwrap_or(0)))
             .collect();
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
@@ -575,6 +606,48 @@ mod tests {
             requests: vec![whole, seek.clone()],
         };
         assert_eq!(SnapshotBrowser::of(&chromium).requests, first_and_seek);
+    }
+
+    #[test]
+    fn a_range_read_resumed_after_a_cut_206_from_0_is_left_out_and_nothing_else() {
+        // Chromium under load, as one run met it (play-uncached's 32 MB mp3 under uvicorn): its
+        // first read cut, its seek, then, after seeking back, the bytes from where the first read
+        // was cut.
+        let mut first = request(0, Some("bytes=0-"), 206, "206");
+        first.bytes_sent = 5_000_000;
+        let mut seek = request(40, Some("bytes=31981568-"), 206, "206");
+        seek.body = Delivered::Complete;
+        let play =
+            |first: &BrowserRequest, resumed: &str, status: u16, upstream: &str| BrowserOutcome {
+                engine: Engine::Chromium,
+                page: played(1999968),
+                requests: vec![
+                    first.clone(),
+                    seek.clone(),
+                    request(900, Some(resumed), status, upstream),
+                ],
+            };
+        let first_and_seek = [
+            "bytes=0- → 206 (upstream 206)",
+            "bytes=31981568- → 206 (upstream 206) complete",
+        ];
+        let resumed = play(&first, "bytes=4980000-", 206, "206");
+        assert_eq!(SnapshotBrowser::of(&resumed).requests, first_and_seek);
+        // Right at the first byte nginx had not sent: left out; one past it stays.
+        let at_edge = play(&first, "bytes=5000000-", 206, "206");
+        assert_eq!(SnapshotBrowser::of(&at_edge).requests, first_and_seek);
+        let past = play(&first, "bytes=5000001-", 206, "206");
+        assert_eq!(SnapshotBrowser::of(&past).requests.len(), 3);
+        // A 200, a failed upstream attempt: they stay.
+        let ignored = play(&first, "bytes=4980000-", 200, "200");
+        assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 3);
+        let retried = play(&first, "bytes=4980000-", 206, "502, 206");
+        assert_eq!(SnapshotBrowser::of(&retried).requests.len(), 3);
+        // After a first read answered 200 (WebKit's, or a backend ignoring Range): it stays.
+        let mut whole = request(0, None, 200, "200");
+        whole.bytes_sent = 5_000_000;
+        let after_200 = play(&whole, "bytes=4980000-", 206, "206");
+        assert_eq!(SnapshotBrowser::of(&after_200).requests.len(), 3);
     }
 
     #[test]

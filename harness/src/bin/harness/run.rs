@@ -28,8 +28,9 @@ pub struct RunArgs {
     /// Write a self-contained HTML report (index.html and the snapshots) into this folder.
     #[arg(long)]
     html: Option<PathBuf>,
-    /// Scenarios run at once.
-    #[arg(long, default_value_t = 2)]
+    /// Scenarios run at once (default: one more than the machine's cores, so that a scenario
+    /// that does not play runs beside one playing on each core's browser slot).
+    #[arg(long, default_value_t = harness::browser::cores() + 1)]
     jobs: usize,
     /// Write changed or new snapshots as .snap.new files to review (`cargo insta review`).
     #[arg(long)]
