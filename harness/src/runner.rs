@@ -281,7 +281,7 @@ pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun
     };
     let running = std::time::Instant::now();
     let mut run = run_on_stack(&stack, scenario, slot, profile).await?;
-    drop(stack);
+    stack.stop().await;
     // Its own time: the stack's start, then its run and teardown, not the wait for a slot.
     run.elapsed = start_took + running.elapsed();
     Ok(run)

@@ -173,6 +173,14 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Stops the stack as dropping it does, but on tokio's blocking pool: the engine takes most
+    /// of a second to remove a container stack, and a process stack's teardown waits for its
+    /// processes to go, time in which the caller's task (the other scenarios `run_many` runs
+    /// beside it) and the runtime's worker keep going.
+    pub async fn stop(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+
     /// Checks through nginx that the stack answers, as its start ends, and forgets what the
     /// hop saw of it. A stack that waited after its start (for a browser slot) then meets its
     /// first step as a stack just started does: with the idle upstream connection a readiness

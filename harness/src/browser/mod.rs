@@ -196,15 +196,19 @@ fn slot_names() -> Vec<String> {
         .collect()
 }
 
-/// How many browsers play at once on this machine: `HARNESS_BROWSERS`, default one per core
-/// (Chromium is heavy: more at once starve the stacks whose timings a scenario is about).
+/// How many browsers play at once on this machine: `HARNESS_BROWSERS`, default one per core,
+/// at most [`DEFAULT_MAX_BROWSERS`] (Chromium is heavy: more at once starve the stacks whose
+/// timings a scenario is about; two were measured on 2 cores, docs/records/suite-time.txt).
 pub fn browser_slots() -> usize {
     std::env::var("HARNESS_BROWSERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
-        .unwrap_or_else(cores)
+        .unwrap_or_else(|| cores().min(DEFAULT_MAX_BROWSERS))
 }
+
+/// The most browser slots by default, however many cores (`HARNESS_BROWSERS` allows more).
+pub const DEFAULT_MAX_BROWSERS: usize = 4;
 
 /// The machine's cores (as the process may use them), at least 1.
 pub fn cores() -> usize {

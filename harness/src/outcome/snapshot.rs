@@ -214,11 +214,12 @@ fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> boo
 }
 
 /// An open-ended range (`bytes=N-`) from inside the recording, below the play's furthest start,
-/// answered 206 by upstreams that did not fail, that starts inside or right after the bytes nginx
-/// sent for an earlier 206 of the play from byte 0: the browser reading on from where it cut its
-/// first Range read (Chromium under load, once it has seeked back to the start, before the play
-/// ends). Whether it asks before the play ends is timing. (WebKit's `bytes=…-` after its first
-/// read, a 200, is not one: WebKit always asks it.)
+/// answered 206 by upstreams that did not fail, that starts inside the bytes nginx sent for an
+/// earlier 206 of the play from byte 0: the browser reading on from where it cut its first Range
+/// read (a cut read resumes below what nginx sent, which includes bytes still in the socket;
+/// at or past it, the answer ended early, and the request stays). Whether a browser does so
+/// before the play ends is timing (Chromium, under load, after seeking back to the start).
+/// WebKit's `bytes=…-` after a first read answered 200 is not one.
 fn is_resumed_read(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> bool {
     let open_ended = r.range.as_deref().is_some_and(|x| x.ends_with('-'));
     let Some(start) = range_start(r).filter(|_| open_ended) else {
@@ -229,7 +230,7 @@ fn is_resumed_read(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -
             && !std::ptr::eq(o, r)
             && o.status == 206
             && range_start(o) == Some(0)
-            && start <= o.bytes_sent
+            && start < o.bytes_sent
     };
     start > 0
         && start < furthest
@@ -610,9 +611,9 @@ mod tests {
 
     #[test]
     fn a_range_read_resumed_after_a_cut_206_from_0_is_left_out_and_nothing_else() {
-        // Chromium under load, as one run met it (play-uncached's 32 MB mp3 under uvicorn): its
-        // first read cut, its seek, then, after seeking back, the bytes from where the first read
-        // was cut.
+        // Chromium under load, as one run met it in play-uncached's 32 MB mp3 under uvicorn (the
+        // byte counts here are illustrative): its first read cut, its seek, then, after seeking
+        // back, the bytes from inside what nginx had sent for the first read.
         let mut first = request(0, Some("bytes=0-"), 206, "206");
         first.bytes_sent = 5_000_000;
         let mut seek = request(40, Some("bytes=31981568-"), 206, "206");
@@ -633,21 +634,49 @@ mod tests {
         ];
         let resumed = play(&first, "bytes=4980000-", 206, "206");
         assert_eq!(SnapshotBrowser::of(&resumed).requests, first_and_seek);
-        // Right at the first byte nginx had not sent: left out; one past it stays.
+        // At the last byte nginx had sent: left out; at the first it had not (the answer ended
+        // early), it stays.
+        let inside = play(&first, "bytes=4999999-", 206, "206");
+        assert_eq!(SnapshotBrowser::of(&inside).requests, first_and_seek);
         let at_edge = play(&first, "bytes=5000000-", 206, "206");
-        assert_eq!(SnapshotBrowser::of(&at_edge).requests, first_and_seek);
-        let past = play(&first, "bytes=5000001-", 206, "206");
-        assert_eq!(SnapshotBrowser::of(&past).requests.len(), 3);
-        // A 200, a failed upstream attempt: they stay.
+        assert_eq!(SnapshotBrowser::of(&at_edge).requests.len(), 3);
+        // A 200 to it, a failed upstream attempt: it stays.
         let ignored = play(&first, "bytes=4980000-", 200, "200");
         assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 3);
         let retried = play(&first, "bytes=4980000-", 206, "502, 206");
         assert_eq!(SnapshotBrowser::of(&retried).requests.len(), 3);
-        // After a first read answered 200 (WebKit's, or a backend ignoring Range): it stays.
-        let mut whole = request(0, None, 200, "200");
-        whole.bytes_sent = 5_000_000;
-        let after_200 = play(&whole, "bytes=4980000-", 206, "206");
-        assert_eq!(SnapshotBrowser::of(&after_200).requests.len(), 3);
+        // The play's furthest start (its seek's) is no resumed read, even inside what was sent.
+        let mut whole = first.clone();
+        whole.bytes_sent = 32_000_000;
+        let seek_only = BrowserOutcome {
+            engine: Engine::Chromium,
+            page: played(1999968),
+            requests: vec![whole, seek.clone()],
+        };
+        assert_eq!(SnapshotBrowser::of(&seek_only).requests, first_and_seek);
+        // After a first read from 0 answered 200 (a backend ignoring Range), with or without a
+        // Range: it stays.
+        for range in [Some("bytes=0-"), None] {
+            let mut whole = request(0, range, 200, "200");
+            whole.bytes_sent = 5_000_000;
+            let after_200 = play(&whole, "bytes=4980000-", 206, "206");
+            assert_eq!(SnapshotBrowser::of(&after_200).requests.len(), 3);
+        }
+        // After a 206 from inside the recording, however much it sent, it is none (its line,
+        // `bytes=…-`, would look like the other's: asked of the rule itself).
+        let resumes = |o: &BrowserOutcome| {
+            let all: Vec<&BrowserRequest> = o.requests.iter().collect();
+            is_resumed_read(all[2], &all, 31_981_568)
+        };
+        assert!(resumes(&resumed));
+        let mut from_inside = request(0, Some("bytes=1000-"), 206, "206");
+        from_inside.bytes_sent = 30_000_000;
+        assert!(!resumes(&play(&from_inside, "bytes=4980000-", 206, "206")));
+        // Nor is one that began before the read it would resume.
+        let mut early = play(&first, "bytes=4980000-", 206, "206");
+        early.requests[2].at_ms = 0;
+        early.requests[0].at_ms = 10;
+        assert!(!resumes(&early));
     }
 
     #[test]
