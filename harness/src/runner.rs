@@ -272,16 +272,22 @@ pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun
     // stack's start takes seconds no browser needs) and holds it to its end, so that no step
     // waits for a slot in the middle of the scenario's timing; its stack, which may have waited
     // idle for the slot, is checked again first, so its first step meets it as just started.
-    let slot = if scenario.needs_browser() {
-        let slot = BrowserSlot::acquire().await?;
-        stack.ready_again().await?;
-        Some(slot)
-    } else {
-        None
-    };
-    let running = std::time::Instant::now();
-    let mut run = run_on_stack(&stack, scenario, slot, profile).await?;
+    let run = async {
+        let slot = if scenario.needs_browser() {
+            let slot = BrowserSlot::acquire().await?;
+            stack.ready_again().await?;
+            Some(slot)
+        } else {
+            None
+        };
+        let running = std::time::Instant::now();
+        let run = run_on_stack(&stack, scenario, slot, profile).await?;
+        Ok::<_, HarnessError>((run, running))
+    }
+    .await;
+    // Torn down off the task whether the run passed or not.
     stack.stop().await;
+    let (mut run, running) = run?;
     // Its own time: the stack's start, then its run and teardown, not the wait for a slot.
     run.elapsed = start_took + running.elapsed();
     Ok(run)

@@ -178,7 +178,12 @@ impl Stack {
     /// processes to go, time in which the caller's task (the other scenarios `run_many` runs
     /// beside it) and the runtime's worker keep going.
     pub async fn stop(self) {
-        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(self)).await {
+            // A teardown that panicked panics here, as a drop on the task would have.
+            if let Ok(panic) = e.try_into_panic() {
+                std::panic::resume_unwind(panic);
+            }
+        }
     }
 
     /// Checks through nginx that the stack answers, as its start ends, and forgets what the

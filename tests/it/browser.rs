@@ -264,11 +264,18 @@ fn a_browser_slot_is_held_against_every_process_on_the_machine() {
     while let Some(slot) = BrowserSlot::try_acquire().unwrap() {
         held.push(slot);
     }
-    assert!(held.len() <= harness::browser::browser_slots());
+    // Each a slot of its own, among the machine's.
+    let slots: Vec<String> = (0..harness::browser::browser_slots())
+        .map(|i| format!("recordings-harness-browser-{i}.lock"))
+        .collect();
     let mut paths: Vec<_> = held.iter().map(|s| s.path().to_path_buf()).collect();
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), held.len(), "{paths:?}");
+    for path in &paths {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(slots.contains(&name), "{name} is none of {slots:?}");
+    }
     // Another process (util-linux's flock) cannot take a slot's lock while it is held.
     for path in &paths {
         let other = std::process::Command::new("flock")

@@ -311,7 +311,8 @@ fn harness() -> ExitCode {
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = rt.block_on(dispatch(cli));
-    // Dropping the runtime ends every task; every stack has been dropped by now.
+    // Dropping the runtime ends every task and waits for its blocking pool, where a stack's
+    // teardown may still run (`Stack::stop`): every stack has been removed after it.
     drop(rt);
     match result {
         Ok(code) => code,

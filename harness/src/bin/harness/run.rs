@@ -137,7 +137,8 @@ async fn run_all(
         }
         signal = signals.recv() => {
             bar.abandon_with_message(format!("{signal}: stopping every stack"));
-            // Returning drops the unfinished runs, and with them every stack and its processes.
+            // Returning drops the unfinished runs, and with them every stack and its processes
+            // (a teardown already on tokio's blocking pool ends before the runtime does).
             eprintln!("harness: interrupted by {signal}; every stack was torn down");
             None
         }
