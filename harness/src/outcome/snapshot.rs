@@ -221,8 +221,7 @@ fn is_refetch(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> boo
 /// before the play ends is timing (Chromium, under load, after seeking back to the start).
 /// WebKit's `bytes=…-` after a first read answered 200 is not one.
 fn is_resumed_read(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -> bool {
-    let open_ended = r.range.as_deref().is_some_and(|x| x.ends_with('-'));
-    let Some(start) = range_start(r).filter(|_| open_ended) else {
+    let (Some(start), None) = (range_start(r), range_end(r)) else {
         return false;
     };
     let resumes = |o: &BrowserRequest| {
@@ -301,26 +300,27 @@ impl SnapshotBrowser {
             .copied()
             .filter(|r| !is_gap_fill(r, &answered))
             .collect();
-        let furthest = answered.iter().filter_map(|r| range_start(r)).max();
-        // A re-fetch of bytes nginx had already sent: whether the browser needs one is timing
-        // too: left out (an error answer stays).
+        let furthest = answered
+            .iter()
+            .filter_map(|r| range_start(r))
+            .max()
+            .unwrap_or(0);
+        // A re-fetch of bytes nginx had already sent, or a Range read resumed where the browser
+        // cut its first one: whether the browser needs one is timing too: left out (an error
+        // answer stays).
         let answered: Vec<&BrowserRequest> = answered
             .iter()
             .copied()
-            .filter(|r| !is_refetch(r, &answered, furthest.unwrap_or(0)))
-            .collect();
-        // So is a Range read resumed where the browser cut its first one.
-        let answered: Vec<&BrowserRequest> = answered
-            .iter()
-            .copied()
-            .filter(|r| !is_resumed_read(r, &answered, furthest.unwrap_or(0)))
+            .filter(|r| {
+                !is_refetch(r, &answered, furthest) && !is_resumed_read(r, &answered, furthest)
+            })
             .collect();
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
         // issues again) is timing; the Outcome keeps every one.
         for line in answered
             .iter()
-            .map(|r| snapshot_browser_request(r, furthest.unwrap_or(0)))
+            .map(|r| snapshot_browser_request(r, furthest))
         {
             if !lines.contains(&line) {
                 lines.push(line);
@@ -420,6 +420,15 @@ mod tests {
             bytes_sent: 0,
             upstream_status: upstream.into(),
             body: Delivered::Partial,
+        }
+    }
+
+    /// Chromium's play of a recording of `duration_ms`, with these requests.
+    fn chromium(duration_ms: u64, requests: Vec<BrowserRequest>) -> BrowserOutcome {
+        BrowserOutcome {
+            engine: Engine::Chromium,
+            page: played(duration_ms),
+            requests,
         }
     }
 
@@ -538,11 +547,10 @@ mod tests {
             seek.body = Delivered::Complete;
             let mut third = request(12, Some(range), status, &status.to_string());
             third.body = body;
-            let chromium = BrowserOutcome {
-                engine: Engine::Chromium,
-                page: played(125000),
-                requests: vec![request(0, Some("bytes=0-"), 206, "206"), seek, third],
-            };
+            let chromium = chromium(
+                125000,
+                vec![request(0, Some("bytes=0-"), 206, "206"), seek, third],
+            );
             assert_eq!(
                 SnapshotBrowser::of(&chromium).requests,
                 want,
@@ -562,16 +570,15 @@ mod tests {
         let play = |third: &str, fourth: &str, status: u16| {
             let mut again = request(30, Some(fourth), status, &status.to_string());
             again.body = Delivered::Partial;
-            BrowserOutcome {
-                engine: Engine::Chromium,
-                page: played(125000),
-                requests: vec![
+            chromium(
+                125000,
+                vec![
                     first.clone(),
                     request(20, Some(third), status, &status.to_string()),
                     again,
                     seek.clone(),
                 ],
-            }
+            )
         };
         // The first request and the seek: what a play whose re-fetches are left out shows.
         let first_and_seek = [
@@ -601,12 +608,8 @@ mod tests {
         // And the seek, whatever was sent before it: the first request sent the whole file.
         let mut whole = first.clone();
         whole.bytes_sent = 2_000_000;
-        let chromium = BrowserOutcome {
-            engine: Engine::Chromium,
-            page: played(125000),
-            requests: vec![whole, seek.clone()],
-        };
-        assert_eq!(SnapshotBrowser::of(&chromium).requests, first_and_seek);
+        let seek_only = chromium(125000, vec![whole, seek.clone()]);
+        assert_eq!(SnapshotBrowser::of(&seek_only).requests, first_and_seek);
     }
 
     #[test]
@@ -618,16 +621,10 @@ mod tests {
         first.bytes_sent = 5_000_000;
         let mut seek = request(40, Some("bytes=31981568-"), 206, "206");
         seek.body = Delivered::Complete;
-        let play =
-            |first: &BrowserRequest, resumed: &str, status: u16, upstream: &str| BrowserOutcome {
-                engine: Engine::Chromium,
-                page: played(1999968),
-                requests: vec![
-                    first.clone(),
-                    seek.clone(),
-                    request(900, Some(resumed), status, upstream),
-                ],
-            };
+        let play = |first: &BrowserRequest, resumed: &str, status: u16, upstream: &str| {
+            let resumed = request(900, Some(resumed), status, upstream);
+            chromium(1999968, vec![first.clone(), seek.clone(), resumed])
+        };
         let first_and_seek = [
             "bytes=0- → 206 (upstream 206)",
             "bytes=31981568- → 206 (upstream 206) complete",
@@ -648,11 +645,7 @@ mod tests {
         // The play's furthest start (its seek's) is no resumed read, even inside what was sent.
         let mut whole = first.clone();
         whole.bytes_sent = 32_000_000;
-        let seek_only = BrowserOutcome {
-            engine: Engine::Chromium,
-            page: played(1999968),
-            requests: vec![whole, seek.clone()],
-        };
+        let seek_only = chromium(1999968, vec![whole, seek.clone()]);
         assert_eq!(SnapshotBrowser::of(&seek_only).requests, first_and_seek);
         // After a first read from 0 answered 200 (a backend ignoring Range), with or without a
         // Range: it stays.
