@@ -208,6 +208,15 @@ fn fetch_error(e: FetchError) -> AppError {
     }
 }
 
+/// The line that says this process downloads a recording from Twilio.
+fn log_miss(call_sid: &str, recording_sid: &str) {
+    tracing::info!(
+        call_sid,
+        recording_sid,
+        "Cache miss - downloading from Twilio for {call_sid}"
+    );
+}
+
 /// The recordings cache.
 pub struct Cache {
     dir: PathBuf,
@@ -327,23 +336,37 @@ impl Cache {
         }
         let (tx, rx) = watch::channel(Phase::Connecting);
         inflight.insert(key.clone(), rx.clone());
-        tracing::info!(
-            call_sid,
-            recording_sid,
-            "Cache miss - downloading from Twilio for {call_sid}"
-        );
+        // Logged before this returns: `Cache miss` only when this process downloads (another
+        // instance sharing the cache may hold the recording's lock: this one then waits for it).
+        let held = LockFile::try_acquire(&self.lock_path(&key));
+        match &held {
+            Ok(Some(_)) if !self.path(recording_sid, format).exists() => {
+                log_miss(call_sid, recording_sid)
+            }
+            Ok(None) => tracing::info!(
+                call_sid,
+                recording_sid,
+                "Waiting for another process's download of {recording_sid}"
+            ),
+            _ => {}
+        }
         let cache = self.clone();
         let (call_sid, recording_sid) = (call_sid.to_string(), recording_sid.to_string());
         tokio::spawn(async move {
-            cache.download(&tx, &call_sid, &recording_sid, format).await;
+            cache
+                .download(&tx, held, &call_sid, &recording_sid, format)
+                .await;
             cache.inflight.lock().unwrap().remove(&key);
         });
         rx
     }
 
+    /// Downloads the recording into the cache, holding its lock (`held`: taken already, or
+    /// `None` while another process holds it, which this one waits for).
     async fn download(
         &self,
         tx: &watch::Sender<Phase>,
+        held: std::io::Result<Option<LockFile>>,
         call_sid: &str,
         recording_sid: &str,
         format: Format,
@@ -353,7 +376,12 @@ impl Cache {
         let final_path = self.path(recording_sid, format);
         // One download per recording across processes sharing the cache (several instances
         // behind one upstream): the lock's holder downloads, the others wait and serve its file.
-        let lock = match self.lock(recording_sid, format).await {
+        let (lock, waited) = match held {
+            Ok(Some(lock)) => (Ok(lock), false),
+            Ok(None) => (self.lock(recording_sid, format).await, true),
+            Err(e) => (Err(e), false),
+        };
+        let lock = match lock {
             Ok(lock) => lock,
             Err(e) => {
                 let cause = format!("lock {}: {e}", final_path.display());
@@ -366,14 +394,20 @@ impl Cache {
         };
         if final_path.exists() {
             drop(lock);
-            tracing::info!(
-                call_sid,
-                recording_sid,
-                "Recording saved - took {:.2}s (by another process)",
-                began.elapsed().as_secs_f64()
-            );
+            if waited {
+                tracing::info!(
+                    call_sid,
+                    recording_sid,
+                    "Another process saved {recording_sid} - waited {:.2}s",
+                    began.elapsed().as_secs_f64()
+                );
+            }
             tx.send_replace(Phase::Complete);
             return;
+        }
+        if waited {
+            // The other process's download failed: this one downloads.
+            log_miss(call_sid, recording_sid);
         }
         let tmp = self.dir.join(format!(
             ".{recording_sid}.{}.{:016x}.part",
@@ -428,6 +462,10 @@ impl Cache {
         }
     }
 
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!(".{name}.lock"))
+    }
+
     /// An exclusive lock on the recording, shared with other processes (see [`LockFile`]).
     async fn lock(&self, recording_sid: &str, format: Format) -> std::io::Result<LockFile> {
         self.lock_named(&format!("{recording_sid}.{}", format.ext()))
@@ -437,7 +475,7 @@ impl Cache {
     /// An exclusive lock named `name`, shared with every process using this cache folder
     /// (several backend instances): held until the returned guard drops.
     pub async fn lock_named(&self, name: &str) -> std::io::Result<LockFile> {
-        let path = self.dir.join(format!(".{name}.lock"));
+        let path = self.lock_path(name);
         tokio::task::spawn_blocking(move || LockFile::acquire(&path))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))

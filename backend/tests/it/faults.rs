@@ -266,6 +266,56 @@ async fn concurrent_misses_cause_one_download() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_miss() {
+    let (twilio, rec, _) = setup().await;
+    let first = Backend::start(&twilio);
+    let dir = first.dir.display().to_string();
+    let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
+    // 50 kB at 25 kB/s: 2 s of download, against a local request that comes once it is under way.
+    twilio
+        .arm(on_media(Fault::Throttle {
+            bytes_per_sec: 25_000,
+        }))
+        .unwrap();
+    let mut resp = client()
+        .get(first.download_url(&rec.call_sid))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.chunk().await.unwrap().expect("a first chunk").to_vec();
+    let joined = get_body(second.download_url(&rec.call_sid)).await;
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let media = rec.media(MediaFormat::Mp3).to_vec();
+    assert!(body == media && joined[..] == media[..], "both whole");
+    assert_eq!(media_requests(&twilio), 1, "one download");
+    second.wait_log("Another process saved").await;
+    let logs = second.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("Waiting for another process's download"),
+        "{logs}"
+    );
+    for event in ["Cache miss", "Recording saved - took"] {
+        assert!(
+            !logs.contains(event),
+            "no `{event}` from the waiting one:\n{logs}"
+        );
+    }
+    first.wait_log("Recording saved - took").await;
+    assert_eq!(
+        first
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("Cache miss"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn time_to_first_byte_does_not_wait_for_the_whole_download() {
     let twilio = MockTwilio::start().await.unwrap();
     let rec = twilio.add_recording(Recording::new(
