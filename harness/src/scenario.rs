@@ -669,8 +669,9 @@ impl Scenario {
     }
 
     /// The scenario with every `play` step in `engine` instead, named `{name}@{engine}` (its
-    /// snapshot is the engine's own), or the scenario itself for Chromium, the default. `None`
-    /// when it does not play, or already names its engines (it is about them).
+    /// snapshot is the engine's own) and run under `fixed` alone (the profiles are the server's
+    /// side, which Chromium covers in every file), or the scenario itself for Chromium, the
+    /// default. `None` when it does not play, or already names its engines (it is about them).
     pub fn on_engine(&self, engine: Engine) -> Option<Scenario> {
         let mut plays = self.steps.iter().filter_map(|s| match s {
             Step::Play(p) => Some(p),
@@ -684,6 +685,11 @@ impl Scenario {
         }
         let mut s = self.clone();
         s.name = format!("{}@{engine}", self.name);
+        if s.profiles.contains(&Profile::Fixed) {
+            s.profiles = vec![Profile::Fixed];
+        } else {
+            s.profiles.truncate(1);
+        }
         for step in &mut s.steps {
             if let Step::Play(p) = step {
                 p.browser = Engines::new(vec![engine]);

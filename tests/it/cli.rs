@@ -562,6 +562,42 @@ fn a_missing_browser_says_how_to_install_it() {
     );
 }
 
+/// `--browser E` runs what `files::every_browser_scenario_on` runs (the fixed profile, the
+/// `@E` snapshot), so a user's run passes against the committed snapshots. (The name puts it
+/// in nextest's browsers group.)
+#[test]
+fn run_with_browser_plays_what_every_browser_scenario_on_plays() {
+    use harness::browser::Engine;
+    if !tools_present() || !crate::support::engine_present(Engine::Firefox) {
+        return;
+    }
+    let out = harness()
+        .args([
+            "run",
+            "--browser",
+            "firefox",
+            "scenarios/browser/play-cached.toml",
+        ])
+        .current_dir(crate::support::checkout())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("browser-play-cached@firefox "))
+        .collect();
+    assert_eq!(rows.len(), 1, "one profile, fixed:\n{stdout}");
+    assert!(
+        rows[0].contains(" fixed ") && rows[0].contains("PASS"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn soak_of_a_broken_backend_exits_1_naming_each_violation_and_its_replay() {
     if !tools_present() {

@@ -8,12 +8,6 @@ use harness::scenario::{files, json_schema, load, Scenario};
 
 /// `scenario` with its `play` steps in `engine`, under `fixed` only (the profiles are the
 /// server's side, which Chromium covers in every file), if it is one to run there.
-fn on_engine(scenario: &Scenario, engine: Engine) -> Option<Scenario> {
-    let mut s = scenario.on_engine(engine)?;
-    s.profiles = vec![harness::Profile::Fixed];
-    Some(s)
-}
-
 #[rstest::rstest]
 fn every_browser_scenario_on(#[values(Engine::Firefox, Engine::Webkit)] engine: Engine) {
     if engine_present(engine) {
@@ -112,7 +106,7 @@ pub fn run_files(
         .into_iter()
         .zip(paths)
         .filter_map(|(s, p)| match engines {
-            Engines::Only(e) => on_engine(&s, e).map(|s| (s, p)),
+            Engines::Only(e) => s.on_engine(e).map(|s| (s, p)),
             Engines::ChromiumOnly if s.engines().iter().any(|e| *e != Engine::Chromium) => None,
             _ => Some((s, p)),
         })
@@ -274,5 +268,13 @@ fn a_play_step_names_one_engine_or_several_and_a_point_to_seek_to() {
         on_firefox.engines().into_iter().collect::<Vec<_>>(),
         [Engine::Firefox]
     );
-    assert_eq!(plain.on_engine(Engine::Chromium).unwrap().name, "y");
+    assert_eq!(
+        on_firefox.profiles,
+        [harness::Profile::Fixed],
+        "the server's side: one"
+    );
+    let on_chromium = plain.on_engine(Engine::Chromium).unwrap();
+    assert_eq!(on_chromium.name, "y");
+    assert_eq!(on_chromium.profiles, plain.profiles, "the file's own");
+    assert_eq!(plain.profiles.len(), 3);
 }

@@ -42,7 +42,8 @@ pub struct RunArgs {
     #[arg(long)]
     stack: Option<PathBuf>,
     /// Only the scenarios that play, each `play` step in this browser: chromium, firefox or
-    /// webkit (snapshots named `{scenario}@{browser}`; chromium's are the files' own).
+    /// webkit (firefox and webkit under the fixed profile, snapshots named `{scenario}@{browser}`;
+    /// chromium's are the files' own).
     #[arg(long)]
     browser: Option<harness::browser::Engine>,
 }
