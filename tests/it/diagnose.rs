@@ -237,10 +237,11 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
             }
         }
         // Node's default keepAliveTimeout, 5 s: it closes an idle connection at its next timer
-        // check, seconds late on a loaded machine (7.07 s in one CI run), never early.
+        // check, seconds late on a loaded machine (7.07 s in one CI run, 10.92 s in a whole
+        // suite on a 2-core machine about half as fast as usual), never early.
         if name == "node-backend default" {
             assert!(
-                idle.is_some_and(|i| (5.0..10.0).contains(&i)),
+                idle.is_some_and(|i| (5.0..15.0).contains(&i)),
                 "{name}: {idle:?}"
             );
         }
