@@ -315,8 +315,8 @@ impl Cache {
     }
 
     /// Downloads a recording into the cache unless it is there; for webhook pre-downloads.
-    /// Starts it now (the `Cache miss` line is logged before this returns); the download goes
-    /// on in the background.
+    /// Starts it now (when this process downloads, its `Cache miss` line is logged before this
+    /// returns); the download goes on in the background.
     pub fn prefetch(self: &Arc<Self>, call_sid: &str, recording_sid: &str, format: Format) {
         if !self.path(recording_sid, format).exists() {
             self.join_or_start(call_sid, recording_sid, format);

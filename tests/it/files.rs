@@ -6,8 +6,8 @@ use crate::support::{engine_present, tools_present};
 use harness::browser::Engine;
 use harness::scenario::{files, json_schema, load, Scenario};
 
-/// `scenario` with its `play` steps in `engine`, under `fixed` only (the profiles are the
-/// server's side, which Chromium covers in every file), if it is one to run there.
+/// Every file that plays, with its `play` steps in `engine`, under `fixed` only
+/// (`Scenario::on_engine`), against its `@engine` snapshot.
 #[rstest::rstest]
 fn every_browser_scenario_on(#[values(Engine::Firefox, Engine::Webkit)] engine: Engine) {
     if engine_present(engine) {

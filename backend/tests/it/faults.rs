@@ -267,7 +267,13 @@ async fn concurrent_misses_cause_one_download() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_miss() {
-    let (twilio, rec, _) = setup().await;
+    let twilio = MockTwilio::start().await.unwrap();
+    let rec = twilio.add_recording(Recording::new(
+        sid("RE", 1),
+        sid("CA", 1),
+        MediaFormat::Mp3,
+        SIZE,
+    ));
     let first = Backend::start(&twilio);
     let dir = first.dir.display().to_string();
     let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
