@@ -259,8 +259,15 @@ pub async fn run_profile(
     run_spec(scenario, spec).await
 }
 
-/// Runs `scenario` on a fresh stack of `spec` (its profile is the run's).
-pub async fn run_spec(scenario: &Scenario, spec: StackSpec) -> Result<ProfileRun, HarnessError> {
+/// Runs `scenario` on a fresh stack of `spec` (its profile is the run's). A scenario that arms
+/// no Twilio fault gets the backend's real slow-download threshold ([`crate::spec::Timeouts::unfaulted`]).
+pub async fn run_spec(
+    scenario: &Scenario,
+    mut spec: StackSpec,
+) -> Result<ProfileRun, HarnessError> {
+    if !scenario.arms_twilio_faults() {
+        spec.timeouts = spec.timeouts.unfaulted();
+    }
     let profile = spec.profile;
     for engine in scenario.engines() {
         crate::browser::find(engine)?;

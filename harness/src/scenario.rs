@@ -650,6 +650,20 @@ impl Scenario {
         self
     }
 
+    /// True when it arms a fault at Twilio, before the steps or in an `arm` step.
+    pub fn arms_twilio_faults(&self) -> bool {
+        !self.twilio_faults.is_empty()
+            || self.steps.iter().any(|s| {
+                matches!(
+                    s,
+                    Step::Arm {
+                        at: FaultPoint::Twilio,
+                        ..
+                    }
+                )
+            })
+    }
+
     /// True when a step plays in a browser.
     pub fn needs_browser(&self) -> bool {
         self.steps.iter().any(|s| matches!(s, Step::Play(_)))
@@ -826,7 +840,7 @@ times = 1                                  # only the first N matching requests 
 # [timeouts]
 # scale = 0.1
 # keepalive_scale = 1.0
-# slow_download_secs = 10.0                 # unscaled; for recordings of MB
+# slow_download_secs = 0.5                  # unscaled (default: 10 s x scale with a Twilio fault armed, else 10 s)
 
 [[steps]]
 do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, deploy, wait_log

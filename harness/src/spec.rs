@@ -166,7 +166,8 @@ impl std::str::FromStr for Profile {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Factor for request timeouts: nginx's proxy_read/send/connect_timeout, the backend's
-    /// Twilio budget (30 s), slow-download threshold (10 s) and drain time (30 s).
+    /// Twilio budget (30 s), drain time (30 s) and, in a scenario that arms a Twilio fault, its
+    /// slow-download threshold (10 s).
     pub scale: f64,
     /// Factor for keep-alive timeouts: nginx's upstream/client keepalive_timeout and the
     /// backend's KEEP_ALIVE_TIMEOUT.
@@ -175,19 +176,31 @@ pub struct Timeouts {
     /// (to show what happens when it exceeds nginx's read timeout, say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub twilio_timeout_secs: Option<f64>,
-    /// The backend's slow-download warning threshold in seconds, unscaled, when the scaled one
-    /// (10 s × `scale`) is too tight: a large recording fetched at full speed can take longer
-    /// than 1 s on a loaded machine, and the warning would then depend on load, not on a fault.
+    /// The backend's slow-download warning threshold in seconds, unscaled. Unset, it is
+    /// 10 s × `scale` in a scenario that arms a Twilio fault, and the backend's real 10 s in one
+    /// that arms none: a download at full speed can take longer than 1 s on a loaded machine,
+    /// and the warning would then depend on load, not on a fault.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_download_secs: Option<f64>,
 }
 
+impl Timeouts {
+    /// For a scenario that arms no Twilio fault: the backend's real slow-download threshold
+    /// (10 s, unscaled) unless one is set, since there a download's time is the machine's load.
+    #[must_use]
+    pub fn unfaulted(self) -> Self {
+        Timeouts {
+            slow_download_secs: self.slow_download_secs.or(Some(10.0)),
+            ..self
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
-        // 300 s → 30 s, 60 s → 6 s, Twilio 30 s → 3 s, slow download 10 s → 1 s: fast, every
-        // ratio kept, and wide margins around each threshold on a loaded machine for recordings
-        // of tens of kB. A scenario that downloads MB sets `slow_download_secs` (a 2 MB download
-        // from mock-twilio once took over 1 s on a loaded 2-core machine).
+        // 300 s → 30 s, 60 s → 6 s, Twilio 30 s → 3 s, slow download 10 s → 1 s (with a Twilio
+        // fault armed; 10 s without: a 40 kB download through the uvicorn example took over 1 s
+        // in a loaded CI run): fast, every ratio kept.
         Timeouts {
             scale: 0.1,
             keepalive_scale: 1.0,

@@ -278,3 +278,35 @@ fn a_play_step_names_one_engine_or_several_and_a_point_to_seek_to() {
     assert_eq!(on_chromium.profiles, plain.profiles, "the file's own");
     assert_eq!(plain.profiles.len(), 3);
 }
+
+#[test]
+fn the_slow_download_threshold_scales_only_where_a_twilio_fault_is_armed() {
+    use harness::spec::Timeouts;
+    let parse = |extra: &str| {
+        let text = format!(
+            "name = \"x\"\n[[recordings]]\nsize = 10\n{extra}[[steps]]\ndo = \"request\"\n"
+        );
+        Scenario::from_toml("scenarios/ok.toml", &text).unwrap()
+    };
+    let before = parse("[[twilio_faults]]\nfault = { kind = \"delay\", ms = 1000 }\n");
+    let in_a_step = parse(
+        "[[steps]]\ndo = \"arm\"\nat = \"twilio\"\nrule = { fault = { kind = \"reset\" } }\n",
+    );
+    let at_the_hop = parse("[[hop_faults]]\nfault = { kind = \"reset\" }\n");
+    let none = parse("");
+    assert!(before.arms_twilio_faults());
+    assert!(in_a_step.arms_twilio_faults());
+    assert!(!at_the_hop.arms_twilio_faults());
+    assert!(!none.arms_twilio_faults());
+    // Where none is armed, the backend's real 10 s, unless the file sets one.
+    assert_eq!(Timeouts::default().slow_download_secs, None, "10 s × scale");
+    assert_eq!(
+        Timeouts::default().unfaulted().slow_download_secs,
+        Some(10.0)
+    );
+    let set = Timeouts {
+        slow_download_secs: Some(0.5),
+        ..Timeouts::default()
+    };
+    assert_eq!(set.unfaulted().slow_download_secs, Some(0.5));
+}
