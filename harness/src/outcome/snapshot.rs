@@ -287,34 +287,76 @@ fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> RequestLine {
     )
 }
 
+/// The requests of a play whose presence is not timing, and the play's furthest Range start.
+fn timeless_requests(requests: &[BrowserRequest]) -> (Vec<&BrowserRequest>, u64) {
+    // A request the browser closed before any answer (nginx's 499) is its own cancel, timed
+    // by the browser: left out (the Outcome keeps every request).
+    let answered: Vec<&BrowserRequest> = requests.iter().filter(|r| r.status != 499).collect();
+    // A gap fill (Chromium: from where its buffer ended up to its seek's Range): whether the
+    // browser needs one, and where it starts, is timing: left out (an error answer stays).
+    let answered: Vec<&BrowserRequest> = answered
+        .iter()
+        .copied()
+        .filter(|r| !is_gap_fill(r, &answered))
+        .collect();
+    let furthest = answered
+        .iter()
+        .filter_map(|r| range_start(r))
+        .max()
+        .unwrap_or(0);
+    // A re-fetch of bytes nginx had already sent, or a Range read resumed where the browser
+    // cut its first one: whether the browser needs one is timing too: left out (an error
+    // answer stays).
+    let answered = answered
+        .iter()
+        .copied()
+        .filter(|r| !is_refetch(r, &answered, furthest) && !is_resumed_read(r, &answered, furthest))
+        .collect();
+    (answered, furthest)
+}
+
+/// The snapshot's lines for a play's distinct requests, in a fixed order; only the last says
+/// how its body ended (only if an error, for a page `left_at_canplay`).
+fn request_texts(mut lines: Vec<RequestLine>, left_at_canplay: bool) -> Vec<String> {
+    // Whether a request that a later one followed was read to its end or cancelled is a
+    // race between the browser's cancel and how fast the bytes come (nginx's sendfile can
+    // finish 32 MB first): only the last one says how its body ended, and it stands for the
+    // requests like it (WebKit fills a gap in several).
+    // (An error answer is no race: it keeps its word.)
+    let raceless = |(_, text, body): &RequestLine| match body {
+        Delivered::Error => format!("{text} {body}"),
+        _ => text.clone(),
+    };
+    let last = lines.pop();
+    let like_last = last.as_ref().map(raceless);
+    let mut distinct: Vec<((u8, u64), String)> = Vec::new();
+    for line in &lines {
+        let text = raceless(line);
+        if like_last.as_ref() != Some(&text) && !distinct.iter().any(|d| d.1 == text) {
+            distinct.push((line.0, text));
+        }
+    }
+    // A page left at `canplay` (`playable`, no seek) ends its loads when the harness ends
+    // the page: whether the last one had arrived whole by then is the teardown's timing (a
+    // WebKit resume at 1 MB/s had sent 237 kB of 1.9 MB when WebKit's session ended), so
+    // it says only an error.
+    distinct.extend(last.map(|line| {
+        let text = if left_at_canplay {
+            raceless(&line)
+        } else {
+            format!("{} {}", line.1, line.2)
+        };
+        (line.0, text)
+    }));
+    // In a fixed order: whether a browser's gap-filling request came before its seek or
+    // after it is timing too.
+    distinct.sort_by_key(|(key, _)| *key);
+    distinct.into_iter().map(|(_, r)| r).collect()
+}
+
 impl SnapshotBrowser {
     fn of(b: &BrowserOutcome) -> Self {
-        // A request the browser closed before any answer (nginx's 499) is its own cancel, timed
-        // by the browser: left out (the Outcome keeps every request).
-        let answered: Vec<&BrowserRequest> =
-            b.requests.iter().filter(|r| r.status != 499).collect();
-        // A gap fill (Chromium: from where its buffer ended up to its seek's Range): whether the
-        // browser needs one, and where it starts, is timing: left out (an error answer stays).
-        let answered: Vec<&BrowserRequest> = answered
-            .iter()
-            .copied()
-            .filter(|r| !is_gap_fill(r, &answered))
-            .collect();
-        let furthest = answered
-            .iter()
-            .filter_map(|r| range_start(r))
-            .max()
-            .unwrap_or(0);
-        // A re-fetch of bytes nginx had already sent, or a Range read resumed where the browser
-        // cut its first one: whether the browser needs one is timing too: left out (an error
-        // answer stays).
-        let answered: Vec<&BrowserRequest> = answered
-            .iter()
-            .copied()
-            .filter(|r| {
-                !is_refetch(r, &answered, furthest) && !is_resumed_read(r, &answered, furthest)
-            })
-            .collect();
+        let (answered, furthest) = timeless_requests(&b.requests);
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
         // issues again) is timing; the Outcome keeps every one.
@@ -326,41 +368,6 @@ impl SnapshotBrowser {
                 lines.push(line);
             }
         }
-        // Whether a request that a later one followed was read to its end or cancelled is a
-        // race between the browser's cancel and how fast the bytes come (nginx's sendfile can
-        // finish 32 MB first): only the last one says how its body ended, and it stands for the
-        // requests like it (WebKit fills a gap in several).
-        // (An error answer is no race: it keeps its word.)
-        let raceless = |(_, text, body): &RequestLine| match body {
-            Delivered::Error => format!("{text} {body}"),
-            _ => text.clone(),
-        };
-        let last = lines.pop();
-        let like_last = last.as_ref().map(raceless);
-        let mut distinct: Vec<((u8, u64), String)> = Vec::new();
-        for line in &lines {
-            let text = raceless(line);
-            if like_last.as_ref() != Some(&text) && !distinct.iter().any(|d| d.1 == text) {
-                distinct.push((line.0, text));
-            }
-        }
-        // A page left at `canplay` (`playable`, no seek) ends its loads when the harness ends
-        // the page: whether the last one had arrived whole by then is the teardown's timing (a
-        // WebKit resume at 1 MB/s had sent 237 kB of 1.9 MB when WebKit's session ended), so
-        // it says only an error.
-        let left_at_canplay = b.page.stage == "playable";
-        distinct.extend(last.map(|line| {
-            let text = if left_at_canplay {
-                raceless(&line)
-            } else {
-                format!("{} {}", line.1, line.2)
-            };
-            (line.0, text)
-        }));
-        // In a fixed order: whether a browser's gap-filling request came before its seek or
-        // after it is timing too.
-        distinct.sort_by_key(|(key, _)| *key);
-        let requests = distinct.into_iter().map(|(_, r)| r).collect();
         SnapshotBrowser {
             engine: b.engine.to_string(),
             stage: b.page.stage.clone(),
@@ -368,7 +375,7 @@ impl SnapshotBrowser {
             ended: b.page.ended,
             media_error: b.page.error_name.clone(),
             duration_ms: b.page.duration_ms,
-            requests,
+            requests: request_texts(lines, b.page.stage == "playable"),
         }
     }
 }
