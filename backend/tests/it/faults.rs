@@ -321,6 +321,60 @@ async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_
     );
 }
 
+/// The recording's lock goes with the process that holds it: when the instance downloading a
+/// recording is killed (a deploy's SIGKILL, a crash), the one waiting for its download downloads
+/// the recording itself and serves it whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
+    let twilio = MockTwilio::start().await.unwrap();
+    let rec = twilio.add_recording(Recording::new(
+        sid("RE", 1),
+        sid("CA", 1),
+        MediaFormat::Mp3,
+        SIZE,
+    ));
+    let mut first = Backend::start(&twilio);
+    let dir = first.dir.display().to_string();
+    let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
+    // Twilio never answers the first instance's download ...
+    twilio.arm(on_media(Fault::Hang).times(1)).unwrap();
+    let hung = tokio::spawn(client().get(first.download_url(&rec.call_sid)).send());
+    first.wait_log("Cache miss").await;
+    // (its request has reached Twilio, which holds it)
+    let reached = async {
+        while media_requests(&twilio) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(crate::support::DEADLINE, reached)
+        .await
+        .expect("the first instance's download reaches Twilio");
+    // ... while the second waits for it, until the first is killed.
+    let joined = tokio::spawn(get_body(second.download_url(&rec.call_sid)));
+    second
+        .wait_log("Waiting for another process's download")
+        .await;
+    first.kill();
+    let body = joined.await.unwrap();
+    assert!(
+        body[..] == rec.media(MediaFormat::Mp3).to_vec()[..],
+        "whole"
+    );
+    assert!(
+        hung.await.unwrap().is_err(),
+        "the killed one's request fails"
+    );
+    assert_eq!(
+        media_requests(&twilio),
+        2,
+        "the hung one, then the second's own"
+    );
+    second.wait_log("Recording saved - took").await;
+    let logs = second.logs.lock().unwrap().join("\n");
+    assert_eq!(logs.matches("Cache miss").count(), 1, "{logs}");
+    assert!(!logs.contains("Another process saved"), "{logs}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn time_to_first_byte_does_not_wait_for_the_whole_download() {
     let twilio = MockTwilio::start().await.unwrap();

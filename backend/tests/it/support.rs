@@ -118,6 +118,13 @@ impl Backend {
         wait_exit(&mut child)
     }
 
+    /// Kills the process (SIGKILL: no drain, no cleanup) and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Waits for a process already sent SIGTERM to exit.
     pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
