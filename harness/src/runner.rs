@@ -424,6 +424,10 @@ fn met_a_closed_connection(o: &Outcome) -> bool {
 #[cfg(test)]
 mod tests {
     use super::Lanes;
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     #[test]
     fn a_set_up_webhook_is_sent_again_only_after_a_closed_connection() {
@@ -450,10 +454,6 @@ mod tests {
         );
         assert!(!super::met_a_closed_connection(&answered(403, &[])));
     }
-    use std::cell::RefCell;
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
 
     /// Pending `n` times (waking itself each time), then ready: work that takes `n` turns.
     struct Turns(u32);

@@ -185,12 +185,21 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
+    /// The backend's real slow-download threshold, in seconds, before scaling.
+    pub const SLOW_DOWNLOAD_SECS: f64 = 10.0;
+
+    /// The slow-download threshold the backend is given: the one set, else the real one scaled.
+    pub fn slow_download(&self) -> f64 {
+        self.slow_download_secs
+            .unwrap_or(Self::SLOW_DOWNLOAD_SECS * self.scale)
+    }
+
     /// For a scenario that arms no Twilio fault: the backend's real slow-download threshold
-    /// (10 s, unscaled) unless one is set, since there a download's time is the machine's load.
+    /// (unscaled) unless one is set, since there a download's time is the machine's load.
     #[must_use]
     pub fn unfaulted(self) -> Self {
         Timeouts {
-            slow_download_secs: self.slow_download_secs.or(Some(10.0)),
+            slow_download_secs: self.slow_download_secs.or(Some(Self::SLOW_DOWNLOAD_SECS)),
             ..self
         }
     }

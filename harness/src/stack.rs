@@ -464,7 +464,7 @@ fn backend_launch(
     let timing = TimingValues {
         keep_alive: spec.backend_keep_alive_secs(reference_bin) * t.keepalive_scale,
         graceful_timeout: spec.profile.row().graceful_timeout_secs * t.scale,
-        slow_download: t.slow_download_secs.unwrap_or(10.0 * t.scale),
+        slow_download: t.slow_download(),
         twilio_timeout: t.twilio_timeout_secs.unwrap_or(30.0 * t.scale),
     };
     let values = Placeholders {
