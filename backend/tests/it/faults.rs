@@ -1,7 +1,7 @@
 //! Twilio misbehaving on a cache miss: every fault becomes the documented status and JSON,
 //! or a cut response the client can recognise, and nothing half-downloaded is ever cached.
 
-use crate::support::{client, get_body, media_requests, Backend};
+use crate::support::{client, get_body, media_requests, stack, wait_media_requests, Backend};
 use mock_twilio::{sid, Fault, FaultRule, MediaFormat, MockTwilio, Recording};
 use serde_json::Value;
 
@@ -267,14 +267,7 @@ async fn concurrent_misses_cause_one_download() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_miss() {
-    let twilio = MockTwilio::start().await.unwrap();
-    let rec = twilio.add_recording(Recording::new(
-        sid("RE", 1),
-        sid("CA", 1),
-        MediaFormat::Mp3,
-        SIZE,
-    ));
-    let first = Backend::start(&twilio);
+    let (twilio, rec, first) = stack(SIZE).await;
     let dir = first.dir.display().to_string();
     let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
     // 50 kB at 25 kB/s: 2 s of download, against a local request that comes once it is under way.
@@ -326,14 +319,7 @@ async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_
 /// the recording itself and serves it whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
-    let twilio = MockTwilio::start().await.unwrap();
-    let rec = twilio.add_recording(Recording::new(
-        sid("RE", 1),
-        sid("CA", 1),
-        MediaFormat::Mp3,
-        SIZE,
-    ));
-    let mut first = Backend::start(&twilio);
+    let (twilio, rec, mut first) = stack(SIZE).await;
     let dir = first.dir.display().to_string();
     let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
     // Twilio never answers the first instance's download ...
@@ -341,14 +327,7 @@ async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
     let hung = tokio::spawn(client().get(first.download_url(&rec.call_sid)).send());
     first.wait_log("Cache miss").await;
     // (its request has reached Twilio, which holds it)
-    let reached = async {
-        while media_requests(&twilio) == 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(crate::support::DEADLINE, reached)
-        .await
-        .expect("the first instance's download reaches Twilio");
+    wait_media_requests(&twilio, 1).await;
     // ... while the second waits for it, until the first is killed.
     let joined = tokio::spawn(get_body(second.download_url(&rec.call_sid)));
     second

@@ -240,6 +240,20 @@ pub async fn stack(size: u64) -> (MockTwilio, Recording, Backend) {
     (twilio, rec, backend)
 }
 
+/// Waits until `n` media downloads have reached Twilio (one it holds counts: its entry is made
+/// before it is answered).
+pub async fn wait_media_requests(twilio: &MockTwilio, n: usize) {
+    let start = Instant::now();
+    while media_requests(twilio) < n {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{} of {n} media downloads reached Twilio",
+            media_requests(twilio)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How many media downloads reached Twilio.
 pub fn media_requests(twilio: &MockTwilio) -> usize {
     twilio
