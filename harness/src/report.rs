@@ -73,6 +73,8 @@ pub struct ReportProfile {
     /// Which browsers' users it fails for and which it plays for
     /// ([`crate::summary::browsers`]; empty without a `play` step).
     pub browsers: String,
+    /// What its set-up met and mended ([`crate::ProfileRun::set_up`]).
+    pub set_up: Vec<String>,
 }
 
 /// A scenario as the report shows it.
@@ -193,6 +195,7 @@ impl Report {
                         steps: Vec::new(),
                         cell: "did not run".into(),
                         browsers: String::new(),
+                        set_up: Vec::new(),
                     })
                     .collect();
             }
@@ -237,6 +240,7 @@ impl Report {
                         steps,
                         cell,
                         browsers: crate::summary::browsers(&r.outcomes).to_string(),
+                        set_up: r.set_up.clone(),
                     });
                 }
             }

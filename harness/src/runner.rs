@@ -27,6 +27,10 @@ pub struct ProfileRun {
     pub outcomes: Vec<Outcome>,
     /// Explicit expectations that did not hold.
     pub failures: Vec<String>,
+    /// What its set-up met and mended before the first step: a pre-download's webhook sent once
+    /// more after it met a connection the backend had closed (not in snapshots: a race decides
+    /// it).
+    pub set_up: Vec<String>,
     /// How long it took, its stack's start and end included, a wait for a browser slot not (not
     /// in snapshots: it varies).
     #[serde(skip)]
@@ -322,12 +326,13 @@ async fn drive(
     scenario: &Scenario,
     profile: Profile,
 ) -> Result<ProfileRun, HarnessError> {
-    prepare(stack, session, scenario).await?;
+    let set_up = prepare(stack, session, scenario).await?;
     let mut run = ProfileRun {
         profile,
         nginx_version: stack.nginx_version().to_string(),
         outcomes: Vec::new(),
         failures: Vec::new(),
+        set_up,
         elapsed: std::time::Duration::ZERO,
     };
     for (i, steps) in scenario.steps.iter().enumerate() {
@@ -348,19 +353,21 @@ async fn drive(
 }
 
 /// The scenario's recordings at mock-twilio (the cached ones pre-downloaded through the real
-/// path: a signed status webhook through nginx), then its faults armed.
+/// path: a signed status webhook through nginx), then its faults armed. Gives what it met and
+/// mended ([`ProfileRun::set_up`]).
 async fn prepare(
     stack: &Stack,
     session: &Session,
     scenario: &Scenario,
-) -> Result<(), HarnessError> {
+) -> Result<Vec<String>, HarnessError> {
     for (i, spec) in scenario.recordings.iter().enumerate() {
         let rec = Recording::new(spec.sid_at(i), spec.call_sid_at(i), spec.format, spec.size);
         session.add_recording(stack.twilio().add_recording(rec));
     }
+    let mut mended = Vec::new();
     for (i, spec) in scenario.recordings.iter().enumerate() {
         if spec.cached {
-            pre_download(stack, session, i).await?;
+            mended.extend(pre_download(stack, session, i).await?);
         }
     }
     for rule in &scenario.twilio_faults {
@@ -369,12 +376,17 @@ async fn prepare(
     for rule in &scenario.hop_faults {
         stack.hop_faults().arm(rule.clone())?;
     }
-    Ok(())
+    Ok(mended)
 }
 
 /// One pre-download at a time: its webhook must be accepted and the download saved. A webhook
-/// that met a connection the backend had closed ([`met_a_closed_connection`]) is sent once more.
-async fn pre_download(stack: &Stack, session: &Session, i: usize) -> Result<(), HarnessError> {
+/// that met a connection the backend had closed ([`met_a_closed_connection`]) is sent once more,
+/// and that is said.
+async fn pre_download(
+    stack: &Stack,
+    session: &Session,
+    i: usize,
+) -> Result<Option<String>, HarnessError> {
     let webhook = Step::Webhook {
         recording: i,
         signing: Signing::Valid,
@@ -387,11 +399,13 @@ async fn pre_download(stack: &Stack, session: &Session, i: usize) -> Result<(), 
             _ => unreachable!("a webhook step observes an outcome"),
         }
     };
+    let what = format!("pre-download of recording {i} (its signed status webhook)");
     let mut o = send().await?;
+    let mut mended = None;
     if met_a_closed_connection(&o) {
+        mended = Some(format!("{what} answered {}, sent once more", o.summary()));
         o = send().await?;
     }
-    let what = format!("pre-download of recording {i} (its signed status webhook)");
     if o.status != Some(204) {
         return Err(HarnessError::step(
             i,
@@ -404,7 +418,7 @@ async fn pre_download(stack: &Stack, session: &Session, i: usize) -> Result<(), 
             waited: crate::step::SETTLE_DEADLINE,
         });
     }
-    Ok(())
+    Ok(mended)
 }
 
 /// A 502 whose every nginx error says the backend closed or reset the connection: the keep-alive

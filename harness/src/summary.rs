@@ -21,6 +21,8 @@ pub struct Row {
     pub browsers: Browsers,
     /// Expectations and the snapshot comparison that failed.
     pub failures: Vec<String>,
+    /// What its set-up met and mended ([`crate::ProfileRun::set_up`]).
+    pub set_up: Vec<String>,
     /// How long it ran (zero when it did not).
     pub elapsed: std::time::Duration,
 }
@@ -128,6 +130,7 @@ pub fn rows(run: &ScenarioRun, snapshot_failure: Option<&str>) -> Vec<Row> {
                 .cloned()
                 .chain(snapshot_failure.map(str::to_string))
                 .collect(),
+            set_up: r.set_up.clone(),
             elapsed: r.elapsed,
         })
         .collect()
@@ -142,12 +145,13 @@ pub fn did_not_run(scenario: &str, why: String) -> Row {
         causes: String::new(),
         browsers: Browsers::default(),
         failures: vec![why],
+        set_up: Vec::new(),
         elapsed: std::time::Duration::ZERO,
     }
 }
 
-/// The rows as a table with, under each row, the browsers whose users it fails for and each
-/// failure.
+/// The rows as a table with, under each row, the browsers whose users it fails for, what its
+/// set-up mended and each failure.
 pub fn table(rows: &[Row]) -> String {
     let w = |f: &dyn Fn(&Row) -> usize, min: usize| rows.iter().map(f).max().unwrap_or(0).max(min);
     let (ws, wp, wt) = (
@@ -167,6 +171,9 @@ pub fn table(rows: &[Row]) -> String {
         ));
         if !r.browsers.fails.is_empty() {
             out.push_str(&format!("    browsers: {}\n", r.browsers));
+        }
+        for m in &r.set_up {
+            out.push_str(&format!("    set-up: {m}\n"));
         }
         for f in &r.failures {
             out.push_str(&format!("    {f}\n"));
@@ -190,6 +197,9 @@ pub fn junit(rows: &[Row]) -> Result<String, HarnessError> {
         let mut case = TestCase::new(format!("{} [{}]", r.scenario, r.profile), status);
         case.set_classname(r.scenario.clone());
         case.set_time(r.elapsed);
+        if !r.set_up.is_empty() {
+            case.set_system_out(format!("set-up: {}", r.set_up.join("\nset-up: ")));
+        }
         suite.add_test_case(case);
     }
     let mut report = Report::new("harness");
@@ -261,6 +271,7 @@ mod tests {
             causes: String::new(),
             browsers,
             failures: vec![],
+            set_up: vec![],
             elapsed: std::time::Duration::ZERO,
         };
         let table = table(&[
@@ -280,6 +291,38 @@ mod tests {
                 "    browsers: fails for users of Firefox (firefox: load: MEDIA_ERR_NETWORK)",
                 "s         fixed    no-play played  PASS    ",
             ]
+        );
+    }
+
+    #[test]
+    fn what_a_set_up_mended_is_said_under_its_row_and_in_junit() {
+        let mended = "pre-download of recording 0 (its signed status webhook) answered 502 \
+                      (reset_by_peer), sent once more";
+        let row = |set_up: Vec<String>| Row {
+            scenario: "s".into(),
+            profile: "fixed".into(),
+            statuses: "200".into(),
+            causes: String::new(),
+            browsers: Browsers::default(),
+            failures: vec![],
+            set_up,
+            elapsed: std::time::Duration::ZERO,
+        };
+        let rows = [row(vec![mended.into()]), row(vec![])];
+        assert_eq!(
+            table(&rows).lines().skip(1).collect::<Vec<_>>(),
+            [
+                "s         fixed    200       PASS    ",
+                "    set-up: pre-download of recording 0 (its signed status webhook) answered 502 \
+                 (reset_by_peer), sent once more",
+                "s         fixed    200       PASS    ",
+            ]
+        );
+        let xml = junit(&rows).unwrap();
+        assert_eq!(xml.matches("<system-out>").count(), 1, "{xml}");
+        assert!(
+            xml.contains("<system-out>set-up: pre-download of recording 0"),
+            "{xml}"
         );
     }
 }

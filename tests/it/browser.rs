@@ -179,9 +179,13 @@ fn the_html_report_renders_in_chromium() {
         .step(Step::StopBackend)
         .request(RequestStep::get().named("download with the backend down"));
     let rt = rt();
-    let run = rt
+    let mut run = rt
         .block_on(run(&scenario, crate::support::runtime()))
         .unwrap();
+    // What a set-up mended (tests/it/stack.rs makes one happen) shows under its profile.
+    let mended = "pre-download of recording 0 (its signed status webhook) answered 502 \
+                  (premature_close), sent once more";
+    run.runs[0].set_up.push(mended.into());
     let mut report = harness::report::Report::new();
     report.context("test", "the_html_report_renders_in_chromium");
     report.add(&scenario, None, Ok(&run), None);
@@ -211,6 +215,7 @@ fn the_html_report_renders_in_chromium() {
                    engines: [...document.querySelectorAll('code.engine')].map(c => c.textContent),
                    timelines: [...document.querySelectorAll('.timeline-engine')].map(t => t.textContent),
                    browsers: [...document.querySelectorAll('p.browsers')].map(p => p.textContent),
+                   setUp: [...document.querySelectorAll('p.set-up')].map(p => p.textContent),
                  };",
             )
             .await
@@ -240,6 +245,11 @@ fn the_html_report_renders_in_chromium() {
         assert_eq!(
             facts["browsers"],
             serde_json::json!([plays, plays, plays]),
+            "{facts}"
+        );
+        assert_eq!(
+            facts["setUp"],
+            serde_json::json!([format!("set-up: {mended}")]),
             "{facts}"
         );
         let raw = facts["raw"].to_string();

@@ -309,3 +309,40 @@ fn a_stack_checked_again_after_waiting_idle_reuses_the_connection_the_check_left
         );
     });
 }
+
+/// A set-up pre-download whose webhook meets a connection the backend closed (here a reset, once,
+/// at the nginx → backend hop; in CI it was the keep-alive race after the readiness check) is
+/// sent once more, and the run says so; without that, the scenario could not run at all.
+#[test]
+fn a_set_up_webhook_that_met_a_closed_connection_is_sent_again_and_said() {
+    if !tools_present() {
+        return;
+    }
+    use harness::{RecordingSpec, RequestStep, Scenario};
+    use mock_twilio::{Fault, FaultRule, MediaFormat};
+    let scenario = Scenario::new(
+        "set-up-mended",
+        RecordingSpec::new(MediaFormat::Mp3, 10_000).cached(true),
+    )
+    .request(RequestStep::get().expect_status(200));
+    rt().block_on(async {
+        let stack = Stack::start(StackSpec::new(Profile::Fixed)).await.unwrap();
+        let once = FaultRule::new(Fault::Reset)
+            .path_regex("^/webhook/")
+            .times(1);
+        stack.hop_faults().arm(once).unwrap();
+        let run = harness::runner::run_on_stack(&stack, &scenario, None, Profile::Fixed)
+            .await
+            .unwrap();
+        assert_eq!(
+            run.set_up,
+            [
+                "pre-download of recording 0 (its signed status webhook) answered 502 \
+              (reset_by_peer), sent once more"
+            ]
+        );
+        assert_eq!(run.outcomes.len(), 1, "{:?}", run.outcomes);
+        assert_eq!(run.outcomes[0].status, Some(200));
+        assert!(run.failures.is_empty(), "{:?}", run.failures);
+    });
+}
