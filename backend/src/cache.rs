@@ -409,6 +409,7 @@ impl Cache {
             // The other process's download failed: this one downloads.
             log_miss(call_sid, recording_sid);
         }
+        self.remove_orphan_parts(recording_sid, format);
         let tmp = self.dir.join(format!(
             ".{recording_sid}.{}.{:016x}.part",
             format.ext(),
@@ -458,6 +459,24 @@ impl Cache {
                     _ => None,
                 };
                 tx.send_replace(Phase::Failed { error: e, partial });
+            }
+        }
+    }
+
+    /// Removes the recording's temp files, which only its lock's holder writes: called holding
+    /// the lock, before this process makes its own, it finds only those of a holder that was
+    /// killed mid-download (an instance sharing the cache, or an earlier run of this one).
+    fn remove_orphan_parts(&self, recording_sid: &str, format: Format) {
+        let prefix = format!(".{recording_sid}.{}.", format.ext());
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".part") {
+                tracing::info!(recording_sid, file = %name, "Removed a killed download's temp file");
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }

@@ -354,6 +354,52 @@ async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
     assert!(!logs.contains("Another process saved"), "{logs}");
 }
 
+/// The temp file of a download whose process was killed is removed by the instance that
+/// downloads the recording next (the survivor, without a restart): it holds the lock, so no
+/// process writes into that file any more. Fails if the file stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_downloads_temp_file_goes_when_another_instance_downloads() {
+    let (twilio, rec, mut first) = stack(SIZE).await;
+    let dir = first.dir.display().to_string();
+    let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
+    // The first instance's download trickles into its temp file ...
+    twilio
+        .arm(
+            on_media(Fault::Throttle {
+                bytes_per_sec: 2_000,
+            })
+            .times(1),
+        )
+        .unwrap();
+    let url = first.download_url(&rec.call_sid);
+    let trickling = tokio::spawn(async move { client().get(url).send().await?.bytes().await });
+    let part = first.wait_part_file().await;
+    // ... and it is killed while the second waits for it.
+    let joined = tokio::spawn(get_body(second.download_url(&rec.call_sid)));
+    second
+        .wait_log("Waiting for another process's download")
+        .await;
+    first.kill();
+    assert!(
+        first.cached_files().contains(&part),
+        "left by the killed one"
+    );
+    let body = joined.await.unwrap();
+    assert!(
+        body[..] == rec.media(MediaFormat::Mp3).to_vec()[..],
+        "whole"
+    );
+    assert!(
+        trickling.await.unwrap().is_err(),
+        "the killed one's answer is cut"
+    );
+    second.wait_log("Recording saved - took").await;
+    assert_eq!(
+        first.cached_files(),
+        ["RE00000000000000000000000000000001.mp3"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn time_to_first_byte_does_not_wait_for_the_whole_download() {
     let twilio = MockTwilio::start().await.unwrap();

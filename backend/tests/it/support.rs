@@ -165,6 +165,23 @@ impl Backend {
         }
     }
 
+    /// Waits until a download has written into a temp file (`.….part`) in the cache directory,
+    /// and gives its name.
+    pub async fn wait_part_file(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let written = self.cached_files().into_iter().find(|n| {
+                n.ends_with(".part")
+                    && std::fs::metadata(self.dir.join(n)).is_ok_and(|m| m.len() > 0)
+            });
+            if let Some(name) = written {
+                return name;
+            }
+            assert!(start.elapsed() < DEADLINE, "no download wrote a temp file");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Files in the cache directory other than the database.
     pub fn cached_files(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)
