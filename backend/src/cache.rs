@@ -409,15 +409,14 @@ impl Cache {
             // The other process's download failed: this one downloads.
             log_miss(call_sid, recording_sid);
         }
-        self.remove_orphan_parts(recording_sid, format);
-        let tmp = self.dir.join(format!(
-            ".{recording_sid}.{}.{:016x}.part",
-            format.ext(),
-            rand::random::<u64>()
-        ));
+        let tmp = self.temp_path(recording_sid, format).await;
         let result = self
             .fetch_into(tx, recording_sid, format, &tmp, &final_path, started)
             .await;
+        if result.is_err() {
+            // Before the lock goes: a temp file found by the lock's next holder is a killed one's.
+            let _ = std::fs::remove_file(&tmp);
+        }
         // Released (and its file removed) before the log line that says the download is over,
         // so a reader of that line finds the cache as it stays.
         drop(lock);
@@ -443,7 +442,6 @@ impl Cache {
                 tx.send_replace(Phase::Complete);
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
                 match &e {
                     FetchError::NotFound => tracing::warn!(
                         call_sid,
@@ -463,22 +461,29 @@ impl Cache {
         }
     }
 
-    /// Removes the recording's temp files, which only its lock's holder writes: called holding
-    /// the lock, before this process makes its own, it finds only those of a holder that was
-    /// killed mid-download (an instance sharing the cache, or an earlier run of this one).
-    fn remove_orphan_parts(&self, recording_sid: &str, format: Format) {
+    /// A new temp file's path for the recording (`.{sid}.{ext}.{random}.part`), called holding
+    /// its lock. Only the lock's holder writes into the recording's temp files, and a download
+    /// that fails removes its own before it lets the lock go: any found now are a killed
+    /// holder's (an instance sharing the cache, or an earlier run of this one), and are removed.
+    async fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
         let prefix = format!(".{recording_sid}.{}.", format.ext());
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(&prefix) && name.ends_with(".part") {
-                tracing::info!(recording_sid, file = %name, "Removed a killed download's temp file");
-                let _ = std::fs::remove_file(entry.path());
+        let dir = self.dir.clone();
+        let sweep = tokio::task::spawn_blocking(move || {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix) && name.ends_with(".part") {
+                    tracing::info!(file = %name, "Removed a killed download's temp file");
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
-        }
+        });
+        let _ = sweep.await;
+        self.dir.join(format!(
+            ".{recording_sid}.{}.{:016x}.part",
+            format.ext(),
+            rand::random::<u64>()
+        ))
     }
 
     fn lock_path(&self, name: &str) -> PathBuf {

@@ -401,15 +401,20 @@ async fn pre_download(
     };
     let what = format!("pre-download of recording {i} (its signed status webhook)");
     let mut o = send().await?;
-    let mut mended = None;
+    let mut first = None;
     if met_a_closed_connection(&o) {
-        mended = Some(format!("{what} answered {}, sent once more", o.summary()));
+        first = Some(o.summary());
         o = send().await?;
     }
     if o.status != Some(204) {
+        let before = first.map(|f| format!(", sent once more after {f}"));
         return Err(HarnessError::step(
             i,
-            format!("{what} answered {}", o.summary()),
+            format!(
+                "{what} answered {}{}",
+                o.summary(),
+                before.unwrap_or_default()
+            ),
         ));
     }
     if !o.backend_events.contains(&BackendEvent::Saved) {
@@ -418,7 +423,7 @@ async fn pre_download(
             waited: crate::step::SETTLE_DEADLINE,
         });
     }
-    Ok(mended)
+    Ok(first.map(|f| format!("{what} answered {f}, sent once more")))
 }
 
 /// A 502 whose every nginx error says the backend closed or reset the connection: the keep-alive

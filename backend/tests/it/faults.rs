@@ -380,10 +380,6 @@ async fn a_killed_downloads_temp_file_goes_when_another_instance_downloads() {
         .wait_log("Waiting for another process's download")
         .await;
     first.kill();
-    assert!(
-        first.cached_files().contains(&part),
-        "left by the killed one"
-    );
     let body = joined.await.unwrap();
     assert!(
         body[..] == rec.media(MediaFormat::Mp3).to_vec()[..],
@@ -393,6 +389,10 @@ async fn a_killed_downloads_temp_file_goes_when_another_instance_downloads() {
         trickling.await.unwrap().is_err(),
         "the killed one's answer is cut"
     );
+    let removed = second
+        .wait_log("Removed a killed download's temp file")
+        .await;
+    assert!(removed.contains(&part), "{removed}");
     second.wait_log("Recording saved - took").await;
     assert_eq!(
         first.cached_files(),
