@@ -218,8 +218,9 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
         }
         let idle = d.backend.idle_close_secs;
         // uvicorn's idle timeout, measured as what it was given: at most half a second early (the
-        // probe's granularity), late by at most a few seconds (31.15 s for 30 s was seen on a
-        // loaded 2-core machine).
+        // probe's granularity), late by at most half of it (its event loop starved: 31.15 s for
+        // 30 s on a loaded 2-core machine, 13.31 s for 10 s in a whole suite on one about 1.6
+        // times slower than usual).
         if let Some(secs) = name
             .strip_prefix("uvicorn ")
             .and_then(|s| s.strip_suffix(" s"))
@@ -227,7 +228,7 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
             let secs: f64 = secs.parse().unwrap();
             match idle {
                 Some(idle) => assert!(
-                    idle > secs - 0.5 && idle < secs + 3.0,
+                    idle > secs - 0.5 && idle < secs * 1.5,
                     "{name}: measured {idle}"
                 ),
                 None => assert!(
