@@ -238,12 +238,16 @@ fn the_example_backends_are_exposed_by_default_and_safe_with_the_fix_behind_the_
             }
         }
         // Node's default keepAliveTimeout, 5 s: it closes an idle connection at its next timer
-        // check, seconds late on a loaded machine (7.07 s in one CI run, 10.92 s in a whole
-        // suite on a 2-core machine about half as fast as usual), never early.
+        // check, never early, seconds late on a loaded machine (6.0 s alone, 7.07 s in one CI
+        // run, 10.92 s in a whole suite on a 2-core machine about half as fast as usual, and
+        // once outside 5-15 s in this test alone on a machine 1.6 times slower still, its value
+        // not kept). What the verdict rests on is that it closes before nginx's
+        // keepalive_timeout.
         if name == "node-backend default" {
+            let nginx = d.nginx.keepalive_timeout_secs;
             assert!(
-                idle.is_some_and(|i| (5.0..15.0).contains(&i)),
-                "{name}: {idle:?}"
+                idle.is_some_and(|i| (5.0..nginx).contains(&i)),
+                "{name}: {idle:?} (nginx's keepalive_timeout {nginx} s)"
             );
         }
     }
