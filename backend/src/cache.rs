@@ -467,23 +467,20 @@ impl Cache {
     /// holder's (an instance sharing the cache, or an earlier run of this one), and are removed.
     async fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
         let prefix = format!(".{recording_sid}.{}.", format.ext());
-        let dir = self.dir.clone();
+        let (dir, ours) = (self.dir.clone(), prefix.clone());
         let sweep = tokio::task::spawn_blocking(move || {
             for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(&prefix) && name.ends_with(".part") {
+                if name.starts_with(&ours) && name.ends_with(".part") {
                     tracing::info!(file = %name, "Removed a killed download's temp file");
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
         });
         let _ = sweep.await;
-        self.dir.join(format!(
-            ".{recording_sid}.{}.{:016x}.part",
-            format.ext(),
-            rand::random::<u64>()
-        ))
+        self.dir
+            .join(format!("{prefix}{:016x}.part", rand::random::<u64>()))
     }
 
     fn lock_path(&self, name: &str) -> PathBuf {

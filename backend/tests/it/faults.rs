@@ -265,11 +265,17 @@ async fn concurrent_misses_cause_one_download() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_miss() {
+/// Two instances sharing one cache directory (the first's), in front of one Twilio.
+async fn two_instances() -> (MockTwilio, Recording, Backend, Backend) {
     let (twilio, rec, first) = stack(SIZE).await;
     let dir = first.dir.display().to_string();
     let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
+    (twilio, rec, first, second)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_miss() {
+    let (twilio, rec, first, second) = two_instances().await;
     // 50 kB at 25 kB/s: 2 s of download, against a local request that comes once it is under way.
     twilio
         .arm(on_media(Fault::Throttle {
@@ -314,21 +320,9 @@ async fn instances_sharing_a_cache_download_once_and_only_the_downloader_logs_a_
     );
 }
 
-/// The recording's lock goes with the process that holds it: when the instance downloading a
-/// recording is killed (a deploy's SIGKILL, a crash), the one waiting for its download downloads
-/// the recording itself and serves it whole.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
-    let (twilio, rec, mut first) = stack(SIZE).await;
-    let dir = first.dir.display().to_string();
-    let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
-    // Twilio never answers the first instance's download ...
-    twilio.arm(on_media(Fault::Hang).times(1)).unwrap();
-    let hung = tokio::spawn(client().get(first.download_url(&rec.call_sid)).send());
-    first.wait_log("Cache miss").await;
-    // (its request has reached Twilio, which holds it)
-    wait_media_requests(&twilio, 1).await;
-    // ... while the second waits for it, until the first is killed.
+/// With `first` downloading `rec`: asks `second` for it, kills `first` once `second` waits for
+/// its download, and checks `second` serves the recording whole.
+async fn kill_while_the_other_waits(first: &mut Backend, second: &Backend, rec: &Recording) {
     let joined = tokio::spawn(get_body(second.download_url(&rec.call_sid)));
     second
         .wait_log("Waiting for another process's download")
@@ -339,6 +333,22 @@ async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
         body[..] == rec.media(MediaFormat::Mp3).to_vec()[..],
         "whole"
     );
+}
+
+/// The recording's lock goes with the process that holds it: when the instance downloading a
+/// recording is killed (a deploy's SIGKILL, a crash), the one waiting for its download downloads
+/// the recording itself and serves it whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
+    let (twilio, rec, mut first, second) = two_instances().await;
+    // Twilio never answers the first instance's download ...
+    twilio.arm(on_media(Fault::Hang).times(1)).unwrap();
+    let hung = tokio::spawn(client().get(first.download_url(&rec.call_sid)).send());
+    first.wait_log("Cache miss").await;
+    // (its request has reached Twilio, which holds it)
+    wait_media_requests(&twilio, 1).await;
+    // ... while the second waits for it, until the first is killed.
+    kill_while_the_other_waits(&mut first, &second, &rec).await;
     assert!(
         hung.await.unwrap().is_err(),
         "the killed one's request fails"
@@ -359,9 +369,7 @@ async fn a_waiting_instance_downloads_itself_when_the_downloader_is_killed() {
 /// process writes into that file any more. Fails if the file stays.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_downloads_temp_file_goes_when_another_instance_downloads() {
-    let (twilio, rec, mut first) = stack(SIZE).await;
-    let dir = first.dir.display().to_string();
-    let second = Backend::start_with(&twilio, &[("RECORDINGS_DIR", &dir)]);
+    let (twilio, rec, mut first, second) = two_instances().await;
     // The first instance's download trickles into its temp file ...
     twilio
         .arm(
@@ -375,16 +383,7 @@ async fn a_killed_downloads_temp_file_goes_when_another_instance_downloads() {
     let trickling = tokio::spawn(async move { client().get(url).send().await?.bytes().await });
     let part = first.wait_part_file().await;
     // ... and it is killed while the second waits for it.
-    let joined = tokio::spawn(get_body(second.download_url(&rec.call_sid)));
-    second
-        .wait_log("Waiting for another process's download")
-        .await;
-    first.kill();
-    let body = joined.await.unwrap();
-    assert!(
-        body[..] == rec.media(MediaFormat::Mp3).to_vec()[..],
-        "whole"
-    );
+    kill_while_the_other_waits(&mut first, &second, &rec).await;
     assert!(
         trickling.await.unwrap().is_err(),
         "the killed one's answer is cut"
