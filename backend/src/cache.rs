@@ -91,6 +91,9 @@ pub enum Source {
         size: u64,
         /// When it was downloaded (its mtime).
         modified: SystemTime,
+        /// Whether it was in the cache when the request asked for it (false when the request
+        /// met a download that finished before it was answered).
+        hit: bool,
     },
     /// A download in progress, followed as it grows.
     Live {
@@ -120,9 +123,11 @@ impl Source {
         }
     }
 
-    /// True when the bytes come from a finished cache file.
-    pub fn is_cached(&self) -> bool {
-        matches!(self, Source::Cached { .. })
+    /// True when the recording was in the cache when the request asked for it. A request that
+    /// met a download (a miss) is not a hit even if the download finished before it was answered:
+    /// who answers a request depends on what it met, not on how the tasks were scheduled.
+    pub fn is_hit(&self) -> bool {
+        matches!(self, Source::Cached { hit: true, .. })
     }
 
     /// Waits until byte `pos` is on disk, so that a response can promise a status: if the
@@ -266,13 +271,15 @@ impl Cache {
         self.dir.join(format!("{recording_sid}.{}", format.ext()))
     }
 
-    fn open_cached(&self, path: &Path) -> Option<Source> {
+    /// The saved file, if there is one; `hit` says whether the request found it there.
+    fn open_cached(&self, path: &Path, hit: bool) -> Option<Source> {
         let file = File::open(path).ok()?;
         let meta = file.metadata().ok()?;
         Some(Source::Cached {
             size: meta.len(),
             modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             file: Arc::new(file),
+            hit,
         })
     }
 
@@ -284,7 +291,7 @@ impl Cache {
         format: Format,
     ) -> Result<Source, AppError> {
         let path = self.path(recording_sid, format);
-        if let Some(source) = self.open_cached(&path) {
+        if let Some(source) = self.open_cached(&path, true) {
             return Ok(source);
         }
         let mut rx = self.join_or_start(call_sid, recording_sid, format);
@@ -294,9 +301,11 @@ impl Cache {
                 Phase::Connecting => {}
                 Phase::Writing(temp) => return Ok(temp.source(rx)),
                 Phase::Complete => {
-                    return self.open_cached(&path).ok_or_else(|| AppError::Internal {
-                        cause: format!("cached file {} vanished", path.display()),
-                    })
+                    return self
+                        .open_cached(&path, false)
+                        .ok_or_else(|| AppError::Internal {
+                            cause: format!("cached file {} vanished", path.display()),
+                        })
                 }
                 // Cut after some bytes: those first, then the error (the fast cut's reader
                 // never saw `Writing`).
@@ -687,5 +696,27 @@ mod tests {
                 answer.err()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_met_the_download_is_no_hit_even_when_it_finished_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(dir.path());
+        let tx = in_flight(&cache, Phase::Connecting);
+        let mut opening = std::pin::pin!(cache.open("CA1", "RE1", Format::Mp3));
+        // The request has met the download and waits for its progress...
+        assert!(futures::poll!(opening.as_mut()).is_pending());
+        // ...which writes the whole file and saves it before the request is polled again.
+        std::fs::write(dir.path().join("RE1.mp3"), vec![7u8; SIZE as usize]).unwrap();
+        tx.send_replace(Phase::Complete);
+        let met = opening.await.unwrap();
+        assert!(!met.is_hit(), "a request that met the download is a miss");
+        assert_eq!(read_all(met).await, (vec![7u8; SIZE as usize], None));
+        // The control: the next request finds the saved file.
+        let found = cache.open("CA1", "RE1", Format::Mp3).await.unwrap();
+        assert!(
+            found.is_hit(),
+            "a request that found the saved file is a hit"
+        );
     }
 }

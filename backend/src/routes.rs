@@ -165,9 +165,9 @@ async fn download(
     } else {
         Decision::Full
     };
-    tracing::debug!(call_sid = %call_sid, cached = source.is_cached(), ?decision, "serving");
+    tracing::debug!(call_sid = %call_sid, hit = source.is_hit(), ?decision, "serving");
     if let Some(prefix) = app.config.accel_redirect.as_deref() {
-        if source.is_cached() && nginx_answers_right(header_str(header::RANGE)) {
+        if source.is_hit() && nginx_answers_right(header_str(header::RANGE)) {
             return accel_redirect(prefix, &rec.recording_sid, format);
         }
     }
