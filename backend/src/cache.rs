@@ -55,8 +55,14 @@ pub enum Phase {
     Connecting,
     /// Writing the body into its temp file.
     Writing(TempFile),
-    /// Complete and renamed to its final name.
-    Complete,
+    /// Complete and renamed to its final name: by this download (`downloaded_here`), or by
+    /// another process sharing the cache (this one waited for its lock, then found the file).
+    Complete {
+        /// Whether this process wrote it. Its readers may have met it while it was writing
+        /// (the watch shows them only the latest phase), so they are misses; readers of another
+        /// process's file never saw a byte of it before it was saved.
+        downloaded_here: bool,
+    },
     /// Failed; nothing was left in the cache. Readers still get the bytes that reached the temp
     /// file, then an error, also a reader that never saw `Writing` (a fast cut): the answer
     /// must not depend on which phase a reader looked at first.
@@ -91,8 +97,8 @@ pub enum Source {
         size: u64,
         /// When it was downloaded (its mtime).
         modified: SystemTime,
-        /// Whether it was in the cache when the request asked for it (false when the request
-        /// met a download that finished before it was answered).
+        /// Whether the request is a hit: it found the file saved, or waited for another
+        /// process to save it (false when it met this process's download, finished or not).
         hit: bool,
     },
     /// A download in progress, followed as it grows.
@@ -123,9 +129,10 @@ impl Source {
         }
     }
 
-    /// True when the recording was in the cache when the request asked for it. A request that
-    /// met a download (a miss) is not a hit even if the download finished before it was answered:
-    /// who answers a request depends on what it met, not on how the tasks were scheduled.
+    /// True when the request is answered from a file saved before its answer could begin: found
+    /// in the cache, or saved by another process sharing it that this one waited for. A request
+    /// that met this process's download is a miss even if the download finished before it was
+    /// answered: who answers depends on what the request met, not on how tasks were scheduled.
     pub fn is_hit(&self) -> bool {
         matches!(self, Source::Cached { hit: true, .. })
     }
@@ -140,7 +147,7 @@ impl Source {
         loop {
             match &*progress.borrow_and_update() {
                 phase if phase.written() > pos => return Ok(()),
-                Phase::Complete => return Ok(()),
+                Phase::Complete { .. } => return Ok(()),
                 Phase::Failed { error, .. } => return Err(fetch_error(error.clone())),
                 _ => {}
             }
@@ -172,7 +179,7 @@ impl Source {
                         match phase {
                             // What arrived before a failure is still served; then the cut.
                             phase if phase.written() > pos => break phase.written().min(end + 1),
-                            Phase::Complete => break end + 1,
+                            Phase::Complete { .. } => break end + 1,
                             Phase::Failed { error, .. } => {
                                 // Pending once before the error, so hyper flushes the bytes
                                 // already handed to it before it aborts the connection.
@@ -300,12 +307,12 @@ impl Cache {
             match phase {
                 Phase::Connecting => {}
                 Phase::Writing(temp) => return Ok(temp.source(rx)),
-                Phase::Complete => {
-                    return self
-                        .open_cached(&path, false)
-                        .ok_or_else(|| AppError::Internal {
+                Phase::Complete { downloaded_here } => {
+                    return self.open_cached(&path, !downloaded_here).ok_or_else(|| {
+                        AppError::Internal {
                             cause: format!("cached file {} vanished", path.display()),
-                        })
+                        }
+                    })
                 }
                 // Cut after some bytes: those first, then the error (the fast cut's reader
                 // never saw `Writing`).
@@ -411,7 +418,9 @@ impl Cache {
                     began.elapsed().as_secs_f64()
                 );
             }
-            tx.send_replace(Phase::Complete);
+            tx.send_replace(Phase::Complete {
+                downloaded_here: false,
+            });
             return;
         }
         if waited {
@@ -448,7 +457,9 @@ impl Cache {
                     seconds = took,
                     "Recording saved - took {took:.2}s"
                 );
-                tx.send_replace(Phase::Complete);
+                tx.send_replace(Phase::Complete {
+                    downloaded_here: true,
+                });
             }
             Err(e) => {
                 match &e {
@@ -698,25 +709,44 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_request_that_met_the_download_is_no_hit_even_when_it_finished_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = cache(dir.path());
+    /// A request that meets a download in flight, which then saves the whole file (by this
+    /// process or another, as `downloaded_here` says) before the request is polled again.
+    async fn met_then_saved(dir: &Path, downloaded_here: bool) -> Source {
+        let cache = cache(dir);
         let tx = in_flight(&cache, Phase::Connecting);
         let mut opening = std::pin::pin!(cache.open("CA1", "RE1", Format::Mp3));
-        // The request has met the download and waits for its progress...
-        assert!(futures::poll!(opening.as_mut()).is_pending());
-        // ...which writes the whole file and saves it before the request is polled again.
-        std::fs::write(dir.path().join("RE1.mp3"), vec![7u8; SIZE as usize]).unwrap();
-        tx.send_replace(Phase::Complete);
+        assert!(futures::poll!(opening.as_mut()).is_pending(), "waits");
+        std::fs::write(dir.join("RE1.mp3"), vec![7u8; SIZE as usize]).unwrap();
+        tx.send_replace(Phase::Complete { downloaded_here });
         let met = opening.await.unwrap();
-        assert!(!met.is_hit(), "a request that met the download is a miss");
-        assert_eq!(read_all(met).await, (vec![7u8; SIZE as usize], None));
+        drop(tx);
+        met
+    }
+
+    #[tokio::test]
+    async fn who_saved_the_file_a_request_met_decides_whether_it_is_a_hit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = met_then_saved(dir.path(), true).await;
+        assert!(
+            !ours.is_hit(),
+            "a request that met this process's download is a miss"
+        );
+        assert_eq!(read_all(ours).await, (vec![7u8; SIZE as usize], None));
         // The control: the next request finds the saved file.
-        let found = cache.open("CA1", "RE1", Format::Mp3).await.unwrap();
+        let found = cache(dir.path())
+            .open("CA1", "RE1", Format::Mp3)
+            .await
+            .unwrap();
         assert!(
             found.is_hit(),
             "a request that found the saved file is a hit"
+        );
+        // Another process's download: this one only waited for its lock, never wrote a byte.
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = met_then_saved(dir.path(), false).await;
+        assert!(
+            theirs.is_hit(),
+            "a request that waited for another process's file is a hit"
         );
     }
 }

@@ -56,8 +56,8 @@ pub struct Config {
     /// When set (e.g. `/_recordings/`), a cached recording is handed to nginx to send itself:
     /// `X-Accel-Redirect: {prefix}{recording}.{ext}` to an `internal` location aliasing
     /// RECORDINGS_DIR. A Range nginx would answer wrongly (invalid syntax, several ranges) and
-    /// every cache miss (a request that met the download, even one finished before the answer)
-    /// are still served by the backend.
+    /// every cache miss (a request that met this instance's download, even one finished before
+    /// the answer) are still served by the backend.
     #[arg(long, env = "ACCEL_REDIRECT")]
     pub accel_redirect: Option<String>,
 }
