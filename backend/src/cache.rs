@@ -237,7 +237,7 @@ pub struct Cache {
     inflight: Mutex<HashMap<String, watch::Receiver<Phase>>>,
 }
 
-/// Whether another process holds the lock of the recording a temp file `.{sid}.{ext}.{n}.part`
+/// Whether another process holds the lock of the recording a temp file `.{sid}.{ext}.part`
 /// belongs to (it is downloading into it: an instance sharing the cache).
 fn lock_is_held(dir: &Path, part: &str) -> bool {
     let mut pieces = part.trim_start_matches('.').splitn(3, '.');
@@ -481,26 +481,20 @@ impl Cache {
         }
     }
 
-    /// A new temp file's path for the recording (`.{sid}.{ext}.{random}.part`), called holding
-    /// its lock. Only the lock's holder writes into the recording's temp files, and a download
-    /// that fails removes its own before it lets the lock go: any found now are a killed
-    /// holder's (an instance sharing the cache, or an earlier run of this one), and are removed.
+    /// The recording's temp file (`.{sid}.{ext}.part`), free to create: called holding its lock.
+    /// Only the lock's holder writes it, and a download that fails removes it before it lets the
+    /// lock go, so one found now is a killed holder's (an instance sharing the cache, or an
+    /// earlier run of this one) and is removed. Readers of an earlier download of this process
+    /// keep their open file: removing the name leaves its bytes to them.
     async fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
-        let prefix = format!(".{recording_sid}.{}.", format.ext());
-        let (dir, ours) = (self.dir.clone(), prefix.clone());
-        let sweep = tokio::task::spawn_blocking(move || {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(&ours) && name.ends_with(".part") {
-                    tracing::info!(file = %name, "Removed a killed download's temp file");
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        });
-        let _ = sweep.await;
-        self.dir
-            .join(format!("{prefix}{:016x}.part", rand::random::<u64>()))
+        let name = format!(".{recording_sid}.{}.part", format.ext());
+        let path = self.dir.join(&name);
+        let killed = path.clone();
+        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(killed).is_ok());
+        if removed.await.unwrap_or(false) {
+            tracing::info!(file = %name, "Removed a killed download's temp file");
+        }
+        path
     }
 
     fn lock_path(&self, name: &str) -> PathBuf {
@@ -633,7 +627,7 @@ mod tests {
 
     /// The temp file of a download that has written [`BEFORE_THE_CUT`] of [`SIZE`] bytes.
     fn temp_file(dir: &Path) -> TempFile {
-        let path = dir.join(".RE1.mp3.0.part");
+        let path = dir.join(".RE1.mp3.part");
         std::fs::write(&path, BEFORE_THE_CUT).unwrap();
         TempFile {
             file: Arc::new(File::open(&path).unwrap()),
