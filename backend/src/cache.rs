@@ -237,17 +237,16 @@ pub struct Cache {
     inflight: Mutex<HashMap<String, watch::Receiver<Phase>>>,
 }
 
-/// Whether another process holds the lock of the recording a temp file `.{sid}.{ext}.part`
-/// belongs to (it is downloading into it: an instance sharing the cache).
-fn lock_is_held(dir: &Path, part: &str) -> bool {
+/// Removes a temp file `.{sid}.{ext}.part` that a crashed run left, holding its recording's lock
+/// while it does: one that an instance sharing the cache is writing (it holds the lock) stays.
+fn remove_if_unheld(dir: &Path, part: &str) {
     let mut pieces = part.trim_start_matches('.').splitn(3, '.');
     let (Some(sid), Some(ext)) = (pieces.next(), pieces.next()) else {
-        return false;
+        return;
     };
-    matches!(
-        LockFile::try_acquire(&dir.join(format!(".{sid}.{ext}.lock"))),
-        Ok(None)
-    )
+    if let Ok(Some(_held)) = LockFile::try_acquire(&dir.join(format!(".{sid}.{ext}.lock"))) {
+        let _ = std::fs::remove_file(dir.join(part));
+    }
 }
 
 impl Cache {
@@ -258,8 +257,8 @@ impl Cache {
         for entry in std::fs::read_dir(dir)?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".part") && !lock_is_held(dir, &name) {
-                let _ = std::fs::remove_file(entry.path());
+            if name.starts_with('.') && name.ends_with(".part") {
+                remove_if_unheld(dir, &name);
             }
             // A lock file a killed process left: taken and so removed, unless it is held.
             if name.starts_with('.') && name.ends_with(".lock") {
@@ -428,9 +427,19 @@ impl Cache {
             log_miss(call_sid, recording_sid);
         }
         let tmp = self.temp_path(recording_sid, format).await;
-        let result = self
-            .fetch_into(tx, recording_sid, format, &tmp, &final_path, started)
-            .await;
+        // Shared with the blocking task that renames the temp file: if this task is dropped
+        // (the runtime shutting down), the lock still goes only once the rename is done, so the
+        // lock's next holder never has its own temp file renamed under it.
+        let lock = Arc::new(lock);
+        let result = match self
+            .fetch_into(tx, recording_sid, format, &tmp, started)
+            .await
+        {
+            Ok((file, size)) => save(file, &tmp, &final_path, started, lock.clone())
+                .await
+                .map(|()| size),
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             // Before the lock goes: a temp file found by the lock's next holder is a killed one's.
             let _ = std::fs::remove_file(&tmp);
@@ -490,9 +499,13 @@ impl Cache {
         let name = format!(".{recording_sid}.{}.part", format.ext());
         let path = self.dir.join(&name);
         let killed = path.clone();
-        let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(killed).is_ok());
-        if removed.await.unwrap_or(false) {
-            tracing::info!(file = %name, "Removed a killed download's temp file");
+        match tokio::task::spawn_blocking(move || std::fs::remove_file(killed)).await {
+            Ok(Ok(())) => tracing::info!(file = %name, "Removed a killed download's temp file"),
+            // The download then fails to create it, and says so; this says why.
+            Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %name, error = %e, "Cannot remove a killed download's temp file")
+            }
+            _ => {}
         }
         path
     }
@@ -522,9 +535,8 @@ impl Cache {
         recording_sid: &str,
         format: Format,
         tmp: &Path,
-        final_path: &Path,
         started: SystemTime,
-    ) -> Result<u64, FetchError> {
+    ) -> Result<(Arc<File>, u64), FetchError> {
         let io = |what: &str, e: std::io::Error| FetchError::Failed(format!("{what}: {e}"));
         let mut resp = self.twilio.open_media(recording_sid, format).await?;
         let size = resp
@@ -586,22 +598,34 @@ impl Cache {
                 "Twilio sent {written} of {size} bytes"
             )));
         }
-        let f = file.clone();
-        let (tmp, final_path) = (tmp.to_path_buf(), final_path.to_path_buf());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            f.sync_all()?;
-            f.set_modified(started)?;
-            std::fs::rename(&tmp, &final_path)?;
-            if let Some(dir) = final_path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| FetchError::Failed(e.to_string()))?
-        .map_err(|e| io("cannot store the download", e))?;
-        Ok(size)
+        Ok((file, size))
     }
+}
+
+/// Saves a complete temp file under its final name: synced, its mtime set to the download's
+/// start (the ETag's), renamed, the folder synced. `lock` is the recording's, held until the
+/// rename is done even if the calling task is dropped.
+async fn save(
+    file: Arc<File>,
+    tmp: &Path,
+    final_path: &Path,
+    started: SystemTime,
+    lock: Arc<LockFile>,
+) -> Result<(), FetchError> {
+    let (tmp, final_path) = (tmp.to_path_buf(), final_path.to_path_buf());
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        file.sync_all()?;
+        file.set_modified(started)?;
+        std::fs::rename(&tmp, &final_path)?;
+        if let Some(dir) = final_path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        drop(lock);
+        Ok(())
+    })
+    .await
+    .map_err(|e| FetchError::Failed(e.to_string()))?
+    .map_err(|e| FetchError::Failed(format!("cannot store the download: {e}")))
 }
 
 #[cfg(test)]
