@@ -447,6 +447,18 @@ impl Cache {
         // Released (and its file removed) before the log line that says the download is over,
         // so a reader of that line finds the cache as it stays.
         drop(lock);
+        self.report(tx, result, call_sid, recording_sid, began);
+    }
+
+    /// Logs how the download ended and tells its readers.
+    fn report(
+        &self,
+        tx: &watch::Sender<Phase>,
+        result: Result<u64, FetchError>,
+        call_sid: &str,
+        recording_sid: &str,
+        began: Instant,
+    ) {
         match result {
             Ok(size) => {
                 let took = began.elapsed().as_secs_f64();
