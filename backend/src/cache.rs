@@ -426,7 +426,7 @@ impl Cache {
             // The other process's download failed: this one downloads.
             log_miss(call_sid, recording_sid);
         }
-        let tmp = self.temp_path(recording_sid, format).await;
+        let tmp = self.temp_path(recording_sid, format);
         // Shared with the blocking task that renames the temp file: if this task is dropped
         // (the runtime shutting down), the lock still goes only once the rename is done, so the
         // lock's next holder never has its own temp file renamed under it.
@@ -507,17 +507,18 @@ impl Cache {
     /// lock go, so one found now is a killed holder's (an instance sharing the cache, or an
     /// earlier run of this one) and is removed. Readers of an earlier download of this process
     /// keep their open file: removing the name leaves its bytes to them.
-    async fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
+    fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
         let name = format!(".{recording_sid}.{}.part", format.ext());
         let path = self.dir.join(&name);
-        let killed = path.clone();
-        match tokio::task::spawn_blocking(move || std::fs::remove_file(killed)).await {
-            Ok(Ok(())) => tracing::info!(file = %name, "Removed a killed download's temp file"),
+        // One unlink, on this task rather than the blocking pool: were this task dropped (a
+        // stopping runtime) during a pooled unlink, the lock would go before the unlink ended.
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(file = %name, "Removed a killed download's temp file"),
             // The download then fails to create it, and says so; this says why.
-            Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 tracing::warn!(file = %name, error = %e, "Cannot remove a killed download's temp file")
             }
-            _ => {}
+            Err(_) => {}
         }
         path
     }
