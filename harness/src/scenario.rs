@@ -502,6 +502,16 @@ pub enum Step {
         #[serde(default = "ten_secs")]
         timeout_ms: u64,
     },
+    /// Sends nothing until the backend closes, idle, the connection that carried the step
+    /// before's request, and the hop holds that close from nginx (a `keepalive_race` armed at
+    /// the hop), or `timeout_ms` passes; goes on either way (the next step shows whether the
+    /// race came). The idle gap of a keep-alive race, as an event rather than a guess at the
+    /// backend's timer.
+    WaitIdleClose {
+        /// Deadline (default 10 s).
+        #[serde(default = "ten_secs")]
+        timeout_ms: u64,
+    },
 }
 
 impl Step {
@@ -517,6 +527,7 @@ impl Step {
         "restart_backend",
         "deploy",
         "wait_log",
+        "wait_idle_close",
     ];
 
     /// The step as it runs: a `play` step in several engines is one step per engine, in order;
@@ -843,7 +854,7 @@ times = 1                                  # only the first N matching requests 
 # slow_download_secs = 0.5                  # unscaled (default: 10 s x scale with a Twilio fault armed, else 10 s)
 
 [[steps]]
-do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, deploy, wait_log
+do = "request"                             # also: webhook, play, arm, clear_faults, stop_backend, start_backend, restart_backend, deploy, wait_log, wait_idle_close
 range = "bytes=0-999"
 expect = { status = 206 }                  # checked even while snapshots are updated
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One request as the fault layer saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,10 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Journal {
     inner: Mutex<Inner>,
+    /// Idle closes of the upstream held from the client for a keep-alive race, so far: when
+    /// the connection's last request arrived (`None`: it carried none).
+    held: Mutex<Vec<Option<Instant>>>,
+    held_notify: tokio::sync::Notify,
 }
 
 impl Journal {
@@ -167,6 +171,45 @@ impl Journal {
         }
         found.sort_by_key(|o| (o.second, o.first));
         found
+    }
+
+    /// Notes an idle close of the upstream that the proxy held from its client (a
+    /// `keepalive_race` armed): the client's next request on that connection will race.
+    /// `last_request`: when the connection's last request arrived, taken after its entry was
+    /// pushed.
+    pub fn held_close(&self, last_request: Option<Instant>) {
+        self.held.lock().unwrap().push(last_request);
+        self.held_notify.notify_waiters();
+    }
+
+    /// How many idle closes have been held so far (never reset, not even by [`Journal::clear`]).
+    pub fn held_closes(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
+    /// Waits, at most `deadline`, until the upstream's idle close of the connection that carried
+    /// the latest request (the last entry) is held, or of one that carried a later request;
+    /// true when it was. The close of a connection idle since earlier (another location's pool,
+    /// a readiness check's) does not count: nginx reuses the most recent one.
+    pub async fn wait_held_close_of_latest(&self, deadline: Duration) -> bool {
+        let Some(since) = self.inner.lock().unwrap().spans.last().map(|s| s.arrived) else {
+            return false;
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        let held = || {
+            let held = self.held.lock().unwrap();
+            held.iter().flatten().any(|t| *t >= since)
+        };
+        loop {
+            // Registered before the check: a close held in between still wakes it.
+            let notified = self.held_notify.notified();
+            if held() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return held();
+            }
+        }
     }
 
     /// Forgets every entry.

@@ -387,6 +387,7 @@ async fn next_request(
     buf: &mut Vec<u8>,
     upstream: &mut Upstream,
     shared: &Shared,
+    last_request: Option<Instant>,
 ) -> Read {
     let got = loop {
         tokio::select! {
@@ -394,6 +395,7 @@ async fn next_request(
             _ = upstream.closed.notified(), if !upstream.stale => {
                 if shared.faults.has_armed(|f| matches!(f, Fault::KeepaliveRace)) {
                     upstream.stale = true;
+                    shared.journal.held_close(last_request);
                 } else {
                     break Ok(false);
                 }
@@ -426,8 +428,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     };
     let mut conn = BufReader::with_capacity(16 * 1024, stream);
     let mut buf = Vec::with_capacity(4096);
+    let mut last_request = None;
     while let Read::Request(head, body) =
-        next_request(&mut conn, &mut buf, &mut upstream, &shared).await
+        next_request(&mut conn, &mut buf, &mut upstream, &shared, last_request).await
     {
         let internal = shared
             .config
@@ -450,6 +453,8 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             journal: &shared.journal,
             seq: (!internal).then(|| shared.journal.push(journal_entry(&shared, &head, &plan))),
         };
+        // After the push: no earlier than the journal's arrival of this request.
+        last_request = Some(Instant::now());
         let result = handle(
             &mut conn,
             &mut upstream.sender,

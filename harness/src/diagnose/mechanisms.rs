@@ -49,22 +49,12 @@ fn met_a_closed_connection(o: &Outcome) -> bool {
     })
 }
 
-/// How long past its measured idle close a backend is given to close the next connection: its
-/// close is a timer, and a loaded machine runs timers late (uvicorn closed 1.15 s late in a full
-/// suite run, and the gunicorn example's 2 s close over 1 s late in another).
-const RACE_MARGIN_SECS: f64 = 3.0;
-
-/// The idle gap of a race: strictly between the backend's close and nginx's keepalive_timeout
-/// where the backend closes first (RACE_MARGIN_SECS past the close, or half way to nginx's
-/// timeout if that is nearer); else just inside nginx's timeout (the run that would show a race,
-/// were there one).
-pub fn race_gap(idle: Option<f64>, keepalive_timeout: f64) -> f64 {
-    match idle {
-        Some(i) if i + 0.5 < keepalive_timeout => {
-            i + ((keepalive_timeout - i) / 2.0).min(RACE_MARGIN_SECS)
-        }
-        _ => (keepalive_timeout - 1.0).max(keepalive_timeout * 0.9),
-    }
+/// How long the race's run waits, idle, for the backend to close the connection: just inside
+/// nginx's keepalive_timeout (past it nginx closes the connection itself, and nothing races).
+/// The wait ends as soon as the hop holds the backend's close, so it costs that long only where
+/// the backend outlives nginx: the run that would show a race, were there one.
+pub fn race_wait(keepalive_timeout: f64) -> f64 {
+    (keepalive_timeout - 1.0).max(keepalive_timeout * 0.9)
 }
 
 fn outcome(run: &ProfileRun, i: usize) -> Result<&Outcome, HarnessError> {
@@ -80,8 +70,10 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
         Method::Get => ("keepalive_race_get", &ctx.nginx.download),
     };
     let kat = ctx.nginx.keepalive_timeout_secs;
-    let gap = race_gap(ctx.backend.idle_close_secs, kat);
-    let gap_ms = (gap * 1000.0).round() as u64;
+    let wait = race_wait(kat);
+    let until_closed = Step::WaitIdleClose {
+        timeout_ms: (wait * 1000.0).round() as u64,
+    };
     let cached = method == Method::Get;
     let mut scenario = Scenario::new(
         id,
@@ -89,10 +81,14 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
     )
     .hop_fault(FaultRule::new(Fault::KeepaliveRace));
     scenario = match method {
-        Method::Post => scenario.step(webhook(0)).step(webhook(gap_ms)),
+        Method::Post => scenario
+            .step(webhook(0))
+            .step(until_closed)
+            .step(webhook(0)),
         Method::Get => scenario
             .request(RequestStep::get())
-            .request(RequestStep::get().pause_ms(gap_ms)),
+            .step(until_closed)
+            .request(RequestStep::get()),
     };
     let run = run_spec(&scenario, ctx.spec.clone()).await?;
     let second = outcome(&run, 1)?;
@@ -104,7 +100,7 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
         "status": second.status,
         "upstream_status": second.access.as_ref().map(|a| a.upstream_status.clone()),
         "error_log": error_line(second),
-        "idle_gap_secs": gap,
+        "idle_wait_max_secs": wait,
         "backend_idle_close_secs": ctx.backend.idle_close_secs,
         "nginx_keepalive_timeout_secs": kat,
         "upstream_connections_opened": second.upstream_connections_opened,
@@ -119,7 +115,7 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
     } else {
         String::new()
     };
-    let summary = race_summary(ctx, method, second, gap, (verdict, pooled), location);
+    let summary = race_summary(ctx, method, second, wait, (verdict, pooled), location);
     Ok(Mechanism {
         id,
         verdict,
@@ -133,7 +129,7 @@ fn race_summary(
     ctx: &Context,
     method: Method,
     o: &Outcome,
-    gap: f64,
+    wait: f64,
     (verdict, pooled): (Verdict, bool),
     location: &Option<LocationFacts>,
 ) -> String {
@@ -147,7 +143,7 @@ fn race_summary(
         .backend
         .idle_close_secs
         .map(|i| format!("{i:.1} s"))
-        .unwrap_or_else(|| format!("over {} s", kat + 3.0));
+        .unwrap_or_else(|| format!("more than {} s", kat + 3.0));
     let upstream = o
         .access
         .as_ref()
@@ -155,18 +151,18 @@ fn race_summary(
         .unwrap_or_default();
     match verdict {
         Verdict::Exposed => format!(
-            "{m} after {gap:.1} s idle: {} (upstream {upstream}), nginx met a connection the backend had closed; the backend closes idle connections after {idle}, nginx keeps them {kat} s",
+            "{m} sent once the backend had closed the idle connection: {} (upstream {upstream}), nginx met a connection the backend had closed; the backend closes idle connections after {idle}, nginx keeps them {kat} s",
             o.summary()
         ),
         Verdict::Safe if !pooled => format!(
-            "{m} after {gap:.1} s idle: {}; nginx opens a connection per request at {} (HTTP/{}, Connection {}): nothing idle to race on",
+            "{m} after up to {wait:.1} s idle: {}; nginx opens a connection per request at {} (HTTP/{}, Connection {}): nothing idle to race on",
             o.summary(),
             location_name(location),
             location.as_ref().map(|l| l.proxy_http_version.as_str()).unwrap_or("?"),
             location.as_ref().and_then(|l| l.connection_header.clone()).unwrap_or_else(|| "(none)".into())
         ),
         Verdict::Safe => format!(
-            "{m} after {gap:.1} s idle reused its connection: {}; the backend keeps idle connections {idle}, longer than nginx ({kat} s)",
+            "{m} after waiting up to {wait:.1} s for the backend to close the idle connection: {}, no race; the backend closes idle connections after {idle}, nginx keeps them {kat} s",
             o.summary()
         ),
         Verdict::NotApplicable => format!("no location of the config serves this {m}"),
@@ -503,16 +499,12 @@ pub async fn range_conformance(stack: &Stack) -> Result<Mechanism, HarnessError>
 
 #[cfg(test)]
 mod tests {
-    use super::race_gap;
+    use super::race_wait;
 
     #[test]
-    fn the_race_gap_lies_past_the_close_and_inside_nginx_timeout() {
-        // gunicorn's default 2 s against nginx's 60 s: 3 s of margin past the close.
-        assert_eq!(race_gap(Some(2.0), 60.0), 5.0);
-        // A close 2 s before nginx's timeout: half way between them.
-        assert_eq!(race_gap(Some(58.0), 60.0), 59.0);
-        // A backend that outlives nginx: just inside nginx's timeout.
-        assert_eq!(race_gap(None, 60.0), 59.0);
-        assert_eq!(race_gap(Some(59.8), 60.0), 59.0);
+    fn the_race_waits_for_the_close_until_just_inside_nginx_timeout() {
+        assert_eq!(race_wait(60.0), 59.0);
+        // A short timeout: nine tenths of it.
+        assert_eq!(race_wait(5.0), 4.5);
     }
 }

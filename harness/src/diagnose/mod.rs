@@ -5,9 +5,10 @@
 //! Measure, derive, run, judge: the backend's idle-close time and header sizes are measured on
 //! connections of its own ([`probe`]); nginx's effective settings are read from the config with
 //! its version's defaults ([`crate::nginx_conf`]); each mechanism's scenario takes its timing
-//! from those values (the race's idle gap strictly between the backend's close and nginx's
-//! `keepalive_timeout`); the scenarios run through the ordinary runner, concurrently, in real
-//! time; and their Outcomes become one verdict per mechanism ([`mechanisms`]).
+//! from those values (the race's idle gap lasts until the backend closes the connection, held
+//! at the hop, or until just inside nginx's `keepalive_timeout`); the scenarios run through the
+//! ordinary runner, concurrently, in real time; and their Outcomes become one verdict per
+//! mechanism ([`mechanisms`]).
 
 pub mod mechanisms;
 pub mod natural;

@@ -259,6 +259,13 @@ pub async fn execute(
                 )),
             })
         }
+        Step::WaitIdleClose { timeout_ms } => {
+            let journal = target.stack(index)?.hop_journal();
+            journal
+                .wait_held_close_of_latest(Duration::from_millis(*timeout_ms))
+                .await;
+            Ok(Executed::Done)
+        }
         other => change(target.stack(index)?, other)
             .await
             .map(|()| Executed::Done),
@@ -285,6 +292,7 @@ async fn change(stack: &Stack, step: &Step) -> Result<(), HarnessError> {
         | Step::Play(_)
         | Step::Webhook { .. }
         | Step::WaitLog { .. }
+        | Step::WaitIdleClose { .. }
         | Step::Deploy(_) => {}
     }
     Ok(())

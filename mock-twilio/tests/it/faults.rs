@@ -3,6 +3,7 @@
 use crate::support::{basic, client, raw_get, Raw};
 use mock_twilio::{sid, Fault, FaultRule, MediaFormat, MockTwilio, Recording};
 use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 struct Fixture {
@@ -352,9 +353,8 @@ async fn exchange(stream: &mut tokio::net::TcpStream, method: &str) -> Option<St
     }
 }
 
-#[tokio::test]
-async fn keepalive_race_fires_only_when_the_upstream_closed_the_idle_connection_first() {
-    let upstream = idle_closing_upstream(Duration::from_millis(150)).await;
+/// A proxy to `upstream` with a keep-alive race armed for POSTs, and a connection to it.
+async fn race_proxy(upstream: SocketAddr) -> (mock_twilio::FaultProxy, tokio::net::TcpStream) {
     let proxy = mock_twilio::FaultProxy::start(
         "127.0.0.1:0".parse().unwrap(),
         mock_twilio::ProxyConfig::new(upstream),
@@ -365,58 +365,63 @@ async fn keepalive_race_fires_only_when_the_upstream_closed_the_idle_connection_
         .faults()
         .arm(FaultRule::new(Fault::KeepaliveRace).method("POST"))
         .unwrap();
-    let connect = || tokio::net::TcpStream::connect(proxy.addr());
+    let c = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    (proxy, c)
+}
+
+/// Waits until the proxy has held the upstream's idle close of a connection from the client.
+async fn held(proxy: &mock_twilio::FaultProxy) {
+    assert!(
+        proxy
+            .journal()
+            .wait_held_close_of_latest(Duration::from_secs(10))
+            .await,
+        "the upstream's idle close is held from the client"
+    );
+}
+
+#[tokio::test]
+async fn keepalive_race_fires_only_when_the_upstream_closed_the_idle_connection_first() {
+    let upstream = idle_closing_upstream(Duration::from_millis(150)).await;
+    let ok = Some("HTTP/1.1 200 OK");
 
     // Reused at once, while the upstream still holds the connection: no race.
-    let mut c = connect().await.unwrap();
-    assert_eq!(
-        exchange(&mut c, "GET").await.as_deref(),
-        Some("HTTP/1.1 200 OK")
-    );
-    assert_eq!(
-        exchange(&mut c, "POST").await.as_deref(),
-        Some("HTTP/1.1 200 OK")
-    );
+    let (proxy, mut c) = race_proxy(upstream).await;
+    assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
+    assert_eq!(exchange(&mut c, "POST").await.as_deref(), ok);
+    assert!(proxy
+        .journal()
+        .entries()
+        .iter()
+        .all(|e| e.faults.is_empty()));
 
-    // Reused after the upstream's idle timeout (the gap is the scenario): the POST meets the race.
-    let mut c = connect().await.unwrap();
-    assert_eq!(
-        exchange(&mut c, "GET").await.as_deref(),
-        Some("HTTP/1.1 200 OK")
-    );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Reused once the upstream has closed it (held from the client): the POST meets the race.
+    let (proxy, mut c) = race_proxy(upstream).await;
+    assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
+    held(&proxy).await;
     assert_eq!(exchange(&mut c, "POST").await, None, "closed unanswered");
-
-    // A request the rule does not match goes on over a fresh upstream connection.
-    let mut c = connect().await.unwrap();
-    assert_eq!(
-        exchange(&mut c, "GET").await.as_deref(),
-        Some("HTTP/1.1 200 OK")
-    );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        exchange(&mut c, "GET").await.as_deref(),
-        Some("HTTP/1.1 200 OK")
-    );
-
     let faults: Vec<Vec<String>> = proxy
         .journal()
         .entries()
         .into_iter()
         .map(|e| e.faults)
         .collect();
-    assert_eq!(
-        faults
-            .iter()
-            .filter(|f| f.contains(&"keepalive_race".to_string()))
-            .count(),
-        1
-    );
+    assert_eq!(faults, [vec![], vec!["keepalive_race".to_string()]]);
+
+    // A request the rule does not match goes on over a fresh upstream connection.
+    let (proxy, mut c) = race_proxy(upstream).await;
+    assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
+    held(&proxy).await;
+    assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
+    assert!(proxy
+        .journal()
+        .entries()
+        .iter()
+        .all(|e| e.faults.is_empty()));
 }
 
 #[tokio::test]
 async fn without_a_race_armed_an_idle_close_reaches_the_client_at_once() {
-    use tokio::io::AsyncReadExt;
     let upstream = idle_closing_upstream(Duration::from_millis(100)).await;
     let proxy = mock_twilio::FaultProxy::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -429,12 +434,15 @@ async fn without_a_race_armed_an_idle_close_reaches_the_client_at_once() {
         exchange(&mut c, "GET").await.as_deref(),
         Some("HTTP/1.1 200 OK")
     );
+    // The close is passed on (the client reads its end), and nothing was held.
+    use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
         .await
         .expect("the close arrives")
         .unwrap();
     assert_eq!(n, 0);
+    assert_eq!(proxy.journal().held_closes(), 0);
 }
 
 #[tokio::test]
