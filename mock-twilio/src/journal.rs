@@ -70,7 +70,8 @@ struct Inner {
     spans: Vec<Span>,
 }
 
-/// An append-only list of [`JournalEntry`], with when each request was open.
+/// An append-only list of [`JournalEntry`], with when each request was open, and the upstream's
+/// idle closes a proxy held from its client (a keep-alive race).
 #[derive(Debug, Default)]
 pub struct Journal {
     inner: Mutex<Inner>,
@@ -177,7 +178,7 @@ impl Journal {
     /// `keepalive_race` armed): the client's next request on that connection will race.
     /// `last_request`: when the connection's last request arrived, taken after its entry was
     /// pushed.
-    pub fn held_close(&self, last_request: Option<Instant>) {
+    pub fn note_held_close(&self, last_request: Option<Instant>) {
         self.held.lock().unwrap().push(last_request);
         self.held_notify.notify_waiters();
     }

@@ -395,7 +395,7 @@ async fn next_request(
             _ = upstream.closed.notified(), if !upstream.stale => {
                 if shared.faults.has_armed(|f| matches!(f, Fault::KeepaliveRace)) {
                     upstream.stale = true;
-                    shared.journal.held_close(last_request);
+                    shared.journal.note_held_close(last_request);
                 } else {
                     break Ok(false);
                 }
@@ -453,7 +453,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             journal: &shared.journal,
             seq: (!internal).then(|| shared.journal.push(journal_entry(&shared, &head, &plan))),
         };
-        // After the push: no earlier than the journal's arrival of this request.
+        // Taken after the push (for a journaled request): no earlier than its arrival there.
         last_request = Some(Instant::now());
         let result = handle(
             &mut conn,

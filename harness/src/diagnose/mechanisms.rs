@@ -51,10 +51,16 @@ fn met_a_closed_connection(o: &Outcome) -> bool {
 
 /// How long the race's run waits, idle, for the backend to close the connection: just inside
 /// nginx's keepalive_timeout (past it nginx closes the connection itself, and nothing races).
-/// The wait ends as soon as the hop holds the backend's close, so it costs that long only where
-/// the backend outlives nginx: the run that would show a race, were there one.
-pub fn race_wait(keepalive_timeout: f64) -> f64 {
-    (keepalive_timeout - 1.0).max(keepalive_timeout * 0.9)
+/// The wait ends as soon as the hop holds the backend's close; it lasts that long where the
+/// backend outlives nginx (the run that would show a race, were there one). Where nginx pools
+/// nothing for the location (`pooled` false: it closes each connection after its request, so
+/// no close can be held), it is the measured close plus 3 s, as long as showing that takes.
+pub fn race_wait(keepalive_timeout: f64, pooled: bool, idle: Option<f64>) -> f64 {
+    let inside = (keepalive_timeout - 1.0).max(keepalive_timeout * 0.9);
+    match idle {
+        Some(i) if !pooled => (i + 3.0).min(inside),
+        _ => inside,
+    }
 }
 
 fn outcome(run: &ProfileRun, i: usize) -> Result<&Outcome, HarnessError> {
@@ -70,7 +76,8 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
         Method::Get => ("keepalive_race_get", &ctx.nginx.download),
     };
     let kat = ctx.nginx.keepalive_timeout_secs;
-    let wait = race_wait(kat);
+    let pooled = location.as_ref().is_some_and(|l| l.pooled);
+    let wait = race_wait(kat, pooled, ctx.backend.idle_close_secs);
     let until_closed = Step::WaitIdleClose {
         timeout_ms: (wait * 1000.0).round() as u64,
     };
@@ -93,7 +100,6 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
     let run = run_spec(&scenario, ctx.spec.clone()).await?;
     let second = outcome(&run, 1)?;
     let raced = met_a_closed_connection(second);
-    let pooled = location.as_ref().is_some_and(|l| l.pooled);
     let evidence = json!({
         "method": if method == Method::Post { "POST" } else { "GET" },
         "location": location.as_ref().map(|l| l.location.clone()),
@@ -503,8 +509,12 @@ mod tests {
 
     #[test]
     fn the_race_waits_for_the_close_until_just_inside_nginx_timeout() {
-        assert_eq!(race_wait(60.0), 59.0);
+        assert_eq!(race_wait(60.0, true, Some(2.0)), 59.0);
+        assert_eq!(race_wait(60.0, true, None), 59.0);
         // A short timeout: nine tenths of it.
-        assert_eq!(race_wait(5.0), 4.5);
+        assert_eq!(race_wait(5.0, true, Some(2.0)), 4.5);
+        // Nothing pooled: no close to wait for; the measured close and 3 s.
+        assert_eq!(race_wait(60.0, false, Some(2.0)), 5.0);
+        assert_eq!(race_wait(60.0, false, None), 59.0);
     }
 }

@@ -421,6 +421,28 @@ async fn keepalive_race_fires_only_when_the_upstream_closed_the_idle_connection_
 }
 
 #[tokio::test]
+async fn the_wait_is_for_the_close_of_the_connection_that_carried_the_latest_request() {
+    let upstream = idle_closing_upstream(Duration::from_millis(1000)).await;
+    let ok = Some("HTTP/1.1 200 OK");
+    let (proxy, mut earlier) = race_proxy(upstream).await;
+    assert_eq!(exchange(&mut earlier, "GET").await.as_deref(), ok);
+    held(&proxy).await;
+    // A request on another connection: the earlier connection's held close is not its close.
+    let mut latest = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(exchange(&mut latest, "GET").await.as_deref(), ok);
+    assert!(
+        !proxy
+            .journal()
+            .wait_held_close_of_latest(Duration::ZERO)
+            .await,
+        "only the earlier connection's close is held yet"
+    );
+    held(&proxy).await;
+    assert_eq!(proxy.journal().held_closes(), 2);
+    assert_eq!(exchange(&mut latest, "POST").await, None, "the race");
+}
+
+#[tokio::test]
 async fn without_a_race_armed_an_idle_close_reaches_the_client_at_once() {
     let upstream = idle_closing_upstream(Duration::from_millis(100)).await;
     let proxy = mock_twilio::FaultProxy::start(
