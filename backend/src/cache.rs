@@ -237,6 +237,17 @@ pub struct Cache {
     inflight: Mutex<HashMap<String, watch::Receiver<Phase>>>,
 }
 
+/// A recording's file name in the cache, `{sid}.{ext}`: also the name of its download (in
+/// flight, its temp file `.{name}.part`) and of its lock (`.{name}.lock`).
+fn file_name(recording_sid: &str, format: Format) -> String {
+    format!("{recording_sid}.{}", format.ext())
+}
+
+/// The lock file of `name` in the cache folder `dir`.
+fn lock_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.lock"))
+}
+
 /// Removes a temp file `.{sid}.{ext}.part` that a crashed run left, holding its recording's lock
 /// while it does: one that an instance sharing the cache is writing (it holds the lock) stays.
 fn remove_if_unheld(dir: &Path, part: &str) {
@@ -244,7 +255,7 @@ fn remove_if_unheld(dir: &Path, part: &str) {
     let (Some(sid), Some(ext)) = (pieces.next(), pieces.next()) else {
         return;
     };
-    if let Ok(Some(_held)) = LockFile::try_acquire(&dir.join(format!(".{sid}.{ext}.lock"))) {
+    if let Ok(Some(_held)) = LockFile::try_acquire(&lock_file(dir, &format!("{sid}.{ext}"))) {
         let _ = std::fs::remove_file(dir.join(part));
     }
 }
@@ -274,7 +285,7 @@ impl Cache {
     }
 
     fn path(&self, recording_sid: &str, format: Format) -> PathBuf {
-        self.dir.join(format!("{recording_sid}.{}", format.ext()))
+        self.dir.join(file_name(recording_sid, format))
     }
 
     /// The saved file, if there is one; `hit` says whether the request found it there.
@@ -344,7 +355,7 @@ impl Cache {
         recording_sid: &str,
         format: Format,
     ) -> watch::Receiver<Phase> {
-        let key = format!("{recording_sid}.{}", format.ext());
+        let key = file_name(recording_sid, format);
         let mut inflight = self.inflight.lock().unwrap();
         if let Some(rx) = inflight.get(&key) {
             return rx.clone();
@@ -508,7 +519,7 @@ impl Cache {
     /// earlier run of this one) and is removed. Readers of an earlier download of this process
     /// keep their open file: removing the name leaves its bytes to them.
     fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
-        let name = format!(".{recording_sid}.{}.part", format.ext());
+        let name = format!(".{}.part", file_name(recording_sid, format));
         let path = self.dir.join(&name);
         // One unlink, on this task rather than the blocking pool: were this task dropped (a
         // stopping runtime) during a pooled unlink, the lock would go before the unlink ended.
@@ -524,13 +535,12 @@ impl Cache {
     }
 
     fn lock_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!(".{name}.lock"))
+        lock_file(&self.dir, name)
     }
 
     /// An exclusive lock on the recording, shared with other processes (see [`LockFile`]).
     async fn lock(&self, recording_sid: &str, format: Format) -> std::io::Result<LockFile> {
-        self.lock_named(&format!("{recording_sid}.{}", format.ext()))
-            .await
+        self.lock_named(&file_name(recording_sid, format)).await
     }
 
     /// An exclusive lock named `name`, shared with every process using this cache folder
@@ -749,9 +759,7 @@ mod tests {
         assert!(futures::poll!(opening.as_mut()).is_pending(), "waits");
         std::fs::write(dir.join("RE1.mp3"), vec![7u8; SIZE as usize]).unwrap();
         tx.send_replace(Phase::Complete { downloaded_here });
-        let met = opening.await.unwrap();
-        drop(tx);
-        met
+        opening.await.unwrap()
     }
 
     #[tokio::test]
