@@ -68,6 +68,9 @@ impl Span {
 struct Inner {
     entries: Vec<JournalEntry>,
     spans: Vec<Span>,
+    /// Idle closes of the upstream held from the client for a keep-alive race, so far: when
+    /// the connection's last request arrived (`None`: it carried none). Kept by `clear`.
+    held: Vec<Option<Instant>>,
 }
 
 /// An append-only list of [`JournalEntry`], with when each request was open, and the upstream's
@@ -75,9 +78,6 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Journal {
     inner: Mutex<Inner>,
-    /// Idle closes of the upstream held from the client for a keep-alive race, so far: when
-    /// the connection's last request arrived (`None`: it carried none).
-    held: Mutex<Vec<Option<Instant>>>,
     held_notify: tokio::sync::Notify,
 }
 
@@ -179,13 +179,13 @@ impl Journal {
     /// `last_request`: when the connection's last request arrived, taken after its entry was
     /// pushed.
     pub fn note_held_close(&self, last_request: Option<Instant>) {
-        self.held.lock().unwrap().push(last_request);
+        self.inner.lock().unwrap().held.push(last_request);
         self.held_notify.notify_waiters();
     }
 
     /// How many idle closes have been held so far (never reset, not even by [`Journal::clear`]).
     pub fn held_closes(&self) -> usize {
-        self.held.lock().unwrap().len()
+        self.inner.lock().unwrap().held.len()
     }
 
     /// Waits, at most `deadline`, until the upstream's idle close of the connection that carried
@@ -198,8 +198,8 @@ impl Journal {
         };
         let until = tokio::time::Instant::now() + deadline;
         let held = || {
-            let held = self.held.lock().unwrap();
-            held.iter().flatten().any(|t| *t >= since)
+            let inner = self.inner.lock().unwrap();
+            inner.held.iter().flatten().any(|t| *t >= since)
         };
         loop {
             // Registered before the check: a close held in between still wakes it.
