@@ -353,20 +353,36 @@ async fn exchange(stream: &mut tokio::net::TcpStream, method: &str) -> Option<St
     }
 }
 
-/// A proxy to `upstream` with a keep-alive race armed for POSTs, and a connection to it.
-async fn race_proxy(upstream: SocketAddr) -> (mock_twilio::FaultProxy, tokio::net::TcpStream) {
+/// A proxy to `upstream`, and a connection to it.
+async fn proxy_to(upstream: SocketAddr) -> (mock_twilio::FaultProxy, tokio::net::TcpStream) {
     let proxy = mock_twilio::FaultProxy::start(
         "127.0.0.1:0".parse().unwrap(),
         mock_twilio::ProxyConfig::new(upstream),
     )
     .await
     .unwrap();
+    let c = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    (proxy, c)
+}
+
+/// [`proxy_to`], with a keep-alive race armed for POSTs.
+async fn race_proxy(upstream: SocketAddr) -> (mock_twilio::FaultProxy, tokio::net::TcpStream) {
+    let (proxy, c) = proxy_to(upstream).await;
     proxy
         .faults()
         .arm(FaultRule::new(Fault::KeepaliveRace).method("POST"))
         .unwrap();
-    let c = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     (proxy, c)
+}
+
+/// The faults each request through `proxy` met, in order.
+fn faults(proxy: &mock_twilio::FaultProxy) -> Vec<Vec<String>> {
+    proxy
+        .journal()
+        .entries()
+        .into_iter()
+        .map(|e| e.faults)
+        .collect()
 }
 
 /// Waits until the proxy has held the upstream's idle close of a connection from the client.
@@ -389,35 +405,21 @@ async fn keepalive_race_fires_only_when_the_upstream_closed_the_idle_connection_
     let (proxy, mut c) = race_proxy(upstream).await;
     assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
     assert_eq!(exchange(&mut c, "POST").await.as_deref(), ok);
-    assert!(proxy
-        .journal()
-        .entries()
-        .iter()
-        .all(|e| e.faults.is_empty()));
+    assert!(faults(&proxy).iter().all(Vec::is_empty));
 
     // Reused once the upstream has closed it (held from the client): the POST meets the race.
     let (proxy, mut c) = race_proxy(upstream).await;
     assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
     held(&proxy).await;
     assert_eq!(exchange(&mut c, "POST").await, None, "closed unanswered");
-    let faults: Vec<Vec<String>> = proxy
-        .journal()
-        .entries()
-        .into_iter()
-        .map(|e| e.faults)
-        .collect();
-    assert_eq!(faults, [vec![], vec!["keepalive_race".to_string()]]);
+    assert_eq!(faults(&proxy), [vec![], vec!["keepalive_race".to_string()]]);
 
     // A request the rule does not match goes on over a fresh upstream connection.
     let (proxy, mut c) = race_proxy(upstream).await;
     assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
     held(&proxy).await;
     assert_eq!(exchange(&mut c, "GET").await.as_deref(), ok);
-    assert!(proxy
-        .journal()
-        .entries()
-        .iter()
-        .all(|e| e.faults.is_empty()));
+    assert!(faults(&proxy).iter().all(Vec::is_empty));
 }
 
 #[tokio::test]
@@ -445,13 +447,7 @@ async fn the_wait_is_for_the_close_of_the_connection_that_carried_the_latest_req
 #[tokio::test]
 async fn without_a_race_armed_an_idle_close_reaches_the_client_at_once() {
     let upstream = idle_closing_upstream(Duration::from_millis(100)).await;
-    let proxy = mock_twilio::FaultProxy::start(
-        "127.0.0.1:0".parse().unwrap(),
-        mock_twilio::ProxyConfig::new(upstream),
-    )
-    .await
-    .unwrap();
-    let mut c = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (proxy, mut c) = proxy_to(upstream).await;
     assert_eq!(
         exchange(&mut c, "GET").await.as_deref(),
         Some("HTTP/1.1 200 OK")
