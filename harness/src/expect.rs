@@ -140,11 +140,15 @@ impl Expect {
         if let Some(d) = &o.deploy {
             return match self.failed {
                 Some(most) if d.failed > most => vec![format!(
-                    "{}: {} of {} requests failed (at most {most} may): {}",
+                    "{}: {} of {} requests failed (at most {most} may): {}{}",
                     o.step,
                     d.failed,
                     d.requests,
-                    d.failures_by_cause()
+                    d.failures_by_cause(),
+                    d.failed_requests
+                        .iter()
+                        .map(|r| format!("\n    {r}"))
+                        .collect::<String>()
                 )],
                 _ => Vec::new(),
             };

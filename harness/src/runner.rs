@@ -37,6 +37,19 @@ pub struct ProfileRun {
     pub elapsed: std::time::Duration,
 }
 
+impl ProfileRun {
+    /// Each request a `deploy` step's load failed, as `step: request (when): what came back`.
+    pub fn deploy_failures(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .flat_map(|o| {
+                let failed = o.deploy.iter().flat_map(|d| &d.failed_requests);
+                failed.map(move |f| format!("{}: {f}", o.step))
+            })
+            .collect()
+    }
+}
+
 /// A scenario's runs, one per profile, side by side.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioRun {
@@ -104,6 +117,20 @@ impl ScenarioRun {
                 })
                 .collect(),
         }
+    }
+
+    /// Each request a `deploy` step's load failed, prefixed by its profile and step: what to
+    /// read beside a snapshot that says only that some failed.
+    pub fn deploy_failures(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .flat_map(|r| {
+                let profile = r.profile.name();
+                r.deploy_failures()
+                    .into_iter()
+                    .map(move |f| format!("[{profile}] {f}"))
+            })
+            .collect()
     }
 
     /// Every failed expectation, prefixed by its profile.

@@ -129,6 +129,12 @@ pub fn rows(run: &ScenarioRun, snapshot_failure: Option<&str>) -> Vec<Row> {
                 .iter()
                 .cloned()
                 .chain(snapshot_failure.map(str::to_string))
+                // Beside a snapshot that says only that some failed: which, and how.
+                .chain(
+                    snapshot_failure
+                        .map(|_| r.deploy_failures())
+                        .unwrap_or_default(),
+                )
                 .collect(),
             set_up: r.set_up.clone(),
             elapsed: r.elapsed,

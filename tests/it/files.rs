@@ -127,6 +127,9 @@ pub fn run_files(
                 }
                 if let Err(report) = harness::snapshot::check_line(&snapshots, &run) {
                     failures.push(format!("{}: {report}", path.display()));
+                    for f in run.deploy_failures() {
+                        failures.push(format!("{}: {f}", path.display()));
+                    }
                 }
             }
         }

@@ -161,8 +161,16 @@ pub struct DeployOutcome {
     pub requests: u64,
     /// Of them, those that failed: no 2xx, no answer, or a body cut short.
     pub failed: u64,
-    /// Failed requests by what the client got (`502`, `504`, `none`, `cut`).
+    /// Failed requests by what the client got (`502`, `504`, `none`, `cut`, `differs`).
     pub failed_by_status: BTreeMap<String, u64>,
+    /// The first failed requests, each in words: which, when (seconds into the step and the
+    /// deploy's phases: odd while an instance is out of service) and what came back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_requests: Vec<String>,
+    /// Every gateway error nginx logged during the step (draining and restarting included),
+    /// counted by cause.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nginx_causes: BTreeMap<String, u64>,
     /// While an instance was out of service: the statuses the load got (`none`: no answer).
     pub statuses_while_out: BTreeSet<String>,
     /// While an instance was out of service: the causes in nginx's error log (including

@@ -4,7 +4,7 @@
 //! instance is out is observed on every run, not by luck of timing.
 
 use super::{webhook_request, Session};
-use crate::app::download_path;
+use crate::app::{download_path, WEBHOOK_PATH};
 use crate::error::HarnessError;
 use crate::gateway::classify;
 use crate::outcome::read::{self, Verify};
@@ -15,7 +15,7 @@ use crate::stack::Stack;
 use mock_twilio::{MediaFormat, Signing};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an instance waits out of service for the load's requests to be answered.
 pub const OUT_OF_SERVICE_DEADLINE: Duration = Duration::from_secs(30);
@@ -28,17 +28,34 @@ struct Sent {
     phases: (u64, u64),
     /// `200`, `502`, `none`.
     status: String,
+    /// How it failed, if it did: its status, `none`, `cut` or `differs`.
     failed: Option<String>,
+    /// A failed request in words, for the reader of a failed run: which request, when, and
+    /// what came back.
+    described: Option<String>,
 }
 
 /// What the clients and the deploy share.
-#[derive(Default)]
 struct Load {
+    /// When the deploy step began: requests' times are told from here.
+    began: Instant,
     phase: AtomicU64,
     done: AtomicBool,
     sent: Mutex<Vec<Sent>>,
     /// Out-of-service windows that did not see the requests asked for.
     short: Mutex<Vec<String>>,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            began: Instant::now(),
+            phase: AtomicU64::default(),
+            done: AtomicBool::default(),
+            sent: Mutex::default(),
+            short: Mutex::default(),
+        }
+    }
 }
 
 impl Load {
@@ -74,6 +91,8 @@ pub async fn deploy(
         ));
     }
     let load = Load::default();
+    let error_log = stack.error_log();
+    let from = error_log.len();
     let clients = (0..d.clients.max(1) as usize).map(|c| client(stack, session, c, &load));
     let causes = Mutex::new(std::collections::BTreeSet::new());
     let deploying = async {
@@ -97,11 +116,21 @@ pub async fn deploy(
     if !short.is_empty() {
         return Err(HarnessError::step(step, short));
     }
-    outcome.deploy = Some(summarize(
+    let mut d = summarize(
         stack.instances(),
         &load.sent.lock().unwrap(),
         causes.into_inner().unwrap(),
-    ));
+    );
+    d.nginx_causes = error_log
+        .lines_since(from)
+        .0
+        .iter()
+        .filter_map(|l| classify(l))
+        .fold(Default::default(), |mut counts, e| {
+            *counts.entry(e.cause.name().to_string()).or_default() += 1;
+            counts
+        });
+    outcome.deploy = Some(d);
     Ok(outcome)
 }
 
@@ -150,36 +179,71 @@ async fn client(stack: &Stack, session: &Session, c: usize, load: &Load) {
         };
         let webhook = k % 2 == 1;
         let start = load.phase.load(Ordering::SeqCst);
-        let o = if webhook {
+        let sent_at = load.began.elapsed();
+        let (what, o) = if webhook {
             let req = webhook_request(stack, &rec, Signing::Valid);
-            read::send(req, false, Verify::Nothing).await
+            let what = format!("POST {WEBHOOK_PATH} ({})", rec.call_sid);
+            (what, read::send(req, false, Verify::Nothing).await)
         } else {
             let named = (rec.format != MediaFormat::Mp3).then_some(rec.format);
-            let url = stack.url(&download_path(&rec.call_sid, named));
+            let path = download_path(&rec.call_sid, named);
             let media = rec.media(rec.format);
-            read::send(stack.client().get(url), false, Verify::Bytes(&media)).await
+            let req = stack.client().get(stack.url(&path));
+            let o = read::send(req, false, Verify::Bytes(&media)).await;
+            (format!("GET {path}"), o)
         };
         let end = load.phase.load(Ordering::SeqCst);
+        let failed = failure(&o, webhook);
+        let described = failed.as_ref().map(|_| {
+            let (from, to) = (sent_at.as_secs_f64(), load.began.elapsed().as_secs_f64());
+            format!(
+                "{what} ({from:.2}-{to:.2} s, phases {start}-{end}): {}",
+                answer(&o)
+            )
+        });
         load.sent.lock().unwrap().push(Sent {
             webhook,
             phases: (start, end),
             status: o.status_text(),
-            failed: failure(&o, webhook),
+            failed,
+            described,
         });
         k += 1;
     }
 }
 
-/// How a load request failed, if it did: its status, `none` (no answer) or `cut`.
+/// How a load request failed, if it did: its status, `none` (no answer), `cut` (fewer bytes
+/// than announced) or `differs` (bytes that are not the recording's).
 fn failure(o: &Outcome, webhook: bool) -> Option<String> {
     let ok_status = o.status.is_some_and(|s| (200..300).contains(&s));
     if !ok_status {
         return Some(o.status_text());
     }
-    let whole = webhook || matches!(o.body.check, BodyCheck::Whole);
-    (!whole).then(|| "cut".to_string())
+    match &o.body.check {
+        _ if webhook => None,
+        BodyCheck::Whole => None,
+        BodyCheck::Differs { .. } => Some("differs".into()),
+        _ => Some("cut".into()),
+    }
 }
 
+/// What a failed request got: `502 (nginx error page)`, `200, 12000 bytes: truncated
+/// (announced 30000); error decoding response body`.
+fn answer(o: &Outcome) -> String {
+    let error = o.client_error.as_deref().map(|e| format!("; {e}"));
+    format!(
+        "{}, {} bytes: {}{}",
+        o.status_text(),
+        o.body.bytes,
+        o.body.check.words(),
+        error.unwrap_or_default()
+    )
+}
+
+/// How many failed requests a deploy's Outcome describes (the rest are only counted).
+const FAILED_REQUESTS_KEPT: usize = 10;
+
+/// The deploy's counts, from what its load sent.
 fn summarize(
     instances: usize,
     sent: &[Sent],
@@ -196,9 +260,62 @@ fn summarize(
             d.failed += 1;
             *d.failed_by_status.entry(f.clone()).or_default() += 1;
         }
+        if d.failed_requests.len() < FAILED_REQUESTS_KEPT {
+            d.failed_requests.extend(s.described.clone());
+        }
         if s.phases.0 == s.phases.1 && s.phases.0 % 2 == 1 {
             d.statuses_while_out.insert(s.status.clone());
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::BodyOutcome;
+
+    fn answered(status: Option<u16>, check: BodyCheck) -> Outcome {
+        let mut o = Outcome::blank("load".into(), "GET /api/calls/CA1/download".into());
+        o.status = status;
+        o.body = BodyOutcome { bytes: 12, check };
+        o
+    }
+
+    #[test]
+    fn a_failed_request_says_whether_it_got_no_answer_a_status_a_cut_or_other_bytes() {
+        let whole = answered(Some(200), BodyCheck::Whole);
+        assert_eq!(failure(&whole, false), None);
+        let cut = answered(Some(200), BodyCheck::Truncated { announced: 30 });
+        assert_eq!(failure(&cut, false).as_deref(), Some("cut"));
+        let other = answered(Some(200), BodyCheck::Differs { at: 4 });
+        assert_eq!(failure(&other, false).as_deref(), Some("differs"));
+        let accepted = answered(Some(204), BodyCheck::Empty);
+        assert_eq!(failure(&accepted, true), None);
+        let gateway = answered(Some(502), BodyCheck::NginxErrorPage);
+        assert_eq!(failure(&gateway, true).as_deref(), Some("502"));
+        assert_eq!(
+            failure(&answered(None, BodyCheck::Empty), false).as_deref(),
+            Some("none")
+        );
+        assert_eq!(answer(&cut), "200, 12 bytes: truncated (announced 30)");
+    }
+
+    #[test]
+    fn the_outcome_describes_the_first_failed_requests_and_counts_every_one() {
+        let sent: Vec<Sent> = (0..12)
+            .map(|k| Sent {
+                webhook: false,
+                phases: (1, 1),
+                status: "502".into(),
+                failed: Some("502".into()),
+                described: Some(format!("request {k}")),
+            })
+            .collect();
+        let d = summarize(1, &sent, Default::default());
+        assert_eq!(d.failed, 12);
+        assert_eq!(d.failed_by_status.get("502"), Some(&12));
+        assert_eq!(d.failed_requests.len(), FAILED_REQUESTS_KEPT);
+        assert_eq!(d.failed_requests[0], "request 0");
+    }
 }
