@@ -170,14 +170,16 @@ async fn out_of_service(
     );
 }
 
-/// One client: a whole download, then a signed webhook, and again, until the deploy is done.
+/// One client: a whole download of a recording, then a signed webhook of it, then the next
+/// recording, until the deploy is done. Client `c` begins `c` requests into that round, so the
+/// clients ask for every recording, both ways, from the start.
 async fn client(stack: &Stack, session: &Session, c: usize, load: &Load) {
     let mut k = c;
     while !load.done.load(Ordering::SeqCst) {
-        let Some(rec) = session.recording(k % session.recording_count()) else {
+        let (index, webhook) = nth_request(k, session.recording_count());
+        let Some(rec) = session.recording(index) else {
             return;
         };
-        let webhook = k % 2 == 1;
         let start = load.phase.load(Ordering::SeqCst);
         let sent_at = load.began.elapsed();
         let (what, o) = if webhook {
@@ -210,6 +212,12 @@ async fn client(stack: &Stack, session: &Session, c: usize, load: &Load) {
         });
         k += 1;
     }
+}
+
+/// The load's `k`th request among `recordings`: which recording, and whether it is the webhook
+/// (else the download). Each recording is downloaded, then posted, then the next one.
+fn nth_request(k: usize, recordings: usize) -> (usize, bool) {
+    (k / 2 % recordings, k % 2 == 1)
 }
 
 /// How a load request failed, if it did: its status, `none` (no answer), `cut` (fewer bytes
@@ -299,6 +307,18 @@ mod tests {
             Some("none")
         );
         assert_eq!(answer(&cut), "200, 12 bytes: truncated (announced 30)");
+    }
+
+    #[test]
+    fn the_clients_download_and_post_every_recording_from_their_first_requests() {
+        // Four clients over two recordings (the deploy file's): their first two requests each.
+        let first: std::collections::BTreeSet<_> = (0..4)
+            .flat_map(|c| [nth_request(c, 2), nth_request(c + 1, 2)])
+            .collect();
+        let every: std::collections::BTreeSet<_> =
+            [(0, false), (0, true), (1, false), (1, true)].into();
+        assert_eq!(first, every);
+        assert_eq!(nth_request(5, 1), (0, true));
     }
 
     #[test]
