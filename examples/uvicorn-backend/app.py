@@ -70,8 +70,12 @@ def download(call_sid, recording_sid, path):
     log.info("Cache miss - downloading from Twilio for %s", call_sid)
     started = time.monotonic()
     data = twilio_get(f"{API_BASE}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/{recording_sid}.mp3")
-    with open(path, "wb") as f:
+    # Written under a name of its own, then renamed: another instance sharing the folder (the
+    # hardened profile runs two) never sees, and serves, a file half written.
+    part = f"{path}.{os.getpid()}.part"
+    with open(part, "wb") as f:
         f.write(data)
+    os.replace(part, path)
     took = time.monotonic() - started
     if took > SLOW_DOWNLOAD_SECS:
         log.warning("Slow download detected (%.2fs) - consider pre-downloading", took)
