@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sqlite3
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -72,8 +73,8 @@ def download(call_sid, recording_sid, path):
     data = twilio_get(f"{API_BASE}/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/{recording_sid}.mp3")
     # Written under a name of its own, then renamed: another instance sharing the folder (the
     # hardened profile runs two) never sees, and serves, a file half written.
-    part = f"{path}.{os.getpid()}.part"
-    with open(part, "wb") as f:
+    fd, part = tempfile.mkstemp(dir=RECORDINGS_DIR, suffix=".part")
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(part, path)
     took = time.monotonic() - started
