@@ -163,12 +163,12 @@ pub struct DeployOutcome {
     pub failed: u64,
     /// Failed requests by what the client got (`502`, `504`, `none`, `cut`, `differs`).
     pub failed_by_status: BTreeMap<String, u64>,
-    /// The first failed requests, each in words: which, when (seconds into the step and the
-    /// deploy's phases: odd while an instance is out of service) and what came back.
+    /// The first few failed requests of each kind, in words: which, when (seconds into the
+    /// step and the deploy's phases: odd while an instance is out of service), what came back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_requests: Vec<String>,
-    /// Every gateway error nginx logged during the step (draining and restarting included),
-    /// counted by cause.
+    /// Every gateway error nginx logged during the step (draining and restarting included,
+    /// attempts nginx retried and the readiness probes' too), counted by cause.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub nginx_causes: BTreeMap<String, u64>,
     /// While an instance was out of service: the statuses the load got (`none`: no answer).

@@ -221,7 +221,8 @@ fn nth_request(k: usize, recordings: usize) -> (usize, bool) {
 }
 
 /// How a load request failed, if it did: its status, `none` (no answer), `cut` (fewer bytes
-/// than announced) or `differs` (bytes that are not the recording's).
+/// than announced), `differs` (bytes that are not the recording's) or, for a download whose
+/// body is something else, that body's kind.
 fn failure(o: &Outcome, webhook: bool) -> Option<String> {
     let ok_status = o.status.is_some_and(|s| (200..300).contains(&s));
     if !ok_status {
@@ -230,8 +231,8 @@ fn failure(o: &Outcome, webhook: bool) -> Option<String> {
     match &o.body.check {
         _ if webhook => None,
         BodyCheck::Whole => None,
-        BodyCheck::Differs { .. } => Some("differs".into()),
-        _ => Some("cut".into()),
+        BodyCheck::Truncated { .. } => Some("cut".into()),
+        other => Some(other.kind().to_string()),
     }
 }
 
@@ -248,8 +249,9 @@ fn answer(o: &Outcome) -> String {
     )
 }
 
-/// How many failed requests a deploy's Outcome describes (the rest are only counted).
-const FAILED_REQUESTS_KEPT: usize = 10;
+/// How many failed requests of each kind a deploy's Outcome describes (the rest are only
+/// counted).
+const FAILED_REQUESTS_KEPT: u64 = 5;
 
 /// The deploy's counts, from what its load sent.
 fn summarize(
@@ -268,8 +270,12 @@ fn summarize(
             d.failed += 1;
             *d.failed_by_status.entry(f.clone()).or_default() += 1;
         }
-        if d.failed_requests.len() < FAILED_REQUESTS_KEPT {
-            d.failed_requests.extend(s.described.clone());
+        // The first few of each kind: an unexpected `cut` stays visible among the 502s that
+        // fixed and legacy always get.
+        if let Some(f) = &s.failed {
+            if d.failed_by_status[f] <= FAILED_REQUESTS_KEPT {
+                d.failed_requests.extend(s.described.clone());
+            }
         }
         if s.phases.0 == s.phases.1 && s.phases.0 % 2 == 1 {
             d.statuses_while_out.insert(s.status.clone());
@@ -322,20 +328,21 @@ mod tests {
     }
 
     #[test]
-    fn the_outcome_describes_the_first_failed_requests_and_counts_every_one() {
-        let sent: Vec<Sent> = (0..12)
-            .map(|k| Sent {
-                webhook: false,
-                phases: (1, 1),
-                status: "502".into(),
-                failed: Some("502".into()),
-                described: Some(format!("request {k}")),
-            })
-            .collect();
+    fn the_outcome_describes_the_first_failed_requests_of_each_kind_and_counts_every_one() {
+        let failed = |k: usize, how: &str| Sent {
+            webhook: false,
+            phases: (1, 1),
+            status: "200".into(),
+            failed: Some(how.into()),
+            described: Some(format!("request {k}: {how}")),
+        };
+        let mut sent: Vec<Sent> = (0..12).map(|k| failed(k, "502")).collect();
+        sent.push(failed(12, "cut"));
         let d = summarize(1, &sent, Default::default());
-        assert_eq!(d.failed, 12);
+        assert_eq!(d.failed, 13);
         assert_eq!(d.failed_by_status.get("502"), Some(&12));
-        assert_eq!(d.failed_requests.len(), FAILED_REQUESTS_KEPT);
-        assert_eq!(d.failed_requests[0], "request 0");
+        assert_eq!(d.failed_requests.len(), FAILED_REQUESTS_KEPT as usize + 1);
+        assert_eq!(d.failed_requests[0], "request 0: 502");
+        assert_eq!(d.failed_requests.last().unwrap(), "request 12: cut");
     }
 }
