@@ -439,7 +439,7 @@ impl Drop for ContainerStack {
                 .enable_all()
                 .build()
             else {
-                return;
+                return false;
             };
             rt.block_on(async {
                 // Only the stack holds them by now (methods hold a clone while they run). The
@@ -454,15 +454,48 @@ impl Drop for ContainerStack {
                     .iter()
                     .map(|id| docker.remove_container(id, Some(options.clone())));
                 futures::future::join_all(by_name).await;
-                let _ = docker.remove_network(&network).await;
-            });
+                remove_network(&docker, &network).await
+            })
         });
-        let _ = done.join();
+        let removed = done.join().unwrap_or(false);
         // Everything is removed: the watchdog goes without doing anything. (Until here it
-        // stays, for a SIGKILL during the removal.)
-        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
+        // stays, for a SIGKILL during the removal; and if the network is still there, it stays
+        // to try again when this process ends.)
+        if removed {
+            if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
+                let _ = watchdog.kill();
+                let _ = watchdog.wait();
+            }
         }
     }
+}
+
+/// How long a stack's network removal is tried again while the engine still counts an endpoint
+/// of a container just removed.
+const NETWORK_REMOVAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Removes `network`, trying again for a while; says so (and how to remove it by hand) if the
+/// engine keeps refusing. True when it is gone.
+async fn remove_network(docker: &Docker, network: &str) -> bool {
+    let last = Mutex::new(String::new());
+    let gone = crate::ready::poll(NETWORK_REMOVAL_DEADLINE, || async {
+        match docker.remove_network(network).await {
+            Ok(()) => Some(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Some(()),
+            Err(e) => {
+                *last.lock().unwrap() = e.to_string();
+                None
+            }
+        }
+    })
+    .await;
+    if gone.is_none() {
+        eprintln!(
+            "harness: could not remove the Docker network {network}: {}. Remove it with `docker network rm {network}` (an engine that says it has active endpoints, with no container on it, may need a restart first)",
+            last.lock().unwrap()
+        );
+    }
+    gone.is_some()
 }
