@@ -75,6 +75,8 @@ pub struct ReportProfile {
     pub browsers: String,
     /// What its set-up met and mended ([`crate::ProfileRun::set_up`]).
     pub set_up: Vec<String>,
+    /// What its steps met that a snapshot cannot hold ([`crate::ProfileRun::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// A scenario as the report shows it.
@@ -196,6 +198,7 @@ impl Report {
                         cell: "did not run".into(),
                         browsers: String::new(),
                         set_up: Vec::new(),
+                        notes: Vec::new(),
                     })
                     .collect();
             }
@@ -241,6 +244,7 @@ impl Report {
                         cell,
                         browsers: crate::summary::browsers(&r.outcomes).to_string(),
                         set_up: r.set_up.clone(),
+                        notes: r.notes.clone(),
                     });
                 }
             }

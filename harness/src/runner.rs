@@ -31,6 +31,9 @@ pub struct ProfileRun {
     /// more after it met a connection the backend had closed (not in snapshots: a race decides
     /// it).
     pub set_up: Vec<String>,
+    /// What its steps met that a snapshot cannot hold: a `wait_idle_close` that ran out (not in
+    /// snapshots: a race decides it).
+    pub notes: Vec<String>,
     /// How long it took, its stack's start and end included, a wait for a browser slot not (not
     /// in snapshots: it varies).
     #[serde(skip)]
@@ -360,6 +363,7 @@ async fn drive(
         outcomes: Vec::new(),
         failures: Vec::new(),
         set_up,
+        notes: Vec::new(),
         elapsed: std::time::Duration::ZERO,
     };
     for (i, steps) in scenario.steps.iter().enumerate() {
@@ -372,6 +376,7 @@ async fn drive(
                     run.outcomes.push(*o);
                 }
                 Executed::Failed(why) => run.failures.push(why),
+                Executed::Noted(note) => run.notes.push(note),
                 Executed::Done => {}
             }
         }

@@ -23,6 +23,8 @@ pub struct Row {
     pub failures: Vec<String>,
     /// What its set-up met and mended ([`crate::ProfileRun::set_up`]).
     pub set_up: Vec<String>,
+    /// What its steps met that a snapshot cannot hold ([`crate::ProfileRun::notes`]).
+    pub notes: Vec<String>,
     /// How long it ran (zero when it did not).
     pub elapsed: std::time::Duration,
 }
@@ -137,6 +139,7 @@ pub fn rows(run: &ScenarioRun, snapshot_failure: Option<&str>) -> Vec<Row> {
                 )
                 .collect(),
             set_up: r.set_up.clone(),
+            notes: r.notes.clone(),
             elapsed: r.elapsed,
         })
         .collect()
@@ -152,6 +155,7 @@ pub fn did_not_run(scenario: &str, why: String) -> Row {
         browsers: Browsers::default(),
         failures: vec![why],
         set_up: Vec::new(),
+        notes: Vec::new(),
         elapsed: std::time::Duration::ZERO,
     }
 }
@@ -181,6 +185,9 @@ pub fn table(rows: &[Row]) -> String {
         for m in &r.set_up {
             out.push_str(&format!("    set-up: {m}\n"));
         }
+        for n in &r.notes {
+            out.push_str(&format!("    note: {n}\n"));
+        }
         for f in &r.failures {
             out.push_str(&format!("    {f}\n"));
         }
@@ -203,8 +210,11 @@ pub fn junit(rows: &[Row]) -> Result<String, HarnessError> {
         let mut case = TestCase::new(format!("{} [{}]", r.scenario, r.profile), status);
         case.set_classname(r.scenario.clone());
         case.set_time(r.elapsed);
-        if !r.set_up.is_empty() {
-            case.set_system_out(format!("set-up: {}", r.set_up.join("\nset-up: ")));
+        let said: Vec<String> = (r.set_up.iter().map(|m| format!("set-up: {m}")))
+            .chain(r.notes.iter().map(|n| format!("note: {n}")))
+            .collect();
+        if !said.is_empty() {
+            case.set_system_out(said.join("\n"));
         }
         suite.add_test_case(case);
     }
@@ -278,6 +288,7 @@ mod tests {
             browsers,
             failures: vec![],
             set_up: vec![],
+            notes: vec![],
             elapsed: std::time::Duration::ZERO,
         };
         let table = table(&[
@@ -304,7 +315,9 @@ mod tests {
     fn what_a_set_up_mended_is_said_under_its_row_and_in_junit() {
         let mended = "pre-download of recording 0 (its signed status webhook) answered 502 \
                       (reset_by_peer), sent once more";
-        let row = |set_up: Vec<String>| Row {
+        let ran_out = "step 1: wait_idle_close: the backend did not close the last request's \
+                       connection within 4000 ms; the next step went on it";
+        let row = |set_up: Vec<String>, notes: Vec<String>| Row {
             scenario: "s".into(),
             profile: "fixed".into(),
             statuses: "200".into(),
@@ -312,15 +325,21 @@ mod tests {
             browsers: Browsers::default(),
             failures: vec![],
             set_up,
+            notes,
             elapsed: std::time::Duration::ZERO,
         };
-        let rows = [row(vec![mended.into()]), row(vec![])];
+        let rows = [
+            row(vec![mended.into()], vec![ran_out.into()]),
+            row(vec![], vec![]),
+        ];
         assert_eq!(
             table(&rows).lines().skip(1).collect::<Vec<_>>(),
             [
                 "s         fixed    200       PASS    ",
                 "    set-up: pre-download of recording 0 (its signed status webhook) answered 502 \
                  (reset_by_peer), sent once more",
+                "    note: step 1: wait_idle_close: the backend did not close the last request's \
+                 connection within 4000 ms; the next step went on it",
                 "s         fixed    200       PASS    ",
             ]
         );
@@ -330,5 +349,6 @@ mod tests {
             xml.contains("<system-out>set-up: pre-download of recording 0"),
             "{xml}"
         );
+        assert!(xml.contains("note: step 1: wait_idle_close"), "{xml}");
     }
 }

@@ -119,3 +119,37 @@ fn websocket_headers_switch_upstream_keepalive_off() {
     }
     check(scenario);
 }
+
+#[test]
+fn a_wait_for_an_idle_close_that_never_comes_is_noted() {
+    if !crate::support::tools_present() {
+        return;
+    }
+    // Keep-alive times × 0.4: legacy's backend closes the webhook's idle connection after 2 s,
+    // within the 4 s wait; fixed's keeps it 30 s, so its wait runs out. (A webhook: legacy's
+    // /api/ keeps no upstream connection idle.)
+    let mut scenario = Scenario::new("wait-idle-close-note", cached(10_000))
+        .timeouts(race())
+        .hop_fault(FaultRule::new(Fault::KeepaliveRace))
+        .step(Step::Webhook {
+            recording: 0,
+            signing: Signing::Valid,
+            pause_ms: 0,
+            expect: Default::default(),
+        })
+        .step(Step::WaitIdleClose { timeout_ms: 4000 });
+    scenario.profiles = vec![harness::Profile::Fixed, harness::Profile::Legacy];
+    let rt = crate::support::rt();
+    let run = rt
+        .block_on(harness::run(&scenario, crate::support::runtime()))
+        .unwrap();
+    let notes = |p: harness::Profile| {
+        let r = run.runs.iter().find(|r| r.profile == p).unwrap();
+        r.notes.clone()
+    };
+    assert_eq!(
+        notes(harness::Profile::Fixed),
+        ["step 1: wait_idle_close: the backend did not close the last request's connection within 4000 ms; the next step went on it"]
+    );
+    assert_eq!(notes(harness::Profile::Legacy), Vec::<String>::new());
+}

@@ -210,6 +210,9 @@ pub enum Executed {
     Outcome(Box<Outcome>),
     /// It changed the stack (armed a fault, restarted the backend).
     Done,
+    /// It ran, and met something worth telling that a snapshot cannot hold (a wait that ran
+    /// out: the next step went anyway).
+    Noted(String),
     /// It did not happen as it must (a log line that never came).
     Failed(String),
 }
@@ -261,10 +264,16 @@ pub async fn execute(
         }
         Step::WaitIdleClose { timeout_ms } => {
             let journal = target.stack(index)?.hop_journal();
-            journal
+            let held = journal
                 .wait_held_close_of_latest(Duration::from_millis(*timeout_ms))
                 .await;
-            Ok(Executed::Done)
+            Ok(if held {
+                Executed::Done
+            } else {
+                Executed::Noted(format!(
+                    "step {index}: wait_idle_close: the backend did not close the last request's connection within {timeout_ms} ms; the next step went on it"
+                ))
+            })
         }
         other => change(target.stack(index)?, other)
             .await
