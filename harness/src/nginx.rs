@@ -135,6 +135,8 @@ pub struct Render {
     pub timeout_scale: f64,
     /// Factor for keep-alive timeouts.
     pub keepalive_scale: f64,
+    /// Factor for proxy_next_upstream_timeout (the retry window).
+    pub next_upstream_scale: f64,
 }
 
 /// The access-log format every rendered config logs in, whatever the config's own: the harness
@@ -333,10 +335,10 @@ fn rewrite(
         }
         "root" => Some(format!("{indent}root {};", r.static_root.display())),
         "include" if l.words.get(1).is_some_and(|p| !Path::new(p).exists()) => None,
-        "proxy_read_timeout"
-        | "proxy_send_timeout"
-        | "proxy_connect_timeout"
-        | "proxy_next_upstream_timeout" => Some(scaled(source_name, l, r.timeout_scale)?),
+        "proxy_read_timeout" | "proxy_send_timeout" | "proxy_connect_timeout" => {
+            Some(scaled(source_name, l, r.timeout_scale)?)
+        }
+        "proxy_next_upstream_timeout" => Some(scaled(source_name, l, r.next_upstream_scale)?),
         "keepalive_timeout" => {
             if w.upstream_depth.is_some() {
                 w.upstream_has_keepalive_timeout = true;
@@ -455,6 +457,7 @@ mod tests {
             static_root: "/sb/www".into(),
             timeout_scale: 0.01,
             keepalive_scale: 0.5,
+            next_upstream_scale: 0.01,
         }
     }
 
@@ -492,6 +495,24 @@ mod tests {
             out.contains("proxy_buffering off;"),
             "everything else is kept"
         );
+    }
+
+    #[test]
+    fn the_retry_window_scales_by_its_own_factor_when_one_is_given() {
+        let hardened = file("nginx.hardened.conf");
+        let out = render("nginx.hardened.conf", &hardened, &params()).unwrap();
+        // Both locations' 10 s, scaled by 0.01 as the read timeout is.
+        assert_eq!(out.matches("proxy_next_upstream_timeout 100ms;").count(), 2);
+        let own = Render {
+            next_upstream_scale: 1.0,
+            ..params()
+        };
+        let out = render("nginx.hardened.conf", &hardened, &own).unwrap();
+        assert_eq!(
+            out.matches("proxy_next_upstream_timeout 10000ms;").count(),
+            2
+        );
+        assert!(out.contains("proxy_read_timeout 3000ms;"), "still scaled");
     }
 
     #[test]

@@ -172,6 +172,12 @@ pub struct Timeouts {
     /// Factor for keep-alive timeouts: nginx's upstream/client keepalive_timeout and the
     /// backend's KEEP_ALIVE_TIMEOUT.
     pub keepalive_scale: f64,
+    /// Factor for nginx's proxy_next_upstream_timeout, when it must differ from `scale`: the
+    /// window in which nginx moves a failed attempt to another instance bounds how long the
+    /// attempt may take to fail, which on a loaded machine is load, not a timeout being shown
+    /// (the soak keeps it unscaled, 1.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_upstream_scale: Option<f64>,
     /// The backend's Twilio budget in seconds, unscaled, when it must differ from the profile's
     /// (to show what happens when it exceeds nginx's read timeout, say).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +219,7 @@ impl Default for Timeouts {
         Timeouts {
             scale: 0.1,
             keepalive_scale: 1.0,
+            next_upstream_scale: None,
             twilio_timeout_secs: None,
             slow_download_secs: None,
         }

@@ -443,6 +443,10 @@ fn render_nginx_conf(
             static_root: sandbox.join("www"),
             timeout_scale: spec.timeouts.scale,
             keepalive_scale: spec.timeouts.keepalive_scale,
+            next_upstream_scale: spec
+                .timeouts
+                .next_upstream_scale
+                .unwrap_or(spec.timeouts.scale),
         },
     )?;
     let conf = sandbox.join("nginx.conf");

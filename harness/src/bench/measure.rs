@@ -147,6 +147,7 @@ async fn nginx_alone() -> Result<f64, HarnessError> {
         sandbox: dir.path().to_path_buf(),
         static_root: www,
         timeout_scale: 1.0,
+        next_upstream_scale: 1.0,
         keepalive_scale: 1.0,
     };
     let conf = dir.path().join("nginx.conf");

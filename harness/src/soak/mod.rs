@@ -276,9 +276,13 @@ impl Shared {
     }
 }
 
-/// Runs a soak (or, with `only_step`, one step on a fresh stack).
+/// Runs a soak (or, with `only_step`, one step on a fresh stack). nginx's retry window
+/// (proxy_next_upstream_timeout) is kept unscaled unless the stack's timeouts set it: scaled,
+/// whether an attempt a deploy's drain failed is still retried would be the machine's load.
 pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
-    let stack = Stack::start(config.stack.clone()).await?;
+    let mut spec = config.stack.clone();
+    spec.timeouts.next_upstream_scale.get_or_insert(1.0);
+    let stack = Stack::start(spec).await?;
     let session = Session::new(Observe::Client);
     let pool: Vec<Recording> = pool(config.seed)
         .into_iter()
