@@ -459,43 +459,52 @@ impl Drop for ContainerStack {
         });
         let removed = done.join().unwrap_or(false);
         // Everything is removed: the watchdog goes without doing anything. (Until here it
-        // stays, for a SIGKILL during the removal; and if the network is still there, it stays
-        // to try again when this process ends.)
-        if removed {
-            if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
+        // stays, for a SIGKILL during the removal.) If the network is still there, the watchdog
+        // is kept, its stdin open, to try again when this process ends.
+        if let Some(mut watchdog) = self.watchdog.lock().unwrap().take() {
+            if removed {
                 let _ = watchdog.kill();
                 let _ = watchdog.wait();
+            } else {
+                KEPT_WATCHDOGS.lock().unwrap().push(watchdog);
             }
         }
     }
 }
 
+/// Watchdogs of stacks whose network the engine would not remove: held (and their stdin with
+/// them) until this process ends, when each tries once more.
+static KEPT_WATCHDOGS: Mutex<Vec<std::process::Child>> = Mutex::new(Vec::new());
+
 /// How long a stack's network removal is tried again while the engine still counts an endpoint
-/// of a container just removed.
-const NETWORK_REMOVAL_DEADLINE: Duration = Duration::from_secs(5);
+/// of a container just removed, how long one try may take, and the pause between tries.
+const NETWORK_REMOVAL: (Duration, Duration, Duration) = (
+    Duration::from_secs(5),
+    Duration::from_secs(2),
+    Duration::from_millis(250),
+);
 
 /// Removes `network`, trying again for a while; says so (and how to remove it by hand) if the
 /// engine keeps refusing. True when it is gone.
 async fn remove_network(docker: &Docker, network: &str) -> bool {
-    let last = Mutex::new(String::new());
-    let gone = crate::ready::poll(NETWORK_REMOVAL_DEADLINE, || async {
-        match docker.remove_network(network).await {
-            Ok(()) => Some(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
+    let (deadline, each, pause) = NETWORK_REMOVAL;
+    let until = tokio::time::Instant::now() + deadline;
+    let last = loop {
+        let why = match tokio::time::timeout(each, docker.remove_network(network)).await {
+            Ok(Ok(()))
+            | Ok(Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Some(()),
-            Err(e) => {
-                *last.lock().unwrap() = e.to_string();
-                None
-            }
+            })) => return true,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", each.as_secs()),
+        };
+        if tokio::time::Instant::now() + pause > until {
+            break why;
         }
-    })
-    .await;
-    if gone.is_none() {
-        eprintln!(
-            "harness: could not remove the Docker network {network}: {}. Remove it with `docker network rm {network}` (an engine that says it has active endpoints, with no container on it, may need a restart first)",
-            last.lock().unwrap()
-        );
-    }
-    gone.is_some()
+        tokio::time::sleep(pause).await;
+    };
+    eprintln!(
+        "harness: could not remove the Docker network {network}: {last}. Remove it with `docker network rm {network}` (an engine that says it has active endpoints, with no container on it, may need a restart first)"
+    );
+    false
 }
