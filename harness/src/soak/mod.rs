@@ -95,6 +95,13 @@ impl SoakConfig {
         }
     }
 
+    /// The stack the soak starts: its own, with nginx's retry window unscaled unless set.
+    fn stack_spec(&self) -> StackSpec {
+        let mut spec = self.stack.clone();
+        spec.timeouts.next_upstream_scale.get_or_insert(1.0);
+        spec
+    }
+
     /// The plan of step `k` under this soak's settings.
     pub fn plan(&self, k: u64) -> SoakPlan {
         plan::plan(
@@ -280,9 +287,7 @@ impl Shared {
 /// (proxy_next_upstream_timeout) is kept unscaled unless the stack's timeouts set it: scaled,
 /// whether an attempt a deploy's drain failed is still retried would be the machine's load.
 pub async fn soak(config: SoakConfig) -> Result<SoakReport, HarnessError> {
-    let mut spec = config.stack.clone();
-    spec.timeouts.next_upstream_scale.get_or_insert(1.0);
-    let stack = Stack::start(spec).await?;
+    let stack = Stack::start(config.stack_spec()).await?;
     let session = Session::new(Observe::Client);
     let pool: Vec<Recording> = pool(config.seed)
         .into_iter()
@@ -455,4 +460,19 @@ async fn settle(stack: &Stack, life_log: u64) -> Duration {
     })
     .await;
     start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soak_keeps_nginx_s_retry_window_unscaled_unless_its_stack_sets_one() {
+        let mut config = SoakConfig::new(Duration::from_secs(1), 1);
+        let spec = config.stack_spec();
+        assert_eq!(spec.timeouts.next_upstream_scale, Some(1.0));
+        assert_eq!(spec.timeouts.scale, 0.1, "the other timeouts stay scaled");
+        config.stack.timeouts.next_upstream_scale = Some(0.5);
+        assert_eq!(config.stack_spec().timeouts.next_upstream_scale, Some(0.5));
+    }
 }
