@@ -107,6 +107,9 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
         "upstream_status": second.access.as_ref().map(|a| a.upstream_status.clone()),
         "error_log": error_line(second),
         "idle_wait_max_secs": wait,
+        // Whether the backend's idle close came within that wait (else the second request
+        // went on a connection the backend still held open).
+        "idle_close_held": run.notes.is_empty(),
         "backend_idle_close_secs": ctx.backend.idle_close_secs,
         "nginx_keepalive_timeout_secs": kat,
         "upstream_connections_opened": second.upstream_connections_opened,
