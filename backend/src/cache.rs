@@ -248,15 +248,16 @@ fn lock_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.lock"))
 }
 
-/// Removes a temp file `.{sid}.{ext}.part` that a crashed run left, holding its recording's lock
-/// while it does: one that an instance sharing the cache is writing (it holds the lock) stays.
-fn remove_if_unheld(dir: &Path, part: &str) {
-    let mut pieces = part.trim_start_matches('.').splitn(3, '.');
-    let (Some(sid), Some(ext)) = (pieces.next(), pieces.next()) else {
-        return;
-    };
-    if let Ok(Some(_held)) = LockFile::try_acquire(&lock_file(dir, &format!("{sid}.{ext}"))) {
-        let _ = std::fs::remove_file(dir.join(part));
+/// The temp file the download of `name` writes, in the cache folder `dir`.
+fn part_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.part"))
+}
+
+/// Removes the temp file of `name` that a crashed run left, holding its recording's lock while
+/// it does: one that an instance sharing the cache is writing (it holds the lock) stays.
+fn remove_if_unheld(dir: &Path, name: &str) {
+    if let Ok(Some(_held)) = LockFile::try_acquire(&lock_file(dir, name)) {
+        let _ = std::fs::remove_file(part_file(dir, name));
     }
 }
 
@@ -268,8 +269,8 @@ impl Cache {
         for entry in std::fs::read_dir(dir)?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(".part") {
-                remove_if_unheld(dir, &name);
+            if let Some(recording) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".part")) {
+                remove_if_unheld(dir, recording);
             }
             // A lock file a killed process left: taken and so removed, unless it is held.
             if name.starts_with('.') && name.ends_with(".lock") {
@@ -519,8 +520,8 @@ impl Cache {
     /// earlier run of this one) and is removed. Readers of an earlier download of this process
     /// keep their open file: removing the name leaves its bytes to them.
     fn temp_path(&self, recording_sid: &str, format: Format) -> PathBuf {
-        let name = format!(".{}.part", file_name(recording_sid, format));
-        let path = self.dir.join(&name);
+        let path = part_file(&self.dir, &file_name(recording_sid, format));
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
         // One unlink, on this task rather than the blocking pool: were this task dropped (a
         // stopping runtime) during a pooled unlink, the lock would go before the unlink ended.
         match std::fs::remove_file(&path) {
