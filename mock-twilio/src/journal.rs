@@ -68,9 +68,12 @@ impl Span {
 struct Inner {
     entries: Vec<JournalEntry>,
     spans: Vec<Span>,
-    /// Idle closes of the upstream held from the client for a keep-alive race, so far: when
-    /// the connection's last request arrived (`None`: it carried none). Kept by `clear`.
-    held: Vec<Option<Instant>>,
+    /// Idle closes of the upstream held from the client for a keep-alive race, so far. Kept by
+    /// `clear`.
+    held: usize,
+    /// Of those closes, the latest arrival of a request on the connection closed (a connection
+    /// that carried none adds nothing).
+    held_since: Option<Instant>,
 }
 
 /// An append-only list of [`JournalEntry`], with when each request was open, and the upstream's
@@ -179,13 +182,16 @@ impl Journal {
     /// `last_request`: when the connection's last request arrived, taken after its entry was
     /// pushed.
     pub fn note_held_close(&self, last_request: Option<Instant>) {
-        self.inner.lock().unwrap().held.push(last_request);
+        let mut inner = self.inner.lock().unwrap();
+        inner.held += 1;
+        inner.held_since = inner.held_since.max(last_request);
+        drop(inner);
         self.held_notify.notify_waiters();
     }
 
     /// How many idle closes have been held so far (never reset, not even by [`Journal::clear`]).
     pub fn held_closes(&self) -> usize {
-        self.inner.lock().unwrap().held.len()
+        self.inner.lock().unwrap().held
     }
 
     /// Waits, at most `deadline`, until the upstream's idle close of the connection that carried
@@ -199,7 +205,7 @@ impl Journal {
         let until = tokio::time::Instant::now() + deadline;
         let held = || {
             let inner = self.inner.lock().unwrap();
-            inner.held.iter().flatten().any(|t| *t >= since)
+            inner.held_since.is_some_and(|t| t >= since)
         };
         loop {
             // Registered before the check: a close held in between still wakes it.
