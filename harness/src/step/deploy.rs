@@ -28,11 +28,17 @@ struct Sent {
     phases: (u64, u64),
     /// `200`, `502`, `none`.
     status: String,
-    /// How it failed, if it did: its status, `none`, `cut` or `differs`.
-    failed: Option<String>,
-    /// A failed request in words, for the reader of a failed run: which request, when, and
-    /// what came back.
-    described: Option<String>,
+    /// How it failed, if it did: its status, `none`, `cut` or `differs`; and the request in
+    /// words, for the reader of a failed run: which request, when, and what came back.
+    failed: Option<(String, String)>,
+}
+
+/// The causes of the gateway errors among nginx's error-log `lines`, one per error.
+fn causes(lines: &[String]) -> impl Iterator<Item = String> + '_ {
+    lines
+        .iter()
+        .filter_map(|l| classify(l))
+        .map(|e| e.cause.name().to_string())
 }
 
 /// What the clients and the deploy share.
@@ -94,10 +100,10 @@ pub async fn deploy(
     let error_log = stack.error_log();
     let from = error_log.len();
     let clients = (0..d.clients.max(1) as usize).map(|c| client(stack, session, c, &load));
-    let causes = Mutex::new(std::collections::BTreeSet::new());
+    let while_out = Mutex::new(std::collections::BTreeSet::new());
     let deploying = async {
         let result = stack
-            .deploy(|n| out_of_service(stack, &load, d.during, n, &causes))
+            .deploy(|n| out_of_service(stack, &load, d.during, n, &while_out))
             .await;
         load.done.store(true, Ordering::SeqCst);
         result
@@ -119,17 +125,11 @@ pub async fn deploy(
     let mut d = summarize(
         stack.instances(),
         &load.sent.lock().unwrap(),
-        causes.into_inner().unwrap(),
+        while_out.into_inner().unwrap(),
     );
-    d.nginx_causes = error_log
-        .lines_since(from)
-        .0
-        .iter()
-        .filter_map(|l| classify(l))
-        .fold(Default::default(), |mut counts, e| {
-            *counts.entry(e.cause.name().to_string()).or_default() += 1;
-            counts
-        });
+    for cause in causes(&error_log.lines_since(from).0) {
+        *d.nginx_causes.entry(cause).or_default() += 1;
+    }
     outcome.deploy = Some(d);
     Ok(outcome)
 }
@@ -141,7 +141,7 @@ async fn out_of_service(
     load: &Load,
     during: u32,
     n: usize,
-    causes: &Mutex<std::collections::BTreeSet<String>>,
+    seen: &Mutex<std::collections::BTreeSet<String>>,
 ) {
     let error_log = stack.error_log();
     let from = error_log.len();
@@ -161,13 +161,7 @@ async fn out_of_service(
         ));
     }
     let (lines, _) = error_log.lines_since(from);
-    let mut causes = causes.lock().unwrap();
-    causes.extend(
-        lines
-            .iter()
-            .filter_map(|l| classify(l))
-            .map(|e| e.cause.name().to_string()),
-    );
+    seen.lock().unwrap().extend(causes(&lines));
 }
 
 /// One client: a whole download of a recording, then a signed webhook of it, then the next
@@ -195,20 +189,19 @@ async fn client(stack: &Stack, session: &Session, c: usize, load: &Load) {
             (format!("GET {path}"), o)
         };
         let end = load.phase.load(Ordering::SeqCst);
-        let failed = failure(&o, webhook);
-        let described = failed.as_ref().map(|_| {
+        let failed = failure(&o, webhook).map(|kind| {
             let (from, to) = (sent_at.as_secs_f64(), load.began.elapsed().as_secs_f64());
-            format!(
+            let described = format!(
                 "{what} ({from:.2}-{to:.2} s, phases {start}-{end}): {}",
                 answer(&o)
-            )
+            );
+            (kind, described)
         });
         load.sent.lock().unwrap().push(Sent {
             webhook,
             phases: (start, end),
             status: o.status_text(),
             failed,
-            described,
         });
         k += 1;
     }
@@ -266,15 +259,14 @@ fn summarize(
         ..Default::default()
     };
     for s in sent {
-        if let Some(f) = &s.failed {
+        if let Some((kind, described)) = &s.failed {
             d.failed += 1;
-            *d.failed_by_status.entry(f.clone()).or_default() += 1;
-        }
-        // The first few of each kind: an unexpected `cut` stays visible among the 502s that
-        // fixed and legacy always get.
-        if let Some(f) = &s.failed {
-            if d.failed_by_status[f] <= FAILED_REQUESTS_KEPT {
-                d.failed_requests.extend(s.described.clone());
+            let of_kind = d.failed_by_status.entry(kind.clone()).or_default();
+            *of_kind += 1;
+            // The first few of each kind: an unexpected `cut` stays visible among the 502s that
+            // fixed and legacy always get.
+            if *of_kind <= FAILED_REQUESTS_KEPT {
+                d.failed_requests.push(described.clone());
             }
         }
         if s.phases.0 == s.phases.1 && s.phases.0 % 2 == 1 {
@@ -333,8 +325,7 @@ mod tests {
             webhook: false,
             phases: (1, 1),
             status: "200".into(),
-            failed: Some(how.into()),
-            described: Some(format!("request {k}: {how}")),
+            failed: Some((how.into(), format!("request {k}: {how}"))),
         };
         let mut sent: Vec<Sent> = (0..12).map(|k| failed(k, "502")).collect();
         sent.push(failed(12, "cut"));
