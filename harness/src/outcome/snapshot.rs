@@ -8,6 +8,7 @@ use crate::events::BackendEvent;
 use crate::gateway::GatewayError;
 use regex::Regex;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -238,6 +239,30 @@ fn is_resumed_read(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -
         && all.iter().any(|o| resumes(o))
 }
 
+/// The read an open-ended range (`bytes=N-`) resumes, if it is a seek read asked again: answered
+/// 206 by upstreams that did not fail, after a closed range of the play from the same byte
+/// (`bytes=N-M`, Chromium's seek once it knows the length) answered 206 and cut. Chromium, under
+/// load, at times lets its seek's read go and asks for the rest of the file from the same
+/// point; whether it does is timing. The snapshot then shows the seek's line with how the read
+/// asked again ended, so a stack that cuts both still shows a cut.
+fn resumed_seek<'a>(r: &BrowserRequest, all: &[&'a BrowserRequest]) -> Option<&'a BrowserRequest> {
+    let (Some(start), None) = (range_start(r), range_end(r)) else {
+        return None;
+    };
+    let resumed = |o: &&BrowserRequest| {
+        o.at_ms <= r.at_ms
+            && !std::ptr::eq(*o, r)
+            && o.status == 206
+            && o.body == Delivered::Partial
+            && range_start(o) == Some(start)
+            && range_end(o).is_some()
+    };
+    let qualifies = start > 0 && r.status == 206 && upstream_succeeded(r);
+    qualifies
+        .then(|| all.iter().copied().find(resumed))
+        .flatten()
+}
+
 /// Whether every upstream attempt nginx logged for a request answered 2xx or 3xx (or nginx sent
 /// it itself: `-`): a retried error (`502, 206`) is no re-fetch to leave out.
 fn upstream_succeeded(r: &BrowserRequest) -> bool {
@@ -288,7 +313,7 @@ fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> RequestLine {
 }
 
 /// The requests of a play whose presence is not timing, and the play's furthest Range start.
-fn timeless_requests(requests: &[BrowserRequest]) -> (Vec<&BrowserRequest>, u64) {
+fn timeless_requests(requests: &[BrowserRequest]) -> (Vec<Cow<'_, BrowserRequest>>, u64) {
     // A request the browser closed before any answer (nginx's 499) is its own cancel, timed
     // by the browser: left out (the Outcome keeps every request).
     let answered: Vec<&BrowserRequest> = requests.iter().filter(|r| r.status != 499).collect();
@@ -307,12 +332,38 @@ fn timeless_requests(requests: &[BrowserRequest]) -> (Vec<&BrowserRequest>, u64)
     // A re-fetch of bytes nginx had already sent, or a Range read resumed where the browser
     // cut its first one: whether the browser needs one is timing too: left out (an error
     // answer stays).
-    let answered = answered
+    let answered: Vec<&BrowserRequest> = answered
         .iter()
         .copied()
         .filter(|r| !is_refetch(r, &answered, furthest) && !is_resumed_read(r, &answered, furthest))
         .collect();
-    (answered, furthest)
+    (fold_resumed_seeks(&answered), furthest)
+}
+
+/// The requests with each seek read asked again ([`resumed_seek`]) folded into the read it
+/// resumes: the seek's line, ended as the read asked again ended.
+fn fold_resumed_seeks<'a>(answered: &[&'a BrowserRequest]) -> Vec<Cow<'a, BrowserRequest>> {
+    let resumes: Vec<(&BrowserRequest, &BrowserRequest)> = answered
+        .iter()
+        .filter_map(|r| resumed_seek(r, answered).map(|seek| (*r, seek)))
+        .collect();
+    answered
+        .iter()
+        .filter(|r| !resumes.iter().any(|(again, _)| std::ptr::eq(*again, **r)))
+        .map(|r| {
+            match resumes
+                .iter()
+                .rev()
+                .find(|(_, seek)| std::ptr::eq(*seek, *r))
+            {
+                Some((again, _)) => Cow::Owned(BrowserRequest {
+                    body: again.body,
+                    ..(*r).clone()
+                }),
+                None => Cow::Borrowed(*r),
+            }
+        })
+        .collect()
 }
 
 /// The snapshot's lines for a play's distinct requests, in a fixed order; only the last says
@@ -730,6 +781,72 @@ mod tests {
         early.requests[2].at_ms = 0;
         early.requests[0].at_ms = 10;
         assert!(!resumes(&early));
+    }
+
+    #[test]
+    fn a_cut_seek_read_asked_again_from_its_start_shows_as_the_seek() {
+        // Chromium under load, as one CI run met it in play-cached's 32 MB mp3 (hardened, nginx
+        // sending the saved file): its seek's read cut, then the rest asked from the same byte.
+        let mut first = request(0, Some("bytes=0-"), 206, "200");
+        first.bytes_sent = 5_000_000;
+        let mut seek = request(40, Some("bytes=31981568-31999999"), 206, "200");
+        seek.bytes_sent = 1000;
+        let play = |seek: &BrowserRequest, again: BrowserRequest| {
+            chromium(1999968, vec![first.clone(), seek.clone(), again])
+        };
+        let again = |range: &str, status: u16, upstream: &str, body: Delivered| {
+            let mut r = request(900, Some(range), status, upstream);
+            r.body = body;
+            r
+        };
+        let complete = again("bytes=31981568-", 206, "200", Delivered::Complete);
+        // What the play shows when the seek's read is not cut (the snapshot's lines).
+        let mut whole_seek = seek.clone();
+        whole_seek.body = Delivered::Complete;
+        let uncut = chromium(1999968, vec![first.clone(), whole_seek.clone()]);
+        let seek_lines = [
+            "bytes=0- → 206 (upstream 200)",
+            "bytes=31981568-31999999 → 206 (upstream 200) complete",
+        ];
+        assert_eq!(SnapshotBrowser::of(&uncut).requests, seek_lines);
+        // Asked again and read to its end: the seek's lines.
+        let resumed = play(&seek, complete.clone());
+        assert_eq!(SnapshotBrowser::of(&resumed).requests, seek_lines);
+        // Cut again (a stack that cuts bodies): the seek's line says so.
+        let cut_twice = play(
+            &seek,
+            again("bytes=31981568-", 206, "200", Delivered::Partial),
+        );
+        assert_eq!(
+            SnapshotBrowser::of(&cut_twice).requests,
+            [
+                "bytes=0- → 206 (upstream 200)",
+                "bytes=31981568-31999999 → 206 (upstream 200) partial",
+            ]
+        );
+        // A retried upstream error, a 200, another start, or a seek not cut: it stays.
+        let stays = [
+            play(
+                &seek,
+                again("bytes=31981568-", 206, "502, 200", Delivered::Complete),
+            ),
+            play(
+                &seek,
+                again("bytes=31981568-", 200, "200", Delivered::Complete),
+            ),
+            play(
+                &seek,
+                again("bytes=31981000-", 206, "200", Delivered::Complete),
+            ),
+            play(&whole_seek, complete.clone()),
+        ];
+        for o in &stays {
+            assert_eq!(SnapshotBrowser::of(o).requests.len(), 3, "{:?}", o.requests);
+        }
+        // Nor is one that began before the seek.
+        let mut early = play(&seek, complete);
+        early.requests[2].at_ms = 10;
+        assert_eq!(SnapshotBrowser::of(&early).requests.len(), 3);
     }
 
     #[test]
