@@ -141,3 +141,38 @@ fn the_version_table_is_the_snapshots() {
         "docs/findings.md should contain, from the snapshots:\n{table}"
     );
 }
+
+/// The lines of the first fenced block of `lang` after `heading` in `text`.
+fn fenced_block<'a>(text: &'a str, heading: &str, lang: &str) -> Vec<&'a str> {
+    let after = &text[text.find(heading).expect("heading")..];
+    let start = after.find(&format!("```{lang}\n")).expect("block") + lang.len() + 4;
+    let block = &after[start..];
+    block[..block.find("```").expect("block end")]
+        .lines()
+        .collect()
+}
+
+/// Whether every non-blank line of `excerpt` is, trimmed, a line of `whole`, in the same order.
+fn is_excerpt_of(excerpt: &[&str], whole: &str) -> Result<(), String> {
+    let mut lines = whole.lines().map(str::trim);
+    for want in excerpt.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        if !lines.any(|l| l == want) {
+            return Err(format!("{want:?} is not there, or not in this order"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_readmes_example_is_the_scenario_file_and_its_snapshot() {
+    let readme = read("README.md");
+    let file = read("scenarios/hop/keepalive-race.toml");
+    let toml = fenced_block(&readme, "## One scenario", "toml");
+    is_excerpt_of(&toml, &file).unwrap_or_else(|e| panic!("README's scenario: {e}"));
+    let snapshot = read("snapshots/file-hop-keepalive-race.snap");
+    let yaml = fenced_block(&readme, "## One scenario", "yaml");
+    is_excerpt_of(&yaml, &snapshot).unwrap_or_else(|e| panic!("README's snapshot: {e}"));
+    // The check can fail: a line the file does not have, and the file's lines out of order.
+    assert!(is_excerpt_of(&["pause_ms = 3000"], &file).is_err());
+    assert!(is_excerpt_of(&["[[hop_faults]]", "[timeouts]"], &file).is_err());
+}
