@@ -83,6 +83,11 @@ fn verdict(d: &Diagnosis, id: &str) -> Verdict {
         .verdict
 }
 
+fn evidence<'a>(d: &'a Diagnosis, id: &str) -> &'a serde_json::Value {
+    let m = d.mechanisms.iter().find(|m| m.id == id);
+    &m.unwrap_or_else(|| panic!("{id}")).evidence
+}
+
 /// The uvicorn example with `--timeout-keep-alive secs`, as a stack file in `dir`.
 fn uvicorn_with(dir: &Path, secs: u32) -> PathBuf {
     let example = checkout().join("examples/uvicorn-backend");
@@ -271,13 +276,17 @@ fn behind_the_legacy_config_the_websocket_location_costs_and_the_webhook_races()
         "{}",
         d.render()
     );
-    // The download location closes every upstream connection: nothing idle for a GET to race on.
+    // The download location closes every upstream connection: nothing idle for a GET to race on,
+    // and so no idle close to wait for (null), where the webhook's came and was held.
     assert_eq!(
         verdict(&d, "keepalive_race_get"),
         Verdict::Safe,
         "{}",
         d.render()
     );
+    let held = |id: &str| evidence(&d, id)["idle_close_held"].clone();
+    assert_eq!(held("keepalive_race_get"), serde_json::Value::Null);
+    assert_eq!(held("keepalive_race_post"), serde_json::json!(true));
     assert_eq!(
         verdict(&d, "websocket_headers_on_api"),
         Verdict::Exposed,

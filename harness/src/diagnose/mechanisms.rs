@@ -108,8 +108,9 @@ pub async fn keepalive_race(ctx: &Context, method: Method) -> Result<Mechanism, 
         "error_log": error_line(second),
         "idle_wait_max_secs": wait,
         // Whether the backend's idle close came within that wait (else the second request
-        // went on a connection the backend still held open).
-        "idle_close_held": run.notes.is_empty(),
+        // went on a connection the backend still held open); null where nginx pools nothing
+        // for the location, so that no connection was left idle to close.
+        "idle_close_held": pooled.then_some(run.notes.is_empty()),
         "backend_idle_close_secs": ctx.backend.idle_close_secs,
         "nginx_keepalive_timeout_secs": kat,
         "upstream_connections_opened": second.upstream_connections_opened,
