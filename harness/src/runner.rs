@@ -41,13 +41,25 @@ pub struct ProfileRun {
 }
 
 impl ProfileRun {
-    /// Each request a `deploy` step's load failed, as `step: request (when): what came back`.
-    pub fn deploy_failures(&self) -> Vec<String> {
-        self.outcomes
+    /// Each request the load of a `deploy` step among `steps` (indexes) failed, as `step:
+    /// request (when): what came back`; a step whose failed `failed` expectation lists them
+    /// already is left out.
+    pub fn deploy_failures(&self, steps: &[usize]) -> Vec<String> {
+        let listed = |step: &str, first: &str| {
+            self.failures
+                .iter()
+                .any(|f| f.starts_with(&format!("{step}: ")) && f.contains(first))
+        };
+        steps
             .iter()
+            .filter_map(|i| self.outcomes.get(*i))
             .flat_map(|o| {
                 let failed = o.deploy.iter().flat_map(|d| &d.failed_requests);
-                failed.map(move |f| format!("{}: {f}", o.step))
+                let shown = o.deploy.as_ref().and_then(|d| d.failed_requests.first());
+                let shown = shown.is_some_and(|first| !listed(&o.step, first));
+                failed
+                    .filter(move |_| shown)
+                    .map(move |f| format!("{}: {f}", o.step))
             })
             .collect()
     }
@@ -122,14 +134,17 @@ impl ScenarioRun {
         }
     }
 
-    /// Each request a `deploy` step's load failed, prefixed by its profile and step: what to
-    /// read beside a snapshot that says only that some failed.
-    pub fn deploy_failures(&self) -> Vec<String> {
+    /// Each request the load of a `deploy` step failed, where that step's snapshot differs
+    /// (`differing`: each profile's steps, as [`crate::snapshot::differing_steps`] gives them),
+    /// prefixed by its profile and step: what to read beside a snapshot that says only that
+    /// some failed.
+    pub fn deploy_failures(&self, differing: &BTreeMap<String, Vec<usize>>) -> Vec<String> {
         self.runs
             .iter()
             .flat_map(|r| {
                 let profile = r.profile.name();
-                r.deploy_failures()
+                let steps = differing.get(profile).map_or(&[][..], Vec::as_slice);
+                r.deploy_failures(steps)
                     .into_iter()
                     .map(move |f| format!("[{profile}] {f}"))
             })

@@ -5,6 +5,7 @@
 //! starts; the library never changes the environment.
 
 use crate::runner::ScenarioRun;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Compares `run` with `dir/{name}.snap`; returns insta's message on a mismatch.
@@ -98,5 +99,177 @@ pub fn check_line(dir: &Path, run: &ScenarioRun) -> Result<VersionVerdict, Strin
             };
             check(dir, &renamed).map(|()| VersionVerdict::OwnSnapshot(own))
         }
+    }
+}
+
+/// How a run differs from its snapshot: what to tell the user, and each profile's steps whose
+/// snapshot form differs ([`differing_steps`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The message (insta's, or what to do when there is no snapshot yet).
+    pub message: String,
+    /// Each profile's differing steps, by index.
+    pub steps: BTreeMap<String, Vec<usize>>,
+}
+
+/// The snapshot a run is compared with: on another nginx line, its line's own where the outcome
+/// differs from the default line's snapshot or the line's own exists; else the run's own name.
+pub fn compared_name(dir: &Path, run: &ScenarioRun) -> String {
+    let own = run.line_snapshot_name().filter(|own| {
+        equals(dir, &run.snapshot_name(), run) != Some(true)
+            || dir.join(format!("{own}.snap")).exists()
+    });
+    own.unwrap_or_else(|| run.snapshot_name())
+}
+
+/// Each profile's steps (their indexes) whose snapshot form differs from what `dir/{name}.snap`
+/// holds; every step of a profile the file lacks, or of every profile without the file.
+pub fn differing_steps(dir: &Path, name: &str, run: &ScenarioRun) -> BTreeMap<String, Vec<usize>> {
+    let stored = stored(&dir.join(format!("{name}.snap"))).unwrap_or_default();
+    let (was, now) = (steps_by_profile(&stored), steps_by_profile(&yaml(run)));
+    now.into_iter()
+        .map(|(profile, steps)| {
+            let before = was.get(&profile);
+            let differ = steps
+                .iter()
+                .enumerate()
+                .filter(|(i, step)| before.and_then(|b| b.get(*i)) != Some(*step));
+            (profile, differ.map(|(i, _)| i).collect())
+        })
+        .collect()
+}
+
+/// A snapshot's YAML (as insta writes it: `profiles:`, a profile per key two spaces in, a step
+/// per list item four spaces in) as each profile's steps, each step's lines as one text.
+fn steps_by_profile(yaml: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let lines = yaml.lines().skip_while(|l| *l != "profiles:").skip(1);
+    let mut profile = String::new();
+    for line in lines.take_while(|l| l.starts_with("  ")) {
+        if let Some(key) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
+            profile = key
+                .split_once(':')
+                .map_or(key, |(name, _)| name)
+                .to_string();
+            out.entry(profile.clone()).or_default();
+            continue;
+        }
+        let Some(steps) = out.get_mut(&profile) else {
+            continue;
+        };
+        if line.starts_with("    - ") {
+            steps.push(String::new());
+        }
+        if let Some(step) = steps.last_mut() {
+            step.push_str(line);
+            step.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::{DeployOutcome, Outcome};
+    use crate::runner::ProfileRun;
+    use crate::Profile;
+
+    /// A request step, then a deploy step whose load failed `failed` requests (each a 502).
+    fn profile_run(profile: Profile, failed: u64) -> ProfileRun {
+        let mut deploy = Outcome::blank("deploy".into(), "DEPLOY".into());
+        deploy.deploy = Some(DeployOutcome {
+            instances: 2,
+            requests: 10,
+            failed,
+            failed_requests: (0..failed).map(|i| format!("request {i}: 502")).collect(),
+            ..DeployOutcome::default()
+        });
+        ProfileRun {
+            profile,
+            nginx_version: "nginx/1.22.1".into(),
+            outcomes: vec![Outcome::blank("play".into(), "GET /".into()), deploy],
+            failures: Vec::new(),
+            set_up: Vec::new(),
+            notes: Vec::new(),
+            elapsed: std::time::Duration::ZERO,
+        }
+    }
+
+    fn scenario_run(fixed_failed: u64, hardened_failed: u64) -> ScenarioRun {
+        ScenarioRun {
+            name: "deploy-differs".into(),
+            backend: "reference".into(),
+            description: "d".into(),
+            nginx_version: "nginx/1.22.1".into(),
+            runs: vec![
+                profile_run(Profile::Fixed, fixed_failed),
+                profile_run(Profile::Hardened, hardened_failed),
+            ],
+        }
+    }
+
+    fn steps(pairs: &[(&str, &[usize])]) -> BTreeMap<String, Vec<usize>> {
+        pairs
+            .iter()
+            .map(|(p, s)| (p.to_string(), s.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_failed_requests_of_a_deploy_step_that_differs_are_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "deploy-differs";
+        // No snapshot: every step of every profile differs.
+        let before = scenario_run(1, 0);
+        let all = differing_steps(dir.path(), name, &before);
+        assert_eq!(all, steps(&[("fixed", &[0, 1]), ("hardened", &[0, 1])]));
+        // The snapshot: fixed's deploy failed some, hardened's none.
+        let pending = write_pending(dir.path(), name, &before).unwrap();
+        std::fs::rename(pending, dir.path().join(format!("{name}.snap"))).unwrap();
+        assert_eq!(
+            differing_steps(dir.path(), name, &before),
+            steps(&[("fixed", &[]), ("hardened", &[])])
+        );
+        // Now hardened's failed too: only its deploy step differs, and only its requests show
+        // (fixed's expected failure is no news).
+        let after = scenario_run(1, 2);
+        let differing = differing_steps(dir.path(), name, &after);
+        assert_eq!(differing, steps(&[("fixed", &[]), ("hardened", &[1])]));
+        assert_eq!(
+            after.deploy_failures(&differing),
+            [
+                "[hardened] deploy: request 0: 502",
+                "[hardened] deploy: request 1: 502"
+            ]
+        );
+        // Where a failed `failed` expectation lists them already, they are not listed again.
+        let mut expected = after.clone();
+        let expect = crate::expect::Expect {
+            failed: Some(0),
+            ..Default::default()
+        };
+        let hardened = &mut expected.runs[1];
+        hardened.failures = expect.failures(&hardened.outcomes[1]);
+        assert_eq!(hardened.failures.len(), 1, "{:?}", hardened.failures);
+        assert!(expected.deploy_failures(&differing).is_empty());
+        // The table's rows: each says the snapshot differs, and where its own steps do not.
+        let mismatch = Mismatch {
+            message: "snapshot differs".into(),
+            steps: differing,
+        };
+        let rows = crate::summary::rows(&after, Some(&mismatch));
+        assert_eq!(
+            rows[0].failures,
+            ["snapshot differs; this profile's steps match it"]
+        );
+        assert_eq!(
+            rows[1].failures,
+            [
+                "snapshot differs",
+                "deploy: request 0: 502",
+                "deploy: request 1: 502"
+            ]
+        );
     }
 }

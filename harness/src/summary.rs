@@ -116,8 +116,9 @@ pub fn browsers(outcomes: &[Outcome]) -> Browsers {
     b
 }
 
-/// A run's rows, one per profile; `snapshot_failure` counts against each.
-pub fn rows(run: &ScenarioRun, snapshot_failure: Option<&str>) -> Vec<Row> {
+/// A run's rows, one per profile; a snapshot that differs counts against each, and beside it
+/// each row lists the failed requests of its deploy steps that differ.
+pub fn rows(run: &ScenarioRun, mismatch: Option<&crate::snapshot::Mismatch>) -> Vec<Row> {
     run.runs
         .iter()
         .map(|r| Row {
@@ -130,11 +131,20 @@ pub fn rows(run: &ScenarioRun, snapshot_failure: Option<&str>) -> Vec<Row> {
                 .failures
                 .iter()
                 .cloned()
-                .chain(snapshot_failure.map(str::to_string))
+                .chain(mismatch.map(|m| {
+                    let here = m.steps.get(r.profile.name()).is_some_and(|s| !s.is_empty());
+                    let elsewhere = if here {
+                        ""
+                    } else {
+                        "; this profile's steps match it"
+                    };
+                    format!("{}{elsewhere}", m.message)
+                }))
                 // Beside a snapshot that says only that some failed: which, and how.
                 .chain(
-                    snapshot_failure
-                        .map(|_| r.deploy_failures())
+                    mismatch
+                        .and_then(|m| m.steps.get(r.profile.name()))
+                        .map(|steps| r.deploy_failures(steps))
                         .unwrap_or_default(),
                 )
                 .collect(),

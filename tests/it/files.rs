@@ -127,7 +127,9 @@ pub fn run_files(
                 }
                 if let Err(report) = harness::snapshot::check_line(&snapshots, &run) {
                     failures.push(format!("{}: {report}", path.display()));
-                    for f in run.deploy_failures() {
+                    let name = harness::snapshot::compared_name(&snapshots, &run);
+                    let differing = harness::snapshot::differing_steps(&snapshots, &name, &run);
+                    for f in run.deploy_failures(&differing) {
                         failures.push(format!("{}: {f}", path.display()));
                     }
                 }

@@ -6,6 +6,7 @@ use crate::Placement;
 use anyhow::{bail, Context};
 use harness::runner::ScenarioRun;
 use harness::scenario::{self, Scenario};
+use harness::snapshot::Mismatch;
 use harness::{BackendSpec, HarnessError, Profile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -146,14 +147,10 @@ async fn run_all(
     }
 }
 
-/// Compares a run with its snapshot (its line's, on another nginx line); what to tell the
-/// user when it differs, and whether it matched the default line's snapshot.
-fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<String>, bool) {
-    let name = run.line_snapshot_name().filter(|own| {
-        harness::snapshot::equals(snapshots, &run.snapshot_name(), run) != Some(true)
-            || snapshots.join(format!("{own}.snap")).exists()
-    });
-    let name = name.unwrap_or_else(|| run.snapshot_name());
+/// Compares a run with its snapshot (its line's, on another nginx line); how it differs, and
+/// whether it matched the default line's snapshot.
+fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<Mismatch>, bool) {
+    let name = harness::snapshot::compared_name(snapshots, run);
     let existed = snapshots.join(format!("{name}.snap")).exists();
     // insta reports a mismatch by panicking, after printing its diff; the panic is expected.
     let previous = std::panic::take_hook();
@@ -163,10 +160,9 @@ fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<String>
     let dir = snapshots.display();
     let same = matches!(r, Ok(harness::snapshot::VersionVerdict::SameAsDefault));
     let failure = r.err().map(|why| {
-        if why.contains("is stale") {
-            return why;
-        }
-        if !existed && !update {
+        let message = if why.contains("is stale") {
+            why
+        } else if !existed && !update {
             first_snapshot(snapshots, &name, run)
         } else if update {
             format!("snapshot differs: review {dir}/{name}.snap.new")
@@ -174,7 +170,9 @@ fn compare(snapshots: &Path, run: &ScenarioRun, update: bool) -> (Option<String>
             format!(
                 "snapshot differs from {dir}/{name}.snap (run with --update to write a .snap.new)"
             )
-        }
+        };
+        let steps = harness::snapshot::differing_steps(snapshots, &name, run);
+        Mismatch { message, steps }
     });
     (failure, same)
 }
@@ -272,12 +270,13 @@ fn record(
     path: &Path,
     scenario: &Scenario,
     run: Result<ScenarioRun, HarnessError>,
-    failure: Option<String>,
+    failure: Option<Mismatch>,
 ) {
     match run {
         Ok(run) => {
-            report.add(scenario, Some(path), Ok(&run), failure.clone());
-            let mut these = harness::summary::rows(&run, failure.as_deref());
+            let message = failure.as_ref().map(|m| m.message.clone());
+            report.add(scenario, Some(path), Ok(&run), message);
+            let mut these = harness::summary::rows(&run, failure.as_ref());
             if let Some(line) = run
                 .nginx_line()
                 .filter(|l| *l != harness::nginx::NginxLine::DEFAULT)
