@@ -244,7 +244,8 @@ fn is_resumed_read(r: &BrowserRequest, all: &[&BrowserRequest], furthest: u64) -
 /// (`bytes=N-M`, Chromium's seek once it knows the length) answered 206 and cut. Chromium, under
 /// load, at times lets its seek's read go and asks for the rest of the file from the same
 /// point; whether it does is timing. The snapshot then shows the seek's line with how the read
-/// asked again ended, so a stack that cuts both still shows a cut.
+/// asked again ended, so a stack that cuts both still shows a cut (and where nginx logged a
+/// gateway error during the step, nothing is folded: the cut may be the stack's).
 fn resumed_seek<'a>(r: &BrowserRequest, all: &[&'a BrowserRequest]) -> Option<&'a BrowserRequest> {
     let (Some(start), None) = (range_start(r), range_end(r)) else {
         return None;
@@ -256,6 +257,7 @@ fn resumed_seek<'a>(r: &BrowserRequest, all: &[&'a BrowserRequest]) -> Option<&'
             && o.body == Delivered::Partial
             && range_start(o) == Some(start)
             && range_end(o).is_some()
+            && upstream_succeeded(o)
     };
     let qualifies = start > 0 && r.status == 206 && upstream_succeeded(r);
     qualifies
@@ -313,7 +315,12 @@ fn snapshot_browser_request(r: &BrowserRequest, furthest: u64) -> RequestLine {
 }
 
 /// The requests of a play whose presence is not timing, and the play's furthest Range start.
-fn timeless_requests(requests: &[BrowserRequest]) -> (Vec<Cow<'_, BrowserRequest>>, u64) {
+/// Seek reads asked again are folded only where `fold` (nginx logged no gateway error for the
+/// step: the cut was the browser's, not the stack's).
+fn timeless_requests(
+    requests: &[BrowserRequest],
+    fold: bool,
+) -> (Vec<Cow<'_, BrowserRequest>>, u64) {
     // A request the browser closed before any answer (nginx's 499) is its own cancel, timed
     // by the browser: left out (the Outcome keeps every request).
     let answered: Vec<&BrowserRequest> = requests.iter().filter(|r| r.status != 499).collect();
@@ -337,32 +344,35 @@ fn timeless_requests(requests: &[BrowserRequest]) -> (Vec<Cow<'_, BrowserRequest
         .copied()
         .filter(|r| !is_refetch(r, &answered, furthest) && !is_resumed_read(r, &answered, furthest))
         .collect();
-    (fold_resumed_seeks(&answered), furthest)
+    let answered = if fold {
+        fold_resumed_seeks(&answered)
+    } else {
+        answered.into_iter().map(Cow::Borrowed).collect()
+    };
+    (answered, furthest)
 }
 
 /// The requests with each seek read asked again ([`resumed_seek`]) folded into the read it
-/// resumes: the seek's line, ended as the read asked again ended.
+/// resumes: the seek's line, where the read asked again stands, ended as that read ended.
 fn fold_resumed_seeks<'a>(answered: &[&'a BrowserRequest]) -> Vec<Cow<'a, BrowserRequest>> {
     let resumes: Vec<(&BrowserRequest, &BrowserRequest)> = answered
         .iter()
         .filter_map(|r| resumed_seek(r, answered).map(|seek| (*r, seek)))
         .collect();
+    let is_resumed_seek =
+        |r: &BrowserRequest| resumes.iter().any(|(_, seek)| std::ptr::eq(*seek, r));
     answered
         .iter()
-        .filter(|r| !resumes.iter().any(|(again, _)| std::ptr::eq(*again, **r)))
-        .map(|r| {
-            match resumes
-                .iter()
-                .rev()
-                .find(|(_, seek)| std::ptr::eq(*seek, *r))
-            {
-                Some((again, _)) => Cow::Owned(BrowserRequest {
+        .filter(|r| !is_resumed_seek(r))
+        .map(
+            |r| match resumes.iter().find(|(again, _)| std::ptr::eq(*again, *r)) {
+                Some((again, seek)) => Cow::Owned(BrowserRequest {
                     body: again.body,
-                    ..(*r).clone()
+                    ..(*seek).clone()
                 }),
                 None => Cow::Borrowed(*r),
-            }
-        })
+            },
+        )
         .collect()
 }
 
@@ -406,8 +416,9 @@ fn request_texts(mut lines: Vec<RequestLine>, left_at_canplay: bool) -> Vec<Stri
 }
 
 impl SnapshotBrowser {
-    fn of(b: &BrowserOutcome) -> Self {
-        let (answered, furthest) = timeless_requests(&b.requests);
+    /// A play's snapshot form; `stack_quiet`: nginx logged no gateway error during the step.
+    fn of(b: &BrowserOutcome, stack_quiet: bool) -> Self {
+        let (answered, furthest) = timeless_requests(&b.requests, stack_quiet);
         let mut lines: Vec<RequestLine> = Vec::new();
         // Each distinct request once: how often a browser repeats one (a cancelled read it
         // issues again) is timing; the Outcome keeps every one.
@@ -444,7 +455,10 @@ impl Outcome {
                 .then_some(self.body.bytes),
             body: http.then(|| self.body.check.clone()),
             answered_by: http.then_some(self.answered_by),
-            browser: self.browser.as_ref().map(SnapshotBrowser::of),
+            browser: self
+                .browser
+                .as_ref()
+                .map(|b| SnapshotBrowser::of(b, self.gateway_errors.is_empty())),
             gateway_errors: self
                 .gateway_errors
                 .iter()
@@ -532,7 +546,7 @@ mod tests {
                 request(15, Some("bytes=18833408-"), 206, "200"),
             ],
         };
-        let b = SnapshotBrowser::of(&webkit);
+        let b = SnapshotBrowser::of(&webkit, true);
         assert_eq!(
             b.requests,
             [
@@ -551,7 +565,7 @@ mod tests {
                 request(9, Some("bytes=31981568-31999999"), 206, "502, 206"),
             ],
         };
-        let b = SnapshotBrowser::of(&chromium);
+        let b = SnapshotBrowser::of(&chromium, true);
         assert_eq!(
             b.requests,
             [
@@ -579,7 +593,7 @@ mod tests {
                     resume,
                 ],
             };
-            SnapshotBrowser::of(&webkit).requests
+            SnapshotBrowser::of(&webkit, true).requests
         };
         let cut = left(Delivered::Partial, 206, "206");
         assert_eq!(
@@ -663,7 +677,7 @@ mod tests {
                 vec![request(0, Some("bytes=0-"), 206, "206"), seek, third],
             );
             assert_eq!(
-                SnapshotBrowser::of(&chromium).requests,
+                SnapshotBrowser::of(&chromium, true).requests,
                 want,
                 "{range} → {status}"
             );
@@ -697,30 +711,39 @@ mod tests {
             "bytes=1966080-1999999 → 206 (upstream 206) complete",
         ];
         let refetched = play("bytes=32768-59999", "bytes=32768-1999999", 206);
-        assert_eq!(SnapshotBrowser::of(&refetched).requests, first_and_seek);
+        assert_eq!(
+            SnapshotBrowser::of(&refetched, true).requests,
+            first_and_seek
+        );
         // Beyond what nginx had sent, a closed Range stays (it is no re-fetch).
         let beyond = play("bytes=700000-759999", "bytes=700000-1999999", 206);
-        assert_eq!(SnapshotBrowser::of(&beyond).requests.len(), 4);
+        assert_eq!(SnapshotBrowser::of(&beyond, true).requests.len(), 4);
         // Asked through the browser's cache, answered 304 (its bytes are still good): left out.
         let revalidated = play("bytes=32768-44284", "bytes=32768-1999999", 304);
-        assert_eq!(SnapshotBrowser::of(&revalidated).requests, first_and_seek);
+        assert_eq!(
+            SnapshotBrowser::of(&revalidated, true).requests,
+            first_and_seek
+        );
         // At the first byte nginx had not sent, a Range stays; at the last one it had, not.
         let edge = play("bytes=600000-659999", "bytes=600000-1999999", 206);
-        assert_eq!(SnapshotBrowser::of(&edge).requests.len(), 4);
+        assert_eq!(SnapshotBrowser::of(&edge, true).requests.len(), 4);
         let inside = play("bytes=599999-659999", "bytes=599999-1999999", 206);
-        assert_eq!(SnapshotBrowser::of(&inside).requests.len(), 2);
+        assert_eq!(SnapshotBrowser::of(&inside, true).requests.len(), 2);
         // An error from upstream before the 206 (nginx retried): it stays.
         let mut retried = play("bytes=32768-59999", "bytes=700000-1999999", 206);
         retried.requests[1].upstream_status = "502, 206".into();
-        assert_eq!(SnapshotBrowser::of(&retried).requests.len(), 4);
+        assert_eq!(SnapshotBrowser::of(&retried, true).requests.len(), 4);
         // A 200 to one stays (the backend ignoring Range).
         let ignored = play("bytes=32768-59999", "bytes=32768-1999999", 200);
-        assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 4);
+        assert_eq!(SnapshotBrowser::of(&ignored, true).requests.len(), 4);
         // And the seek, whatever was sent before it: the first request sent the whole file.
         let mut whole = first.clone();
         whole.bytes_sent = 2_000_000;
         let seek_only = chromium(125000, vec![whole, seek.clone()]);
-        assert_eq!(SnapshotBrowser::of(&seek_only).requests, first_and_seek);
+        assert_eq!(
+            SnapshotBrowser::of(&seek_only, true).requests,
+            first_and_seek
+        );
     }
 
     #[test]
@@ -741,30 +764,33 @@ mod tests {
             "bytes=31981568- → 206 (upstream 206) complete",
         ];
         let resumed = play(&first, "bytes=4980000-", 206, "206");
-        assert_eq!(SnapshotBrowser::of(&resumed).requests, first_and_seek);
+        assert_eq!(SnapshotBrowser::of(&resumed, true).requests, first_and_seek);
         // At the last byte nginx had sent: left out; at the first it had not (the answer ended
         // early), it stays.
         let inside = play(&first, "bytes=4999999-", 206, "206");
-        assert_eq!(SnapshotBrowser::of(&inside).requests, first_and_seek);
+        assert_eq!(SnapshotBrowser::of(&inside, true).requests, first_and_seek);
         let at_edge = play(&first, "bytes=5000000-", 206, "206");
-        assert_eq!(SnapshotBrowser::of(&at_edge).requests.len(), 3);
+        assert_eq!(SnapshotBrowser::of(&at_edge, true).requests.len(), 3);
         // A 200 to it, a failed upstream attempt: it stays.
         let ignored = play(&first, "bytes=4980000-", 200, "200");
-        assert_eq!(SnapshotBrowser::of(&ignored).requests.len(), 3);
+        assert_eq!(SnapshotBrowser::of(&ignored, true).requests.len(), 3);
         let retried = play(&first, "bytes=4980000-", 206, "502, 206");
-        assert_eq!(SnapshotBrowser::of(&retried).requests.len(), 3);
+        assert_eq!(SnapshotBrowser::of(&retried, true).requests.len(), 3);
         // The play's furthest start (its seek's) is no resumed read, even inside what was sent.
         let mut whole = first.clone();
         whole.bytes_sent = 32_000_000;
         let seek_only = chromium(1999968, vec![whole, seek.clone()]);
-        assert_eq!(SnapshotBrowser::of(&seek_only).requests, first_and_seek);
+        assert_eq!(
+            SnapshotBrowser::of(&seek_only, true).requests,
+            first_and_seek
+        );
         // After a first read from 0 answered 200 (a backend ignoring Range), with or without a
         // Range: it stays.
         for range in [Some("bytes=0-"), None] {
             let mut whole = request(0, range, 200, "200");
             whole.bytes_sent = 5_000_000;
             let after_200 = play(&whole, "bytes=4980000-", 206, "206");
-            assert_eq!(SnapshotBrowser::of(&after_200).requests.len(), 3);
+            assert_eq!(SnapshotBrowser::of(&after_200, true).requests.len(), 3);
         }
         // After a 206 from inside the recording, however much it sent, it is none (its line,
         // `bytes=…-`, would look like the other's: asked of the rule itself).
@@ -808,17 +834,17 @@ mod tests {
             "bytes=0- → 206 (upstream 200)",
             "bytes=31981568-31999999 → 206 (upstream 200) complete",
         ];
-        assert_eq!(SnapshotBrowser::of(&uncut).requests, seek_lines);
+        assert_eq!(SnapshotBrowser::of(&uncut, true).requests, seek_lines);
         // Asked again and read to its end: the seek's lines.
         let resumed = play(&seek, complete.clone());
-        assert_eq!(SnapshotBrowser::of(&resumed).requests, seek_lines);
+        assert_eq!(SnapshotBrowser::of(&resumed, true).requests, seek_lines);
         // Cut again (a stack that cuts bodies): the seek's line says so.
         let cut_twice = play(
             &seek,
             again("bytes=31981568-", 206, "200", Delivered::Partial),
         );
         assert_eq!(
-            SnapshotBrowser::of(&cut_twice).requests,
+            SnapshotBrowser::of(&cut_twice, true).requests,
             [
                 "bytes=0- → 206 (upstream 200)",
                 "bytes=31981568-31999999 → 206 (upstream 200) partial",
@@ -841,12 +867,33 @@ mod tests {
             play(&whole_seek, complete.clone()),
         ];
         for o in &stays {
-            assert_eq!(SnapshotBrowser::of(o).requests.len(), 3, "{:?}", o.requests);
+            assert_eq!(
+                SnapshotBrowser::of(o, true).requests.len(),
+                3,
+                "{:?}",
+                o.requests
+            );
         }
         // Nor is one that began before the seek.
-        let mut early = play(&seek, complete);
+        let mut early = play(&seek, complete.clone());
         early.requests[2].at_ms = 10;
-        assert_eq!(SnapshotBrowser::of(&early).requests.len(), 3);
+        assert_eq!(SnapshotBrowser::of(&early, true).requests.len(), 3);
+        // Where nginx logged a gateway error during the step, nothing is folded.
+        let resumed = play(&seek, complete);
+        assert_eq!(SnapshotBrowser::of(&resumed, false).requests.len(), 3);
+        // With a request between the seek and the read asked again (a seek back to the start),
+        // the folded line stands where the read asked again did: last, saying how it ended.
+        let mut back = request(500, Some("bytes=0-"), 206, "200");
+        back.body = Delivered::Complete;
+        let cut = again("bytes=31981568-", 206, "200", Delivered::Partial);
+        let between = chromium(1999968, vec![first.clone(), seek.clone(), back, cut]);
+        assert_eq!(
+            SnapshotBrowser::of(&between, true).requests,
+            [
+                "bytes=0- → 206 (upstream 200)",
+                "bytes=31981568-31999999 → 206 (upstream 200) partial",
+            ]
+        );
     }
 
     #[test]
