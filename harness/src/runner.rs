@@ -46,9 +46,9 @@ impl ProfileRun {
     /// already is left out.
     pub fn deploy_failures(&self, steps: &[usize]) -> Vec<String> {
         let listed = |step: &str, first: &str| {
-            self.failures
-                .iter()
-                .any(|f| f.starts_with(&format!("{step}: ")) && f.contains(first))
+            self.failures.iter().any(|f| {
+                f.starts_with(&format!("{step}: ")) && f.lines().any(|l| l.trim() == first)
+            })
         };
         steps
             .iter()

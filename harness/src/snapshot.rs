@@ -122,14 +122,15 @@ pub fn compared_name(dir: &Path, run: &ScenarioRun) -> String {
     own.unwrap_or_else(|| run.snapshot_name())
 }
 
-/// Each profile's steps (their indexes) whose snapshot form differs from what `dir/{name}.snap`
-/// holds; every step of a profile the file lacks, or of every profile without the file.
+/// Each profile's steps that observe (indexes into its outcomes, one snapshot item each) whose
+/// snapshot form differs from what `dir/{name}.snap` holds; every one of a profile whose number
+/// of items changed or that the file lacks, and of every profile without the file.
 pub fn differing_steps(dir: &Path, name: &str, run: &ScenarioRun) -> BTreeMap<String, Vec<usize>> {
     let stored = stored(&dir.join(format!("{name}.snap"))).unwrap_or_default();
     let (was, now) = (steps_by_profile(&stored), steps_by_profile(&yaml(run)));
     now.into_iter()
         .map(|(profile, steps)| {
-            let before = was.get(&profile);
+            let before = was.get(&profile).filter(|b| b.len() == steps.len());
             let differ = steps
                 .iter()
                 .enumerate()
@@ -140,12 +141,13 @@ pub fn differing_steps(dir: &Path, name: &str, run: &ScenarioRun) -> BTreeMap<St
 }
 
 /// A snapshot's YAML (as insta writes it: `profiles:`, a profile per key two spaces in, a step
-/// per list item four spaces in) as each profile's steps, each step's lines as one text.
+/// per list item four spaces in; a block string's blank lines bare) as each profile's steps,
+/// each step's lines as one text.
 fn steps_by_profile(yaml: &str) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let lines = yaml.lines().skip_while(|l| *l != "profiles:").skip(1);
     let mut profile = String::new();
-    for line in lines.take_while(|l| l.starts_with("  ")) {
+    for line in lines.take_while(|l| l.is_empty() || l.starts_with("  ")) {
         if let Some(key) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')) {
             profile = key
                 .split_once(':')
@@ -242,6 +244,13 @@ mod tests {
                 "[hardened] deploy: request 0: 502",
                 "[hardened] deploy: request 1: 502"
             ]
+        );
+        // A step fewer than the snapshot holds: every one of that profile differs.
+        let mut shorter = before.clone();
+        shorter.runs[0].outcomes.remove(0);
+        assert_eq!(
+            differing_steps(dir.path(), name, &shorter),
+            steps(&[("fixed", &[0]), ("hardened", &[])])
         );
         // Where a failed `failed` expectation lists them already, they are not listed again.
         let mut expected = after.clone();
