@@ -74,6 +74,21 @@ struct Inner {
     /// Of those closes, the latest arrival of a request on the connection closed (a connection
     /// that carried none adds nothing).
     held_since: Option<Instant>,
+    /// The latest arrival of a request that asked for its connection to be closed after it
+    /// (`Connection: close`, or HTTP/1.0): a connection the client left nothing idle on.
+    asked_close_since: Option<Instant>,
+}
+
+/// What became of the connection that carried the latest request, as far as a proxy saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleClose {
+    /// The upstream closed it idle, and the proxy held that close from the client (a keep-alive
+    /// race armed): the client's next request on it will race.
+    Held,
+    /// The request asked for it to be closed after it: nothing was left idle to close.
+    AskedToClose,
+    /// Neither, by the deadline: the upstream still holds it open (or it was never seen).
+    StillOpen,
 }
 
 /// An append-only list of [`JournalEntry`], with when each request was open, and the upstream's
@@ -189,32 +204,49 @@ impl Journal {
         self.held_notify.notify_waiters();
     }
 
+    /// Notes a request that asked for its connection to be closed after it. `last_request`:
+    /// when it arrived, taken after its entry was pushed.
+    pub fn note_asked_close(&self, last_request: Option<Instant>) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.asked_close_since = inner.asked_close_since.max(last_request);
+    }
+
     /// How many idle closes have been held so far (never reset, not even by [`Journal::clear`]).
     pub fn held_closes(&self) -> usize {
         self.inner.lock().unwrap().held
     }
 
     /// Waits, at most `deadline`, until the upstream's idle close of the connection that carried
-    /// the latest request (the last entry) is held, or of one that carried a later request;
-    /// true when it was. The close of a connection idle since earlier (another location's pool,
-    /// a readiness check's) does not count: nginx reuses the most recent one.
-    pub async fn wait_held_close_of_latest(&self, deadline: Duration) -> bool {
+    /// the latest request (the last entry) is held, or of one that carried a later request. The
+    /// close of a connection idle since earlier (another location's pool, a readiness check's)
+    /// does not count: nginx reuses the most recent one. Where the latest request asked for its
+    /// connection to be closed, the wait still lasts to the deadline (the gap is what a scenario
+    /// asks for) and says so.
+    pub async fn wait_idle_close_of_latest(&self, deadline: Duration) -> IdleClose {
         let Some(since) = self.inner.lock().unwrap().spans.last().map(|s| s.arrived) else {
-            return false;
+            tokio::time::sleep(deadline).await;
+            return IdleClose::StillOpen;
         };
         let until = tokio::time::Instant::now() + deadline;
-        let held = || {
+        let seen = || {
             let inner = self.inner.lock().unwrap();
-            inner.held_since.is_some_and(|t| t >= since)
+            let after = |t: Option<Instant>| t.is_some_and(|t| t >= since);
+            if after(inner.held_since) {
+                IdleClose::Held
+            } else if after(inner.asked_close_since) {
+                IdleClose::AskedToClose
+            } else {
+                IdleClose::StillOpen
+            }
         };
         loop {
             // Registered before the check: a close held in between still wakes it.
             let notified = self.held_notify.notified();
-            if held() {
-                return true;
+            if seen() == IdleClose::Held {
+                return IdleClose::Held;
             }
             if tokio::time::timeout_at(until, notified).await.is_err() {
-                return held();
+                return seen();
             }
         }
     }

@@ -44,7 +44,7 @@ pub mod webhook;
 pub use admin::parse_json;
 pub use error::InvalidField;
 pub use fault::{Fault, FaultMatch, FaultRule, FaultSet, Plan};
-pub use journal::{Journal, JournalEntry, Overlap};
+pub use journal::{IdleClose, Journal, JournalEntry, Overlap};
 pub use media::{Media, MediaFormat};
 pub use proxy::{BodySource, FaultProxy, GeneratedBody, ProxyConfig};
 pub use recording::{is_sid, sid, Recording};

@@ -484,7 +484,12 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 hang(conn).await;
                 return;
             }
-            _ => break,
+            _ => {
+                if head.wants_close() {
+                    shared.journal.note_asked_close(last_request);
+                }
+                break;
+            }
         }
     }
     let mut stream = conn.into_inner();

@@ -20,6 +20,7 @@ use crate::ready::poll;
 use crate::scenario::{FaultPoint, Method, PlayStep, RequestStep, Step};
 use crate::stack::Stack;
 use futures::StreamExt;
+use mock_twilio::IdleClose;
 use mock_twilio::{FaultSet, Media, MediaFormat, Recording, Signing};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -264,15 +265,17 @@ pub async fn execute(
         }
         Step::WaitIdleClose { timeout_ms } => {
             let journal = target.stack(index)?.hop_journal();
-            let held = journal
-                .wait_held_close_of_latest(Duration::from_millis(*timeout_ms))
+            let close = journal
+                .wait_idle_close_of_latest(Duration::from_millis(*timeout_ms))
                 .await;
-            Ok(if held {
-                Executed::Done
-            } else {
-                Executed::Noted(format!(
+            Ok(match close {
+                IdleClose::Held => Executed::Done,
+                IdleClose::AskedToClose => Executed::Noted(format!(
+                    "step {index}: wait_idle_close: nginx asked for the last request's connection to be closed after it, so none was left idle to close; the next step went after {timeout_ms} ms"
+                )),
+                IdleClose::StillOpen => Executed::Noted(format!(
                     "step {index}: wait_idle_close: the backend did not close the last request's connection within {timeout_ms} ms; the next step went on it"
-                ))
+                )),
             })
         }
         other => change(target.stack(index)?, other)

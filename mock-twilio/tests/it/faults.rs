@@ -390,8 +390,9 @@ async fn held(proxy: &mock_twilio::FaultProxy) {
     assert!(
         proxy
             .journal()
-            .wait_held_close_of_latest(Duration::from_secs(10))
-            .await,
+            .wait_idle_close_of_latest(Duration::from_secs(10))
+            .await
+            == mock_twilio::IdleClose::Held,
         "the upstream's idle close is held from the client"
     );
 }
@@ -432,16 +433,44 @@ async fn the_wait_is_for_the_close_of_the_connection_that_carried_the_latest_req
     // A request on another connection: the earlier connection's held close is not its close.
     let mut latest = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     assert_eq!(exchange(&mut latest, "GET").await.as_deref(), ok);
-    assert!(
-        !proxy
+    assert_eq!(
+        proxy
             .journal()
-            .wait_held_close_of_latest(Duration::ZERO)
+            .wait_idle_close_of_latest(Duration::ZERO)
             .await,
+        mock_twilio::IdleClose::StillOpen,
         "only the earlier connection's close is held yet"
     );
     held(&proxy).await;
     assert_eq!(proxy.journal().held_closes(), 2);
     assert_eq!(exchange(&mut latest, "POST").await, None, "the race");
+}
+
+#[tokio::test]
+async fn a_request_that_asks_for_its_connection_to_be_closed_leaves_nothing_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = idle_closing_upstream(Duration::from_millis(100)).await;
+    let (proxy, mut c) = race_proxy(upstream).await;
+    let req = "POST /x HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert_eq!(
+        proxy
+            .journal()
+            .wait_idle_close_of_latest(Duration::from_millis(300))
+            .await,
+        mock_twilio::IdleClose::AskedToClose
+    );
+    // The control: the same request on a connection kept alive is held when the upstream
+    // closes it.
+    let (proxy, mut c) = race_proxy(upstream).await;
+    assert_eq!(
+        exchange(&mut c, "POST").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    held(&proxy).await;
 }
 
 #[tokio::test]
