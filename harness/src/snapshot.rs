@@ -219,6 +219,21 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshots_steps_are_read_per_profile_blank_lines_of_a_block_string_included() {
+        let yaml = "description: d\nprofiles:\n  fixed:\n    - step: a\n      body: |+\n        x\n\n\n    - step: b\n  legacy: []\n  stock:\n    - step: c\n";
+        let steps = steps_by_profile(yaml);
+        assert_eq!(
+            steps["fixed"],
+            [
+                "    - step: a\n      body: |+\n        x\n\n\n",
+                "    - step: b\n"
+            ]
+        );
+        assert!(steps["legacy"].is_empty());
+        assert_eq!(steps["stock"], ["    - step: c\n"]);
+    }
+
+    #[test]
     fn only_the_failed_requests_of_a_deploy_step_that_differs_are_listed_once() {
         let dir = tempfile::tempdir().unwrap();
         let name = "deploy-differs";
@@ -247,7 +262,7 @@ mod tests {
         );
         // A step fewer than the snapshot holds: every one of that profile differs.
         let mut shorter = before.clone();
-        shorter.runs[0].outcomes.remove(0);
+        shorter.runs[0].outcomes.pop();
         assert_eq!(
             differing_steps(dir.path(), name, &shorter),
             steps(&[("fixed", &[0]), ("hardened", &[])])

@@ -74,9 +74,9 @@ struct Inner {
     /// Of those closes, the latest arrival of a request on the connection closed (a connection
     /// that carried none adds nothing).
     held_since: Option<Instant>,
-    /// The latest arrival of a request that asked for its connection to be closed after it
-    /// (`Connection: close`, or HTTP/1.0): a connection the client left nothing idle on.
-    asked_close_since: Option<Instant>,
+    /// The number of the latest entry whose request asked for its connection to be closed after
+    /// it (`Connection: close`, or HTTP/1.0): a connection the client left nothing idle on.
+    asked_close: Option<u64>,
 }
 
 /// What became of the connection that carried the latest request, as far as a proxy saw.
@@ -204,11 +204,10 @@ impl Journal {
         self.held_notify.notify_waiters();
     }
 
-    /// Notes a request that asked for its connection to be closed after it. `last_request`:
-    /// when it arrived, taken after its entry was pushed.
-    pub fn note_asked_close(&self, last_request: Option<Instant>) {
+    /// Notes that entry `seq`'s request asked for its connection to be closed after it.
+    pub fn note_asked_close(&self, seq: u64) {
         let mut inner = self.inner.lock().unwrap();
-        inner.asked_close_since = inner.asked_close_since.max(last_request);
+        inner.asked_close = inner.asked_close.max(Some(seq));
     }
 
     /// How many idle closes have been held so far (never reset, not even by [`Journal::clear`]).
@@ -230,10 +229,9 @@ impl Journal {
         let until = tokio::time::Instant::now() + deadline;
         let seen = || {
             let inner = self.inner.lock().unwrap();
-            let after = |t: Option<Instant>| t.is_some_and(|t| t >= since);
-            if after(inner.held_since) {
+            if inner.held_since.is_some_and(|t| t >= since) {
                 IdleClose::Held
-            } else if after(inner.asked_close_since) {
+            } else if inner.asked_close == Some(inner.entries.len() as u64) {
                 IdleClose::AskedToClose
             } else {
                 IdleClose::StillOpen
@@ -256,6 +254,7 @@ impl Journal {
         let mut inner = self.inner.lock().unwrap();
         inner.entries.clear();
         inner.spans.clear();
+        inner.asked_close = None;
     }
 }
 

@@ -485,8 +485,8 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 return;
             }
             _ => {
-                if head.wants_close() {
-                    shared.journal.note_asked_close(last_request);
+                if let (true, Some(seq)) = (head.wants_close(), progress.seq) {
+                    shared.journal.note_asked_close(seq);
                 }
                 break;
             }

@@ -165,6 +165,9 @@ fn what_runs(toml: &str) -> Vec<&str> {
 /// it, within that profile, the other lines one after another.
 fn is_excerpt_of(excerpt: &[&str], snapshot: &str) -> Result<(), String> {
     let (key, rest) = excerpt.split_first().ok_or("an empty excerpt")?;
+    if rest.is_empty() {
+        return Err(format!("only the key {key:?}"));
+    }
     let lines: Vec<&str> = snapshot.lines().collect();
     let from = lines
         .iter()

@@ -463,14 +463,27 @@ async fn a_request_that_asks_for_its_connection_to_be_closed_leaves_nothing_idle
             .await,
         mock_twilio::IdleClose::AskedToClose
     );
-    // The control: the same request on a connection kept alive is held when the upstream
-    // closes it.
+    // The controls: the same request on a connection kept alive is held when the upstream
+    // closes it, and is still open where the upstream keeps it.
     let (proxy, mut c) = race_proxy(upstream).await;
     assert_eq!(
         exchange(&mut c, "POST").await.as_deref(),
         Some("HTTP/1.1 200 OK")
     );
     held(&proxy).await;
+    let keeping = idle_closing_upstream(Duration::from_secs(60)).await;
+    let (proxy, mut c) = race_proxy(keeping).await;
+    assert_eq!(
+        exchange(&mut c, "POST").await.as_deref(),
+        Some("HTTP/1.1 200 OK")
+    );
+    assert_eq!(
+        proxy
+            .journal()
+            .wait_idle_close_of_latest(Duration::from_millis(300))
+            .await,
+        mock_twilio::IdleClose::StillOpen
+    );
 }
 
 #[tokio::test]
