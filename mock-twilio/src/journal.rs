@@ -74,9 +74,9 @@ struct Inner {
     /// Of those closes, the latest arrival of a request on the connection closed (a connection
     /// that carried none adds nothing).
     held_since: Option<Instant>,
-    /// The number of the latest entry whose request asked for its connection to be closed after
-    /// it (`Connection: close`, or HTTP/1.0): a connection the client left nothing idle on.
-    asked_close: Option<u64>,
+    /// The latest entry whose connection ended with it, and whether its request had asked for
+    /// that (`Connection: close`, or HTTP/1.0): a connection that left nothing idle.
+    ended: Option<(u64, bool)>,
 }
 
 /// What became of the connection that carried the latest request, as far as a proxy saw.
@@ -87,6 +87,9 @@ pub enum IdleClose {
     Held,
     /// The request asked for it to be closed after it: nothing was left idle to close.
     AskedToClose,
+    /// It ended with the request, unasked (a fault the proxy played, or the upstream's
+    /// `Connection: close`): nothing was left idle to close.
+    Ended,
     /// Neither, by the deadline: the upstream still holds it open (or it was never seen).
     StillOpen,
 }
@@ -204,10 +207,10 @@ impl Journal {
         self.held_notify.notify_waiters();
     }
 
-    /// Notes that entry `seq`'s request asked for its connection to be closed after it.
-    pub fn note_asked_close(&self, seq: u64) {
+    /// Notes that entry `seq`'s connection ended with it, `asked` by its request or not.
+    pub fn note_connection_end(&self, seq: u64, asked: bool) {
         let mut inner = self.inner.lock().unwrap();
-        inner.asked_close = inner.asked_close.max(Some(seq));
+        inner.ended = inner.ended.max(Some((seq, asked)));
     }
 
     /// How many idle closes have been held so far (never reset, not even by [`Journal::clear`]).
@@ -218,9 +221,9 @@ impl Journal {
     /// Waits, at most `deadline`, until the upstream's idle close of the connection that carried
     /// the latest request (the last entry) is held, or of one that carried a later request. The
     /// close of a connection idle since earlier (another location's pool, a readiness check's)
-    /// does not count: nginx reuses the most recent one. Where the latest request asked for its
-    /// connection to be closed, the wait still lasts to the deadline (the gap is what a scenario
-    /// asks for) and says so.
+    /// does not count: nginx reuses the most recent one. Where the latest request's connection
+    /// ended with it, the wait still lasts to the deadline (the gap is what a scenario asks for)
+    /// and says so.
     pub async fn wait_idle_close_of_latest(&self, deadline: Duration) -> IdleClose {
         let Some(since) = self.inner.lock().unwrap().spans.last().map(|s| s.arrived) else {
             tokio::time::sleep(deadline).await;
@@ -231,8 +234,14 @@ impl Journal {
             let inner = self.inner.lock().unwrap();
             if inner.held_since.is_some_and(|t| t >= since) {
                 IdleClose::Held
-            } else if inner.asked_close == Some(inner.entries.len() as u64) {
-                IdleClose::AskedToClose
+            } else if let Some((_, asked)) =
+                (inner.ended).filter(|(seq, _)| *seq == inner.entries.len() as u64)
+            {
+                if asked {
+                    IdleClose::AskedToClose
+                } else {
+                    IdleClose::Ended
+                }
             } else {
                 IdleClose::StillOpen
             }
@@ -254,7 +263,7 @@ impl Journal {
         let mut inner = self.inner.lock().unwrap();
         inner.entries.clear();
         inner.spans.clear();
-        inner.asked_close = None;
+        inner.ended = None;
     }
 }
 

@@ -473,6 +473,11 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         }
         // The request ends (its progress is dropped) before the client can learn of it,
         // except for a hang, which ends when the client gives up.
+        if let Some(seq) = progress.seq {
+            if !matches!(result.next, Next::KeepAlive) || head.wants_close() {
+                shared.journal.note_connection_end(seq, head.wants_close());
+            }
+        }
         match result.next {
             Next::KeepAlive if !head.wants_close() => continue,
             Next::Reset => {
@@ -484,12 +489,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
                 hang(conn).await;
                 return;
             }
-            _ => {
-                if let (true, Some(seq)) = (head.wants_close(), progress.seq) {
-                    shared.journal.note_asked_close(seq);
-                }
-                break;
-            }
+            _ => break,
         }
     }
     let mut stream = conn.into_inner();

@@ -273,6 +273,9 @@ pub async fn execute(
                 IdleClose::AskedToClose => Executed::Noted(format!(
                     "step {index}: wait_idle_close: nginx asked for the last request's connection to be closed after it, so none was left idle to close; the next step went after {timeout_ms} ms"
                 )),
+                IdleClose::Ended => Executed::Noted(format!(
+                    "step {index}: wait_idle_close: the last request's connection ended with it (a fault at the hop, or the backend's Connection: close), so none was left idle to close; the next step went after {timeout_ms} ms"
+                )),
                 IdleClose::StillOpen => Executed::Noted(format!(
                     "step {index}: wait_idle_close: the backend did not close the last request's connection within {timeout_ms} ms; the next step went on it"
                 )),

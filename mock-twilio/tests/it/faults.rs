@@ -447,7 +447,7 @@ async fn the_wait_is_for_the_close_of_the_connection_that_carried_the_latest_req
 }
 
 #[tokio::test]
-async fn a_request_that_asks_for_its_connection_to_be_closed_leaves_nothing_idle() {
+async fn a_connection_that_ends_with_its_request_leaves_nothing_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = idle_closing_upstream(Duration::from_millis(100)).await;
     let (proxy, mut c) = race_proxy(upstream).await;
@@ -462,6 +462,20 @@ async fn a_request_that_asks_for_its_connection_to_be_closed_leaves_nothing_idle
             .wait_idle_close_of_latest(Duration::from_millis(300))
             .await,
         mock_twilio::IdleClose::AskedToClose
+    );
+    // A connection the proxy ends itself (a reset fault) left nothing idle either.
+    let (proxy, mut c) = race_proxy(upstream).await;
+    proxy
+        .faults()
+        .arm(FaultRule::new(Fault::Reset).method("GET"))
+        .unwrap();
+    assert_eq!(exchange(&mut c, "GET").await, None, "reset");
+    assert_eq!(
+        proxy
+            .journal()
+            .wait_idle_close_of_latest(Duration::from_millis(300))
+            .await,
+        mock_twilio::IdleClose::Ended
     );
     // The controls: the same request on a connection kept alive is held when the upstream
     // closes it, and is still open where the upstream keeps it.
