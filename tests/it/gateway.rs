@@ -62,23 +62,29 @@ fn a_backend_that_answers_garbage() {
 }
 
 fn race() -> Timeouts {
-    // Keep-alive times × 0.4: backend 30 s (fixed) or 2 s (legacy), nginx's upstream 24 s;
-    // requests 3 s apart.
+    // Keep-alive times × 0.4: backend 30 s (fixed) or 2 s (legacy), nginx's upstream 24 s.
     Timeouts {
         keepalive_scale: 0.4,
         ..Timeouts::default()
     }
 }
 
+/// Nothing is sent until the backend closes, idle, the connection the step before used (the hop
+/// holds that close from nginx), or 4 s pass: legacy's close (2 s) is waited for, not guessed.
+fn until_idle_closed() -> Step {
+    Step::WaitIdleClose { timeout_ms: 4_000 }
+}
+
 #[test]
 fn keepalive_race_on_post() {
     check(
         Scenario::new("keepalive-race-post", cached(10_000))
-            .describe("Two recording-status webhooks (POST) 3 s apart, with the keep-alive race made certain at the hop: the legacy backend (keep-alive 2 s, scaled) closed the idle connection nginx reuses, and a POST is not retried: 502. The fixed backend (30 s) still holds it")
+            .describe("Two recording-status webhooks (POST), the second once the backend has closed the first one's idle connection (or after 4 s), with the keep-alive race made certain at the hop: the legacy backend (keep-alive 2 s, scaled) closed the idle connection nginx reuses, and a POST is not retried: 502. The fixed backend (30 s) still holds it")
             .timeouts(race())
             .hop_fault(FaultRule::new(Fault::KeepaliveRace))
             .step(Step::Webhook { recording: 0, signing: Signing::Valid, pause_ms: 0, expect: Default::default() })
-            .step(Step::Webhook { recording: 0, signing: Signing::Valid, pause_ms: 3_000, expect: Default::default() }),
+            .step(until_idle_closed())
+            .step(Step::Webhook { recording: 0, signing: Signing::Valid, pause_ms: 0, expect: Default::default() }),
     );
 }
 
@@ -86,11 +92,12 @@ fn keepalive_race_on_post() {
 fn keepalive_race_on_get() {
     check(
         Scenario::new("keepalive-race-get", cached(10_000))
-            .describe("Two downloads (GET) 3 s apart with the keep-alive race made certain at the hop. Legacy: the first reuses the connection the readiness check left on /healthz (the pool belongs to the upstream block, not to a location), and its Connection: close (the WebSocket headers) closes it after the answer, so the second finds nothing idle to race on; fixed: the backend outlives nginx's idle timeout, so the race does not happen either")
+            .describe("Two downloads (GET), the second once the backend has closed the first one's idle connection (or after 4 s), with the keep-alive race made certain at the hop. Legacy: the first reuses the connection the readiness check left on /healthz (the pool belongs to the upstream block, not to a location), and its Connection: close (the WebSocket headers) closes it after the answer, so the second finds nothing idle to race on; fixed: the backend outlives nginx's idle timeout, so the race does not happen either")
             .timeouts(race())
             .hop_fault(FaultRule::new(Fault::KeepaliveRace))
             .request(RequestStep::get().named("first play"))
-            .request(RequestStep::get().named("second play, 3 s later").pause_ms(3_000)),
+            .step(until_idle_closed())
+            .request(RequestStep::get().named("second play, once idle")),
     );
 }
 
@@ -98,11 +105,12 @@ fn keepalive_race_on_get() {
 fn keepalive_race_on_a_keepalive_get_is_retried() {
     check(
         Scenario::new("keepalive-race-get-retried", cached(10_000))
-            .describe("A GET on a location that keeps upstream connections alive (/healthz in every profile), 3 s after the last: under legacy the backend had closed it and nginx met the race, but a GET is retried on a new connection, so the client sees 200 and only the error log shows it")
+            .describe("A GET on a location that keeps upstream connections alive (/healthz in every profile), once the backend has closed the last one's connection (or after 4 s): under legacy the backend had closed it and nginx met the race, but a GET is retried on a new connection, so the client sees 200 and only the error log shows it")
             .timeouts(race())
             .hop_fault(FaultRule::new(Fault::KeepaliveRace))
             .request(RequestStep::get().named("health").with_path("/healthz"))
-            .request(RequestStep::get().named("health, 3 s later").with_path("/healthz").pause_ms(3_000).expect_status(200)),
+            .step(until_idle_closed())
+            .request(RequestStep::get().named("health, once idle").with_path("/healthz").expect_status(200)),
     );
 }
 
