@@ -185,8 +185,18 @@ struct EngineFront {
     _rt: tokio::runtime::Runtime,
 }
 
+/// An engine's answer to a network removal it refuses, as Docker 20.10 gave it for a network
+/// it still counted an endpoint on.
+const REFUSED_NETWORK_REMOVAL: &str = "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 72\r\n\r\n{\"message\":\"error while removing network: network has active endpoints\"}";
+
 impl EngineFront {
     fn start(socket: String) -> EngineFront {
+        EngineFront::refusing(socket, false)
+    }
+
+    /// A front that, when `refuse_network_removal`, answers every `DELETE …/networks/…` itself
+    /// with the engine's refusal ([`REFUSED_NETWORK_REMOVAL`]) and forwards everything else.
+    fn refusing(socket: String, refuse_network_removal: bool) -> EngineFront {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let rt = rt();
         let listener = rt
@@ -202,14 +212,37 @@ impl EngineFront {
                     let Ok(engine) = tokio::net::UnixStream::connect(&socket).await else {
                         return;
                     };
-                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_client, to_client) = client.into_split();
+                    let to_client = std::sync::Arc::new(tokio::sync::Mutex::new(to_client));
                     let (mut from_engine, mut to_engine) = engine.into_split();
+                    let answers_to = to_client.clone();
                     let answers = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut from_engine, &mut to_client).await;
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n @ 1..) = from_engine.read(&mut buf).await {
+                            if answers_to.lock().await.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = answers_to.lock().await.shutdown().await;
                     });
                     let mut buf = vec![0u8; 16384];
                     while let Ok(n @ 1..) = from_client.read(&mut buf).await {
                         kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                        // A request head arrives in one read (the client waits for each answer).
+                        let head = String::from_utf8_lossy(&buf[..n.min(200)]).to_string();
+                        if refuse_network_removal
+                            && head.starts_with("DELETE ")
+                            && head
+                                .lines()
+                                .next()
+                                .is_some_and(|l| l.contains("/networks/"))
+                        {
+                            let refusal = REFUSED_NETWORK_REMOVAL.as_bytes();
+                            if to_client.lock().await.write_all(refusal).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         if to_engine.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -248,25 +281,71 @@ fn run_in_containers_at(docker_host: &str) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn the_containers_runtime_talks_to_the_engine_docker_host_names() {
-    if !tools_present() || !docker_present() {
-        return;
-    }
-    // The engine answers here: the front forwards to its socket.
-    let socket = match std::env::var("DOCKER_HOST") {
+/// The local engine's socket, where a tcp:// front can be put before it; `None` (a skip, or a
+/// failure under `HARNESS_REQUIRE_TOOLS=1`) when `DOCKER_HOST` names an engine elsewhere.
+fn engine_socket() -> Option<String> {
+    match std::env::var("DOCKER_HOST") {
         Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
-            Some(path) => path.to_string(),
-            // Under HARNESS_REQUIRE_TOOLS=1 (CI) this fails instead of skipping.
+            Some(path) => Some(path.to_string()),
             None => {
                 let need = format!(
                     "a local engine socket to put a tcp:// front before (DOCKER_HOST={host})"
                 );
                 crate::support::present_or_skip(false, &need);
-                return;
+                None
             }
         },
-        _ => "/var/run/docker.sock".to_string(),
+        _ => Some("/var/run/docker.sock".to_string()),
+    }
+}
+
+#[test]
+fn a_network_the_engine_will_not_remove_is_tried_again_then_said_with_how_to_remove_it() {
+    if !tools_present() || !docker_present() {
+        return;
+    }
+    let Some(socket) = engine_socket() else {
+        return;
+    };
+    let front = EngineFront::refusing(socket, true);
+    let host = format!("tcp://{}", front.addr);
+    let out = run_in_containers_at(&host);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let network = stderr
+        .split("could not remove the Docker network ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .map(str::to_string);
+    // Removed first, through the engine's own socket, so that a failed check below leaves
+    // nothing behind.
+    if let Some(n) = &network {
+        let _ = Command::new("docker").args(["network", "rm", n]).output();
+    }
+    let network = network.unwrap_or_else(|| panic!("no word of a network left: {out:?}"));
+    assert!(network.starts_with("harness-"), "{network}");
+    assert!(
+        stderr.contains(&format!("Remove it with `docker network rm {network}`")),
+        "{stderr}"
+    );
+    // Only the removal failed: the scenario ran and passed, its containers went, and the
+    // removal was tried again.
+    assert!(out.status.success(), "{out:?}");
+    let tries = front
+        .request_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("DELETE") && l.contains(&format!("/networks/{network}")))
+        .count();
+    assert!(tries > 1, "the removal was tried {tries} time(s)");
+    assert_eq!(leftovers(&network), Vec::<String>::new(), "left behind");
+}
+
+#[test]
+fn the_containers_runtime_talks_to_the_engine_docker_host_names() {
+    if !tools_present() || !docker_present() {
+        return;
+    }
+    let Some(socket) = engine_socket() else {
+        return;
     };
     let front = EngineFront::start(socket);
     let host = format!("tcp://{}", front.addr);
