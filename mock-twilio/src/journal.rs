@@ -90,7 +90,8 @@ pub enum IdleClose {
     /// It ended with the request, unasked (a fault the proxy played, or the upstream's
     /// `Connection: close`): nothing was left idle to close.
     Ended,
-    /// Neither, by the deadline: the upstream still holds it open (or it was never seen).
+    /// None of these, by the deadline: the upstream still holds it open (or it was never
+    /// seen).
     StillOpen,
 }
 

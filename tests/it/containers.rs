@@ -335,7 +335,8 @@ fn a_network_the_engine_will_not_remove_is_tried_again_then_said_with_how_to_rem
         .into_iter()
         .filter(|l| l.starts_with("DELETE") && l.contains(&format!("/networks/{network}")))
         .count();
-    assert!(tries > 1, "the removal was tried {tries} time(s)");
+    // (The kept watchdog's own try, at the harness's exit, may add one.)
+    assert!(tries >= 3, "the removal was tried {tries} time(s)");
     assert_eq!(leftovers(&network), Vec::<String>::new(), "left behind");
 }
 
