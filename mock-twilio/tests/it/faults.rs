@@ -1,7 +1,7 @@
 //! Every fault kind, observed by a plain client exactly as described.
 
 use crate::support::{basic, client, raw_get, Raw};
-use mock_twilio::{sid, Fault, FaultRule, MediaFormat, MockTwilio, Recording};
+use mock_twilio::{sid, Fault, FaultRule, IdleClose, MediaFormat, MockTwilio, Recording};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -385,14 +385,17 @@ fn faults(proxy: &mock_twilio::FaultProxy) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// What the proxy's journal says of the latest request's connection after waiting at most
+/// `deadline` for its idle close.
+async fn idle_close(proxy: &mock_twilio::FaultProxy, deadline: Duration) -> IdleClose {
+    proxy.journal().wait_idle_close_of_latest(deadline).await
+}
+
 /// Waits until the proxy has held the upstream's idle close of a connection from the client.
 async fn held(proxy: &mock_twilio::FaultProxy) {
-    assert!(
-        proxy
-            .journal()
-            .wait_idle_close_of_latest(Duration::from_secs(10))
-            .await
-            == mock_twilio::IdleClose::Held,
+    assert_eq!(
+        idle_close(proxy, Duration::from_secs(10)).await,
+        IdleClose::Held,
         "the upstream's idle close is held from the client"
     );
 }
@@ -434,11 +437,8 @@ async fn the_wait_is_for_the_close_of_the_connection_that_carried_the_latest_req
     let mut latest = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     assert_eq!(exchange(&mut latest, "GET").await.as_deref(), ok);
     assert_eq!(
-        proxy
-            .journal()
-            .wait_idle_close_of_latest(Duration::ZERO)
-            .await,
-        mock_twilio::IdleClose::StillOpen,
+        idle_close(&proxy, Duration::ZERO).await,
+        IdleClose::StillOpen,
         "only the earlier connection's close is held yet"
     );
     held(&proxy).await;
@@ -457,11 +457,8 @@ async fn a_connection_that_ends_with_its_request_leaves_nothing_idle() {
     c.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert_eq!(
-        proxy
-            .journal()
-            .wait_idle_close_of_latest(Duration::from_millis(300))
-            .await,
-        mock_twilio::IdleClose::AskedToClose
+        idle_close(&proxy, Duration::from_millis(300)).await,
+        IdleClose::AskedToClose
     );
     // A connection the proxy ends itself (a reset fault) left nothing idle either.
     let (proxy, mut c) = race_proxy(upstream).await;
@@ -471,11 +468,8 @@ async fn a_connection_that_ends_with_its_request_leaves_nothing_idle() {
         .unwrap();
     assert_eq!(exchange(&mut c, "GET").await, None, "reset");
     assert_eq!(
-        proxy
-            .journal()
-            .wait_idle_close_of_latest(Duration::from_millis(300))
-            .await,
-        mock_twilio::IdleClose::Ended
+        idle_close(&proxy, Duration::from_millis(300)).await,
+        IdleClose::Ended
     );
     // The controls: the same request on a connection kept alive is held when the upstream
     // closes it, and is still open where the upstream keeps it.
@@ -492,11 +486,8 @@ async fn a_connection_that_ends_with_its_request_leaves_nothing_idle() {
         Some("HTTP/1.1 200 OK")
     );
     assert_eq!(
-        proxy
-            .journal()
-            .wait_idle_close_of_latest(Duration::from_millis(300))
-            .await,
-        mock_twilio::IdleClose::StillOpen
+        idle_close(&proxy, Duration::from_millis(300)).await,
+        IdleClose::StillOpen
     );
 }
 
